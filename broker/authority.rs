@@ -1,0 +1,76 @@
+//! A hint for clients that send the socket path as the HTTP/2 `:authority`.
+//!
+//! grpcurl before 1.8.10, grpcio 1.57+ and grpc-java do that on `unix:`
+//! targets; h2 refuses such a request with PROTOCOL_ERROR and says why only
+//! in a debug event. This layer watches h2's debug events for that refusal
+//! and logs one warning (at most one a minute) that says what to change.
+use argsbroker::logging::ExtraLayer;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::{Context, Layer};
+
+const QUIET: Duration = Duration::from_secs(60);
+
+pub struct AuthorityHint {
+    started: Instant,
+    /// Milliseconds after `started` of the last warning, plus one (0: never).
+    last_warned: AtomicU64,
+}
+
+impl AuthorityHint {
+    /// The layer, seeing only h2's events at debug and above.
+    pub fn layer() -> ExtraLayer {
+        let hint = Self {
+            started: Instant::now(),
+            last_warned: AtomicU64::new(0),
+        };
+        hint.with_filter(Targets::new().with_target("h2", Level::DEBUG))
+            .boxed()
+    }
+}
+
+impl<S: Subscriber> Layer<S> for AuthorityHint {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        let Some(at) = message.0.find("malformed authority (") else {
+            return;
+        };
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        let last = self.last_warned.load(Ordering::Relaxed);
+        if last != 0 && now - last < QUIET.as_millis() as u64 {
+            return;
+        }
+        if self
+            .last_warned
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        // h2 prints the value as a byte string literal: b"/tmp/b.sock"
+        let raw = message.0[at + "malformed authority (".len()..]
+            .split(')')
+            .next()
+            .unwrap_or_default();
+        let authority = raw.strip_prefix('b').unwrap_or(raw);
+        tracing::warn!(
+            "refused a request whose HTTP/2 :authority is {authority}, not a host name; \
+             clients on a unix socket must send \"localhost\": grpcurl -authority localhost, \
+             grpcio option (\"grpc.default_authority\", \"localhost\"), grpc-java overrideAuthority(\"localhost\")"
+        );
+    }
+}
+
+struct Message(String);
+
+impl Visit for Message {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}

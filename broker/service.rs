@@ -1,0 +1,120 @@
+//! The `argsbroker.v1.ArgsBroker` gRPC service: the only place where store
+//! results become gRPC `Status` values.
+use crate::store::{Store, WriteError};
+use argsbroker::pb::{self, args_broker_server::ArgsBroker};
+use argsbroker::pointer::PointerError;
+use futures_util::StreamExt;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_stream::{wrappers::WatchStream, Stream};
+use tonic::{Request, Response, Status};
+
+pub struct Service {
+    store: Arc<Store>,
+    /// Flips to true when the broker shuts down, ending every watch.
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Service {
+    pub fn new(store: Arc<Store>, shutdown: watch::Receiver<bool>) -> Self {
+        Self { store, shutdown }
+    }
+}
+
+type ArgsStream = Pin<Box<dyn Stream<Item = Result<pb::Args, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ArgsBroker for Service {
+    async fn get_args(
+        &self,
+        request: Request<pb::GetArgsRequest>,
+    ) -> Result<Response<pb::Args>, Status> {
+        let request = request.into_inner();
+        let snapshot = self.store.current();
+        if request.if_none_match == Some(snapshot.revision) {
+            return Ok(Response::new(pb::Args {
+                revision: snapshot.revision,
+                json: String::new(),
+                sha256: snapshot.reply.sha256.clone(),
+                not_modified: true,
+            }));
+        }
+        if request.pointer.is_empty() {
+            return Ok(Response::new(snapshot.reply.clone()));
+        }
+        match snapshot.document.get(&request.pointer) {
+            Ok(Some(value)) => Ok(Response::new(pb::Args {
+                revision: snapshot.revision,
+                json: value.to_string(),
+                sha256: snapshot.reply.sha256.clone(),
+                not_modified: false,
+            })),
+            Ok(None) => Err(Status::not_found(format!(
+                "no value at JSON pointer {:?} in revision {}",
+                request.pointer, snapshot.revision
+            ))),
+            Err(err @ (PointerError::NoLeadingSlash(_) | PointerError::BadEscape(_))) => {
+                Err(Status::invalid_argument(err.to_string()))
+            }
+        }
+    }
+
+    type WatchArgsStream = ArgsStream;
+
+    async fn watch_args(
+        &self,
+        _request: Request<pb::WatchArgsRequest>,
+    ) -> Result<Response<ArgsStream>, Status> {
+        let mut shutdown = self.shutdown.clone();
+        // The watch channel holds only the newest snapshot: a slow reader
+        // skips to it and the broker never queues revisions per watcher.
+        let stream = WatchStream::new(self.store.subscribe())
+            .map(|snapshot| Ok(snapshot.reply.clone()))
+            .take_until(async move {
+                let _ = shutdown.wait_for(|stopping| *stopping).await;
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn set_args(
+        &self,
+        request: Request<pb::SetArgsRequest>,
+    ) -> Result<Response<pb::Args>, Status> {
+        let request = request.into_inner();
+        let snapshot = self
+            .store
+            .set(&request.json, request.expected_revision)
+            .await
+            .map_err(write_status)?;
+        Ok(Response::new(snapshot.reply.clone()))
+    }
+
+    async fn patch_args(
+        &self,
+        request: Request<pb::PatchArgsRequest>,
+    ) -> Result<Response<pb::Args>, Status> {
+        let request = request.into_inner();
+        let snapshot = self
+            .store
+            .patch(&request.merge_patch, request.expected_revision)
+            .await
+            .map_err(write_status)?;
+        Ok(Response::new(snapshot.reply.clone()))
+    }
+}
+
+fn write_status(err: WriteError) -> Status {
+    let message = err.to_string();
+    match err {
+        WriteError::Conflict { .. } => Status::failed_precondition(message),
+        WriteError::Invalid(_) | WriteError::PatchNotAnObject(_) => {
+            Status::invalid_argument(message)
+        }
+        WriteError::TooLarge { .. } => Status::resource_exhausted(message),
+        WriteError::Io(_) => {
+            tracing::error!(%message, "write failed");
+            Status::internal(message)
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Connect to a broker over its Unix socket and follow its args.
+//!
+//! [`follow`] waits for the broker (with backoff, up to a deadline), takes the
+//! first snapshot, then keeps a background task on `WatchArgs` that swaps a
+//! shared pointer on each new revision. Readers call [`Live::load`]: one
+//! atomic pointer load, no lock and no RPC per read. When the broker goes
+//! away, the last snapshot stays and the task reconnects with jittered,
+//! capped exponential backoff.
+use crate::document::{Document, DocumentError};
+use crate::pb::{self, args_broker_client::ArgsBrokerClient};
+use arc_swap::ArcSwap;
+use hyper_util::rt::TokioIo;
+use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::Streaming;
+
+/// What can go wrong talking to a broker.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the broker at {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        source: tonic::transport::Error,
+    },
+    #[error("the broker at {path} answered: {status}")]
+    Rpc {
+        path: PathBuf,
+        status: tonic::Status,
+    },
+    #[error("the broker at {path} closed the watch before sending a snapshot")]
+    EmptyWatch { path: PathBuf },
+    #[error("the broker at {path} sent a document that is not valid: {source}")]
+    BadDocument {
+        path: PathBuf,
+        source: DocumentError,
+    },
+    #[error("no broker answered at {path} within {waited:?} (last error: {last})")]
+    Unreachable {
+        path: PathBuf,
+        waited: Duration,
+        last: Box<ClientError>,
+    },
+}
+
+/// Opens a gRPC channel to the broker at `socket`.
+///
+/// The channel's `:authority` is `localhost`, not the socket path: the
+/// broker's HTTP/2 layer refuses a path there as a malformed authority.
+pub async fn connect(socket: impl AsRef<Path>) -> Result<ArgsBrokerClient<Channel>, ClientError> {
+    let path = socket.as_ref().to_path_buf();
+    let connector_path = path.clone();
+    let channel = Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = connector_path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .map_err(|source| ClientError::Connect { path, source })?;
+    // The broker bounds the document size; the client takes what it is sent.
+    Ok(ArgsBrokerClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
+}
+
+/// One revision of the args, as a client holds it.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The broker's revision of this document.
+    pub revision: u64,
+    /// The document, parsed and with its compact text.
+    pub document: Document,
+}
+
+impl Snapshot {
+    fn from_reply(path: &Path, args: pb::Args) -> Result<Self, ClientError> {
+        let document =
+            Document::parse(args.json.as_bytes()).map_err(|source| ClientError::BadDocument {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Self {
+            revision: args.revision,
+            document,
+        })
+    }
+}
+
+/// The live args: a value prepared from each snapshot, swapped atomically
+/// when a new revision arrives. Cloning shares the same cache.
+pub struct Live<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Clone for Live<T> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+struct Shared<T> {
+    current: ArcSwap<T>,
+    revision: AtomicU64,
+    connected: AtomicBool,
+    /// Milliseconds since the Unix epoch of the last message from the broker.
+    last_contact_ms: AtomicU64,
+}
+
+impl<T> Live<T> {
+    /// The current value: one atomic load, no lock.
+    pub fn load(&self) -> arc_swap::Guard<Arc<T>> {
+        self.shared.current.load()
+    }
+
+    /// The revision of the current value.
+    pub fn revision(&self) -> u64 {
+        self.shared.revision.load(Ordering::Acquire)
+    }
+
+    /// Whether the watch on the broker is up right now.
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Acquire)
+    }
+
+    /// Time since the broker was last heard from (a snapshot or a healthy watch).
+    pub fn since_last_contact(&self) -> Duration {
+        let last = self.shared.last_contact_ms.load(Ordering::Acquire);
+        Duration::from_millis(now_ms().saturating_sub(last))
+    }
+}
+
+/// Waits up to `startup_timeout` for the broker at `socket`, takes its
+/// current args, and follows every newer revision in a background task that
+/// ends once every [`Live`] handle is dropped.
+///
+/// `prepare` runs once per revision, so that whatever readers need (an HTTP
+/// body, a typed config) is built once and not per read.
+pub async fn follow<T, F>(
+    socket: impl AsRef<Path>,
+    startup_timeout: Duration,
+    prepare: F,
+) -> Result<Live<T>, ClientError>
+where
+    T: Send + Sync + 'static,
+    F: Fn(Snapshot) -> T + Send + Sync + 'static,
+{
+    let path = socket.as_ref().to_path_buf();
+    let started = Instant::now();
+    let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+    let (first, stream) = loop {
+        match open_watch(&path).await {
+            Ok(opened) => break opened,
+            Err(err) if started.elapsed() >= startup_timeout => {
+                return Err(ClientError::Unreachable {
+                    path,
+                    waited: startup_timeout,
+                    last: Box::new(err),
+                });
+            }
+            Err(err) => {
+                tracing::debug!(%err, "broker not ready yet");
+                let left = startup_timeout.saturating_sub(started.elapsed());
+                tokio::time::sleep(backoff.next().min(left)).await;
+            }
+        }
+    };
+    let shared = Arc::new(Shared {
+        revision: AtomicU64::new(first.revision),
+        current: ArcSwap::from_pointee(prepare(first)),
+        connected: AtomicBool::new(true),
+        last_contact_ms: AtomicU64::new(now_ms()),
+    });
+    tokio::spawn(keep_following(
+        Arc::downgrade(&shared),
+        path,
+        stream,
+        prepare,
+    ));
+    Ok(Live { shared })
+}
+
+async fn open_watch(path: &Path) -> Result<(Snapshot, Streaming<pb::Args>), ClientError> {
+    let mut client = connect(path).await?;
+    let rpc = |status| ClientError::Rpc {
+        path: path.to_path_buf(),
+        status,
+    };
+    let mut stream = client
+        .watch_args(pb::WatchArgsRequest {})
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    match stream.message().await.map_err(rpc)? {
+        Some(args) => Ok((Snapshot::from_reply(path, args)?, stream)),
+        None => Err(ClientError::EmptyWatch {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+async fn keep_following<T, F>(
+    shared: Weak<Shared<T>>,
+    path: PathBuf,
+    mut stream: Streaming<pb::Args>,
+    prepare: F,
+) where
+    F: Fn(Snapshot) -> T,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
+    loop {
+        // Follow the open watch until it ends.
+        loop {
+            let message = stream.message().await;
+            let Some(live) = shared.upgrade() else { return };
+            match message {
+                Ok(Some(args)) => match Snapshot::from_reply(&path, args) {
+                    Ok(snapshot) => apply(&live, snapshot, &prepare),
+                    Err(err) => tracing::warn!(%err, "ignoring a snapshot"),
+                },
+                Ok(None) => {
+                    tracing::warn!(path = %path.display(), "the broker ended the watch; serving the last args while reconnecting");
+                    break;
+                }
+                Err(status) => {
+                    tracing::warn!(path = %path.display(), %status, "lost the broker; serving the last args while reconnecting");
+                    break;
+                }
+            }
+        }
+        if let Some(live) = shared.upgrade() {
+            live.connected.store(false, Ordering::Release);
+        }
+        // Reconnect, then resubscribe: the first message is the broker's current snapshot.
+        backoff.reset();
+        stream = loop {
+            tokio::time::sleep(backoff.next()).await;
+            let Some(live) = shared.upgrade() else { return };
+            match open_watch(&path).await {
+                Ok((snapshot, stream)) => {
+                    tracing::info!(path = %path.display(), revision = snapshot.revision, "reconnected to the broker");
+                    apply(&live, snapshot, &prepare);
+                    break stream;
+                }
+                Err(err) => tracing::debug!(%err, "broker still unreachable"),
+            }
+        };
+    }
+}
+
+/// Publishes `snapshot` unless it is not newer than what is served: what a
+/// worker serves never goes back to an older revision.
+fn apply<T>(live: &Shared<T>, snapshot: Snapshot, prepare: &impl Fn(Snapshot) -> T) {
+    live.connected.store(true, Ordering::Release);
+    live.last_contact_ms.store(now_ms(), Ordering::Release);
+    let served = live.revision.load(Ordering::Acquire);
+    if snapshot.revision < served {
+        tracing::warn!(
+            served,
+            offered = snapshot.revision,
+            "the broker offers an older revision than the one served; keeping the newer one"
+        );
+        return;
+    }
+    if snapshot.revision == served {
+        return;
+    }
+    let revision = snapshot.revision;
+    live.current.store(Arc::new(prepare(snapshot)));
+    live.revision.store(revision, Ordering::Release);
+    tracing::debug!(revision, "args updated");
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Capped exponential backoff with full jitter, so that many workers that
+/// lost the same broker do not all come back in the same millisecond.
+struct Backoff {
+    base: Duration,
+    cap: Duration,
+    current: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    fn new(base: Duration, cap: Duration) -> Self {
+        // A random seed from the standard library's per-process hasher keys.
+        let seed = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+            | 1;
+        Self {
+            base,
+            cap,
+            current: base,
+            seed,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.current = self.base;
+    }
+
+    /// A delay between half and all of the current step; the step doubles up to the cap.
+    fn next(&mut self) -> Duration {
+        // xorshift64
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let step = self.current;
+        self.current = (self.current * 2).min(self.cap);
+        let half = step / 2;
+        half + Duration::from_nanos(self.seed % (half.as_nanos() as u64 + 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_jittered_and_capped() {
+        let mut b = Backoff::new(Duration::from_millis(10), Duration::from_millis(100));
+        let delays: Vec<Duration> = (0..8).map(|_| b.next()).collect();
+        let steps = [10, 20, 40, 80, 100, 100, 100, 100];
+        for (d, step) in delays.iter().zip(steps) {
+            let step = Duration::from_millis(step);
+            assert!(
+                *d >= step / 2 && *d <= step,
+                "{d:?} not within [{:?}, {step:?}]",
+                step / 2
+            );
+        }
+        b.reset();
+        assert!(b.next() <= Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,53 @@
+//! argsbroker: one shared, live, exact set of arguments for every worker
+//! process on a host.
+//!
+//! A `broker` process owns a JSON object (the args) and serves it over gRPC on
+//! a Unix-domain socket; worker processes fetch it at startup, cache it and
+//! follow every change. This library is what a Rust service embeds to be such
+//! a worker; the `broker` and `worker` binaries are built on it.
+//!
+//! Layout:
+//! - [`pb`]: the generated `argsbroker.v1` protobuf types and gRPC stubs.
+//! - [`document`]: the args document, parsed once and kept exact.
+//! - [`pointer`]: RFC 6901 JSON pointers into a document.
+//! - [`client`]: connect to a broker and follow its args with a lock-free cache.
+//! - [`logging`]: the `tracing` setup both binaries share.
+//!
+//! # Example: an axum app that serves the live args
+//! ```no_run
+//! use argsbroker::client::{self, Snapshot};
+//! use axum::{extract::State, routing::get, Router};
+//! use std::time::Duration;
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! // Wait up to 10 s for the broker, then follow it in the background.
+//! let args = client::follow("/run/argsbroker.sock", Duration::from_secs(10), |s: Snapshot| s).await?;
+//! let app = Router::new()
+//!     .route("/model", get(|State(args): State<client::Live<Snapshot>>| async move {
+//!         // One pointer load; no RPC and no lock per request.
+//!         let snapshot = args.load();
+//!         snapshot.document.get("/model/path").ok().flatten().map(|v| v.to_string()).unwrap_or_default()
+//!     }))
+//!     .with_state(args);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod client;
+pub mod document;
+pub mod logging;
+pub mod pointer;
+
+/// The generated protobuf types and gRPC stubs for `argsbroker.v1`.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("argsbroker.v1");
+
+    /// The encoded descriptor set of `proto/`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("argsbroker_descriptor");
+}
+
+/// The default socket path of the broker, shared by every command line.
+pub const DEFAULT_SOCKET: &str = "/tmp/argsbroker.sock";

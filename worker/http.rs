@@ -1,0 +1,136 @@
+//! The worker's HTTP surface. Every answer about the args is read from the
+//! live cache with one pointer load; `GET /args` hands out a body and headers
+//! prepared once per revision.
+use argsbroker::client::{Live, Snapshot};
+use axum::extract::{Path, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+
+pub const X_ARGS_REVISION: HeaderName = HeaderName::from_static("x-args-revision");
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache");
+
+/// One revision, ready to serve.
+pub struct Prepared {
+    pub snapshot: Snapshot,
+    /// `{"args": <document>}`, the body the FastAPI original answered with.
+    body: Bytes,
+    etag: HeaderValue,
+    revision: HeaderValue,
+}
+
+impl Prepared {
+    pub fn new(snapshot: Snapshot) -> Self {
+        let json = snapshot.document.json();
+        let mut body = Vec::with_capacity(json.len() + 10);
+        body.extend_from_slice(b"{\"args\":");
+        body.extend_from_slice(json);
+        body.push(b'}');
+        // A strong ETag from the content hash: equal content, equal tag.
+        let etag = format!("\"{}\"", &snapshot.document.sha256()[..32]);
+        Self {
+            body: Bytes::from(body),
+            etag: HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\"")),
+            revision: HeaderValue::from(snapshot.revision),
+            snapshot,
+        }
+    }
+
+    fn headers(&self) -> [(HeaderName, HeaderValue); 3] {
+        [
+            (ETAG, self.etag.clone()),
+            (X_ARGS_REVISION, self.revision.clone()),
+            (CACHE_CONTROL, NO_CACHE),
+        ]
+    }
+
+    /// RFC 9110 `If-None-Match`: `*`, or a list of tags compared weakly.
+    fn matches(&self, request: &HeaderMap) -> bool {
+        let ours = self.etag.as_bytes();
+        request.get_all(IF_NONE_MATCH).iter().any(|value| {
+            value.as_bytes().split(|b| *b == b',').any(|tag| {
+                let tag = tag.trim_ascii();
+                tag == b"*" || tag.strip_prefix(b"W/").unwrap_or(tag) == ours
+            })
+        })
+    }
+}
+
+pub fn app(live: Live<Prepared>) -> Router {
+    Router::new()
+        .route("/args", get(whole))
+        .route("/args/", get(at_pointer_root))
+        .route("/args/{*pointer}", get(at_pointer))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(live)
+}
+
+async fn whole(State(live): State<Live<Prepared>>, request: HeaderMap) -> Response {
+    let prepared = live.load();
+    if prepared.matches(&request) {
+        return (StatusCode::NOT_MODIFIED, prepared.headers()).into_response();
+    }
+    (
+        prepared.headers(),
+        [(CONTENT_TYPE, JSON)],
+        prepared.body.clone(),
+    )
+        .into_response()
+}
+
+/// `/args/` is the pointer `/`: the key "" at the top level.
+async fn at_pointer_root(live: State<Live<Prepared>>, request: HeaderMap) -> Response {
+    at_pointer(live, Path(String::new()), request).await
+}
+
+async fn at_pointer(
+    State(live): State<Live<Prepared>>,
+    Path(rest): Path<String>,
+    request: HeaderMap,
+) -> Response {
+    let prepared = live.load();
+    let pointer = format!("/{rest}");
+    match prepared.snapshot.document.get(&pointer) {
+        Ok(Some(_)) if prepared.matches(&request) => {
+            (StatusCode::NOT_MODIFIED, prepared.headers()).into_response()
+        }
+        Ok(Some(value)) => (
+            prepared.headers(),
+            [(CONTENT_TYPE, JSON)],
+            value.to_string(),
+        )
+            .into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            &format!("no value at JSON pointer {pointer:?}"),
+            &pointer,
+        ),
+        Err(err) => error(StatusCode::BAD_REQUEST, &err.to_string(), &pointer),
+    }
+}
+
+/// A JSON error body; serde_json escapes whatever the request put in it.
+fn error(status: StatusCode, message: &str, pointer: &str) -> Response {
+    let body = serde_json::json!({ "error": message, "pointer": pointer }).to_string();
+    (status, [(CONTENT_TYPE, JSON)], body).into_response()
+}
+
+async fn healthz() -> Response {
+    ([(CONTENT_TYPE, JSON)], r#"{"status":"ok"}"#).into_response()
+}
+
+/// Ready whenever args are held, which is always once the worker listens.
+async fn readyz(State(live): State<Live<Prepared>>) -> Response {
+    let body = serde_json::json!({
+        "status": "ready",
+        "revision": live.revision(),
+        "connected": live.is_connected(),
+        "since_last_contact_ms": live.since_last_contact().as_millis() as u64,
+    });
+    ([(CONTENT_TYPE, JSON)], body.to_string()).into_response()
+}

@@ -1,0 +1,135 @@
+//! `worker`: an HTTP worker that serves the broker's args. It fetches them
+//! before it accepts any connection, then follows every change.
+mod http;
+
+use anyhow::Context;
+use argsbroker::{client, DEFAULT_SOCKET};
+use clap::Parser;
+use socket2::{Domain, Socket, Type};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Serve the broker's args over HTTP: GET /args, GET /args/<json-pointer>, /healthz, /readyz.
+///
+/// The worker connects to the broker first (waiting up to --startup-timeout),
+/// and listens only once it holds the args; then it follows every new
+/// revision, and keeps serving the last one if the broker goes away.
+#[derive(Debug, Parser)]
+#[command(
+    name = "worker",
+    version,
+    after_help = "Every flag can also be set by its ARGSBROKER_* variable.\n\nExit status: 0 after a clean shutdown; 1 on any error, described in one line on stderr; 2 for a usage error."
+)]
+struct Cli {
+    /// The broker's Unix socket.
+    #[arg(long, value_name = "PATH", env = "ARGSBROKER_SOCKET", default_value = DEFAULT_SOCKET)]
+    broker: PathBuf,
+
+    /// The HTTP address to listen on.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        env = "ARGSBROKER_LISTEN",
+        default_value = "127.0.0.1:9880"
+    )]
+    listen: SocketAddr,
+
+    /// Share the port with other workers (SO_REUSEPORT); the kernel spreads connections among them.
+    #[arg(long, env = "ARGSBROKER_REUSE_PORT")]
+    reuse_port: bool,
+
+    /// How long to wait for the broker at startup before giving up, in seconds.
+    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_STARTUP_TIMEOUT", default_value_t = 10.0, value_parser = seconds)]
+    startup_timeout: f64,
+}
+
+/// How long in-flight requests get to finish after SIGINT or SIGTERM.
+const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    argsbroker::logging::init(None);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => return fail(anyhow::Error::new(err).context("cannot start the async runtime")),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(err),
+    }
+}
+
+fn fail(err: anyhow::Error) -> ExitCode {
+    eprintln!("worker: error: {err:#}");
+    ExitCode::FAILURE
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    // The startup hook: hold the args before listening, because with
+    // SO_REUSEPORT the kernel hands connections to any bound worker.
+    let live = client::follow(
+        &cli.broker,
+        Duration::from_secs_f64(cli.startup_timeout),
+        http::Prepared::new,
+    )
+    .await?;
+    let listener = listen(cli.listen, cli.reuse_port)
+        .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(
+        listen = %local,
+        broker = %cli.broker.display(),
+        revision = live.revision(),
+        "serving args on http://{local}/args"
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, http::app(live)).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down; finishing in-flight requests");
+        let _ = stop_tx.send(());
+    });
+    tokio::select! {
+        result = server => result.context("HTTP server failed")?,
+        _ = async { let _ = stop_rx.await; tokio::time::sleep(GRACEFUL_TIMEOUT).await } => {
+            tracing::warn!("requests still in flight after {GRACEFUL_TIMEOUT:?}; exiting");
+        }
+    }
+    Ok(())
+}
+
+fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the worker with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
