@@ -138,8 +138,9 @@ mod tests {
         let doc = Document::parse(text.as_bytes()).unwrap();
         assert_eq!(
             doc.json_str(),
-            r#"{"z":123456789012345678901234567890,"a":0.100000000000000000000000000001,"ключ":"値 ✓","e":1.5e300,"neg":-0}"#
+            r#"{"z":123456789012345678901234567890,"a":0.100000000000000000000000000001,"ключ":"値 ✓","e":1.5e+300,"neg":-0}"#
         );
+        // Exponents gain an explicit sign (`1.5e300` → `1.5e+300`): the same number, every digit kept.
     }
 
     #[test]
