@@ -62,7 +62,7 @@ fn main() -> ExitCode {
 }
 
 fn fail(err: anyhow::Error) -> ExitCode {
-    eprintln!("broker: error: {err:#}");
+    eprintln!("broker: error: {}", argsbroker::one_line(err.as_ref()));
     ExitCode::FAILURE
 }
 

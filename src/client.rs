@@ -11,6 +11,7 @@ use crate::pb::{self, args_broker_client::ArgsBrokerClient};
 use arc_swap::ArcSwap;
 use hyper_util::rt::TokioIo;
 use std::hash::{BuildHasher, Hasher};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -21,7 +22,7 @@ use tonic::Streaming;
 /// What can go wrong talking to a broker.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to the broker at {path}: {source}")]
+    #[error("cannot connect to the broker at {path}: {}", crate::one_line(.source))]
     Connect {
         path: PathBuf,
         source: tonic::transport::Error,
@@ -38,6 +39,8 @@ pub enum ClientError {
         path: PathBuf,
         source: DocumentError,
     },
+    #[error("{0} is not a socket; --broker must name the broker's --socket")]
+    NotASocket(PathBuf),
     #[error("no broker answered at {path} within {waited:?} (last error: {last})")]
     Unreachable {
         path: PathBuf,
@@ -52,6 +55,9 @@ pub enum ClientError {
 /// broker's HTTP/2 layer refuses a path there as a malformed authority.
 pub async fn connect(socket: impl AsRef<Path>) -> Result<ArgsBrokerClient<Channel>, ClientError> {
     let path = socket.as_ref().to_path_buf();
+    if std::fs::metadata(&path).is_ok_and(|m| !m.file_type().is_socket()) {
+        return Err(ClientError::NotASocket(path));
+    }
     let connector_path = path.clone();
     let channel = Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
@@ -157,6 +163,8 @@ where
     let (first, stream) = loop {
         match open_watch(&path).await {
             Ok(opened) => break opened,
+            // Waiting cannot help: the broker never replaces a file that is not a socket.
+            Err(err @ ClientError::NotASocket(_)) => return Err(err),
             Err(err) if started.elapsed() >= startup_timeout => {
                 return Err(ClientError::Unreachable {
                     path,

@@ -51,3 +51,19 @@ pub mod pb {
 
 /// The default socket path of the broker, shared by every command line.
 pub const DEFAULT_SOCKET: &str = "/tmp/argsbroker.sock";
+
+/// An error and its causes on one line, as the binaries print it. A cause
+/// whose text the line already ends with is not repeated.
+pub fn one_line(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}

@@ -69,7 +69,7 @@ fn main() -> ExitCode {
 }
 
 fn fail(err: anyhow::Error) -> ExitCode {
-    eprintln!("worker: error: {err:#}");
+    eprintln!("worker: error: {}", argsbroker::one_line(err.as_ref()));
     ExitCode::FAILURE
 }
 

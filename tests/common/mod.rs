@@ -1,0 +1,241 @@
+//! Test helpers: real `broker` and `worker` processes in temp dirs, stopped
+//! by pid; a tiny HTTP/1.1 client; polling with a deadline instead of sleeps.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BROKER: &str = env!("CARGO_BIN_EXE_broker");
+pub const WORKER: &str = env!("CARGO_BIN_EXE_worker");
+
+/// How long any wait in a test may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Polls `f` until it returns `Some`, failing the test after `PATIENCE`.
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Self {
+        let out = File::create(&log).expect("create log file");
+        cmd.stdin(Stdio::null()).stdout(out.try_clone().expect("clone log")).stderr(out);
+        let child = cmd.spawn().expect("spawn child");
+        Self { child, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits for the process to exit, failing the test after `PATIENCE`.
+    pub fn wait(&mut self) -> ExitStatus {
+        eventually("process exit", || self.child.try_wait().expect("try_wait"))
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.signal(libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A temp dir with an args file and a socket path in it.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+}
+
+impl Site {
+    pub fn new(args: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("args.json"), args).expect("write args");
+        Self { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn args(&self) -> PathBuf {
+        self.path("args.json")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("b.sock")
+    }
+
+    pub fn broker_cmd(&self) -> Command {
+        let mut cmd = Command::new(BROKER);
+        cmd.arg("--args").arg(self.args()).arg("--socket").arg(self.socket());
+        cmd
+    }
+
+    /// Starts the broker and waits until it answers GetArgs.
+    pub fn start_broker(&self) -> Proc {
+        self.start_broker_with(&[])
+    }
+
+    pub fn start_broker_with(&self, extra: &[&str]) -> Proc {
+        let mut cmd = self.broker_cmd();
+        cmd.args(extra);
+        let mut proc = Proc::spawn(cmd, self.fresh_log("broker"));
+        eventually("the broker to answer", || {
+            assert!(proc.is_running(), "broker exited: {}", proc.log());
+            grpc(|| async { argsbroker::client::connect(self.socket()).await.ok() })
+        });
+        proc
+    }
+
+    pub fn worker_cmd(&self, port: u16, reuse_port: bool) -> Command {
+        let mut cmd = Command::new(WORKER);
+        cmd.arg("--broker").arg(self.socket()).arg("--listen").arg(format!("127.0.0.1:{port}"));
+        if reuse_port {
+            cmd.arg("--reuse-port");
+        }
+        cmd
+    }
+
+    /// Starts a worker and waits until it answers /readyz with 200.
+    pub fn start_worker(&self, port: u16, reuse_port: bool) -> Proc {
+        self.spawn_worker(self.worker_cmd(port, reuse_port), port)
+    }
+
+    pub fn spawn_worker(&self, cmd: Command, port: u16) -> Proc {
+        let mut proc = Proc::spawn(cmd, self.fresh_log("worker"));
+        eventually("the worker to be ready", || {
+            assert!(proc.is_running(), "worker exited: {}", proc.log());
+            try_get(port, "/readyz", &[]).filter(|r| r.status == 200)
+        });
+        proc
+    }
+
+    /// A log file name not used yet in this site.
+    pub fn fresh_log(&self, stem: &str) -> PathBuf {
+        (0..)
+            .map(|i| self.path(&format!("{stem}-{i}.log")))
+            .find(|p| !p.exists())
+            .expect("a free log name")
+    }
+}
+
+/// Runs a command to completion; returns (exit code, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    cmd.stdin(Stdio::null());
+    let out = cmd.output().expect("run command");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind :0").local_addr().expect("local addr").port()
+}
+
+/// Runs an async block on a fresh single-threaded runtime.
+pub fn grpc<T, F: std::future::Future<Output = T>>(f: impl FnOnce() -> F) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f())
+}
+
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// GET over a new HTTP/1.1 connection; panics if the worker does not answer.
+pub fn get(port: u16, path: &str) -> HttpResponse {
+    get_with(port, path, &[])
+}
+
+pub fn get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    try_get(port, path, headers).unwrap_or_else(|| panic!("no HTTP answer on port {port} for {path}"))
+}
+
+/// GET that returns `None` when nothing answers.
+pub fn try_get(port: u16, path: &str, headers: &[(&str, &str)]) -> Option<HttpResponse> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Some(HttpResponse { status, headers, body: body.to_owned() })
+}
+
+/// The whole-document `{"args": ...}` body a worker should serve for `compact`.
+pub fn args_body(compact: &str) -> String {
+    format!("{{\"args\":{compact}}}")
+}
+
+pub fn exists(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}
