@@ -16,9 +16,14 @@ const EXACT_COMPACT: &str = r#"{"zeta":123456789012345678901234567890,"alpha":0.
 
 fn get_args(site: &Site, pointer: &str) -> Result<pb::Args, tonic::Status> {
     grpc(|| async {
-        let mut client = argsbroker::client::connect(site.socket()).await.expect("connect");
+        let mut client = argsbroker::client::connect(site.socket())
+            .await
+            .expect("connect");
         client
-            .get_args(pb::GetArgsRequest { pointer: pointer.into(), if_none_match: None })
+            .get_args(pb::GetArgsRequest {
+                pointer: pointer.into(),
+                if_none_match: None,
+            })
             .await
             .map(|r| r.into_inner())
     })
@@ -26,9 +31,14 @@ fn get_args(site: &Site, pointer: &str) -> Result<pb::Args, tonic::Status> {
 
 fn patch(site: &Site, merge_patch: &str) -> pb::Args {
     grpc(|| async {
-        let mut client = argsbroker::client::connect(site.socket()).await.expect("connect");
+        let mut client = argsbroker::client::connect(site.socket())
+            .await
+            .expect("connect");
         client
-            .patch_args(pb::PatchArgsRequest { merge_patch: merge_patch.into(), expected_revision: None })
+            .patch_args(pb::PatchArgsRequest {
+                merge_patch: merge_patch.into(),
+                expected_revision: None,
+            })
             .await
             .expect("patch")
             .into_inner()
@@ -71,10 +81,18 @@ fn pointers_name_values_inside_the_document() {
         ("/名前", "\"値 ✓ é\""),
     ];
     for (pointer, want) in cases {
-        assert_eq!(get_args(&site, pointer).expect(pointer).json, want, "GetArgs {pointer}");
+        assert_eq!(
+            get_args(&site, pointer).expect(pointer).json,
+            want,
+            "GetArgs {pointer}"
+        );
         let url = format!("/args{pointer}").replace(' ', "%20");
         let answer = get(port, &url);
-        assert_eq!((answer.status, answer.body.as_str()), (200, want), "GET {url}");
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (200, want),
+            "GET {url}"
+        );
         assert_eq!(answer.header("x-args-revision"), Some("1"));
     }
     let answer = get(port, "/args/%E5%90%8D%E5%89%8D");
@@ -91,17 +109,29 @@ fn missing_and_malformed_pointers_are_errors() {
 
     let status = get_args(&site, "/nested/m~0n/3").unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound);
-    assert_eq!(status.message(), r#"no value at JSON pointer "/nested/m~0n/3" in revision 1"#);
+    assert_eq!(
+        status.message(),
+        r#"no value at JSON pointer "/nested/m~0n/3" in revision 1"#
+    );
     let status = get_args(&site, "zeta").unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert_eq!(status.message(), r#"invalid JSON pointer "zeta": it must be empty or start with '/'"#);
+    assert_eq!(
+        status.message(),
+        r#"invalid JSON pointer "zeta": it must be empty or start with '/'"#
+    );
     let status = get_args(&site, "/a~2").unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert_eq!(status.message(), r#"invalid JSON pointer "/a~2": '~' must be followed by '0' or '1'"#);
+    assert_eq!(
+        status.message(),
+        r#"invalid JSON pointer "/a~2": '~' must be followed by '0' or '1'"#
+    );
 
     let answer = get(port, "/args/nested/nope");
     assert_eq!(answer.status, 404);
-    assert_eq!(answer.body, r#"{"error":"no value at JSON pointer \"/nested/nope\"","pointer":"/nested/nope"}"#);
+    assert_eq!(
+        answer.body,
+        r#"{"error":"no value at JSON pointer \"/nested/nope\"","pointer":"/nested/nope"}"#
+    );
     let answer = get(port, "/args/a~2");
     assert_eq!(answer.status, 400);
     assert_eq!(
@@ -154,11 +184,20 @@ fn worker_started_before_the_broker_waits_for_it() {
     let port = free_port();
     let mut worker = Proc::spawn(site.worker_cmd(port, false), site.fresh_log("worker"));
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(worker.is_running(), "worker gave up early: {}", worker.log());
-    assert!(try_get(port, "/readyz", &[]).is_none(), "a worker without args must not accept connections");
+    assert!(
+        worker.is_running(),
+        "worker gave up early: {}",
+        worker.log()
+    );
+    assert!(
+        try_get(port, "/readyz", &[]).is_none(),
+        "a worker without args must not accept connections"
+    );
 
     let _broker = site.start_broker();
-    let ready = eventually("the worker to become ready", || try_get(port, "/readyz", &[]));
+    let ready = eventually("the worker to become ready", || {
+        try_get(port, "/readyz", &[])
+    });
     assert_eq!(ready.status, 200);
     assert_eq!(get(port, "/args").body, args_body(EXACT_COMPACT));
 }
@@ -193,19 +232,29 @@ fn etag_and_if_none_match() {
 
     let first = get(port, "/args");
     let etag = first.header("etag").expect("an ETag").to_owned();
-    assert!(etag.starts_with('"') && etag.ends_with('"') && etag.len() == 34, "{etag}");
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"') && etag.len() == 34,
+        "{etag}"
+    );
     let weak = format!("W/{etag}");
     let listed = format!("\"other\", {etag}");
     for tag in [etag.as_str(), weak.as_str(), listed.as_str(), "*"] {
         let answer = get_with(port, "/args", &[("If-None-Match", tag)]);
-        assert_eq!((answer.status, answer.body.as_str()), (304, ""), "If-None-Match: {tag}");
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (304, ""),
+            "If-None-Match: {tag}"
+        );
         assert_eq!(answer.header("etag"), Some(etag.as_str()));
         assert_eq!(answer.header("x-args-revision"), Some("1"));
     }
     let answer = get_with(port, "/args/a", &[("If-None-Match", &etag)]);
     assert_eq!(answer.status, 304);
     let answer = get_with(port, "/args", &[("If-None-Match", "\"stale\"")]);
-    assert_eq!((answer.status, answer.body.as_str()), (200, r#"{"args":{"a":1}}"#));
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, r#"{"args":{"a":1}}"#)
+    );
 
     // A new revision has a new tag, so the old one no longer matches.
     patch(&site, r#"{"a": 2}"#);
@@ -226,7 +275,10 @@ fn health_and_readiness() {
     let _worker = site.start_worker(port, false);
 
     let health = get(port, "/healthz");
-    assert_eq!((health.status, health.body.as_str()), (200, r#"{"status":"ok"}"#));
+    assert_eq!(
+        (health.status, health.body.as_str()),
+        (200, r#"{"status":"ok"}"#)
+    );
     let ready = get(port, "/readyz");
     assert_eq!(ready.status, 200);
     let body: serde_json::Value = serde_json::from_str(&ready.body).unwrap();
@@ -243,15 +295,25 @@ fn watch_sends_the_current_snapshot_then_changes() {
     let _broker = site.start_broker();
     grpc(|| async {
         let mut client = argsbroker::client::connect(site.socket()).await.unwrap();
-        let mut stream = client.watch_args(pb::WatchArgsRequest {}).await.unwrap().into_inner();
+        let mut stream = client
+            .watch_args(pb::WatchArgsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
         let first = stream.message().await.unwrap().unwrap();
         assert_eq!((first.revision, first.json.as_str()), (1, r#"{"a":1}"#));
         client
-            .patch_args(pb::PatchArgsRequest { merge_patch: r#"{"b": [true]}"#.into(), expected_revision: None })
+            .patch_args(pb::PatchArgsRequest {
+                merge_patch: r#"{"b": [true]}"#.into(),
+                expected_revision: None,
+            })
             .await
             .unwrap();
         let second = stream.message().await.unwrap().unwrap();
-        assert_eq!((second.revision, second.json.as_str()), (2, r#"{"a":1,"b":[true]}"#));
+        assert_eq!(
+            (second.revision, second.json.as_str()),
+            (2, r#"{"a":1,"b":[true]}"#)
+        );
     });
 }
 
@@ -340,7 +402,14 @@ fn stale_socket_is_replaced_but_a_live_broker_is_not() {
     assert_eq!(code, 1);
     assert_eq!(
         stderr.lines().last().unwrap(),
-        format!("broker: error: another broker is serving {}", site.socket().display())
+        format!(
+            "broker: error: another broker is serving {}",
+            site.socket().display()
+        )
     );
-    assert_eq!(get_args(&site, "").unwrap().json, r#"{"a":1}"#, "the first broker keeps serving");
+    assert_eq!(
+        get_args(&site, "").unwrap().json,
+        r#"{"a":1}"#,
+        "the first broker keeps serving"
+    );
 }

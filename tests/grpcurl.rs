@@ -17,7 +17,9 @@ fn grpcurl(site: &Site, flags: &[&str], verb: &[&str]) -> (i32, String, String) 
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         ),
-        Err(err) => panic!("cannot run grpcurl ({err}); run the README's test command, which installs it"),
+        Err(err) => {
+            panic!("cannot run grpcurl ({err}); run the README's test command, which installs it")
+        }
     }
 }
 
@@ -53,7 +55,12 @@ fn describe_shows_the_documented_contract() {
         assert!(out.lines().any(|l| l == line), "missing {line:?} in:\n{out}");
     }
     let (_, out, _) = grpcurl(&site, &[], &["describe", "argsbroker.v1.Args"]);
-    assert!(out.contains("  // Numbers, key order and Unicode are kept exactly as written.\n  string json = 2;"), "{out}");
+    assert!(
+        out.contains(
+            "  // Numbers, key order and Unicode are kept exactly as written.\n  string json = 2;"
+        ),
+        "{out}"
+    );
 }
 
 /// GetArgs through grpcurl: the whole document, a pointer, and NOT_FOUND.
@@ -65,16 +72,30 @@ fn get_args_with_grpcurl() {
     assert_eq!(code, 0, "{err}");
     let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(reply["revision"], "1");
-    assert_eq!(reply["json"], r#"{"model":{"path":"/srv/m.onnx"},"big":123456789012345678901234567890}"#);
+    assert_eq!(
+        reply["json"],
+        r#"{"model":{"path":"/srv/m.onnx"},"big":123456789012345678901234567890}"#
+    );
 
-    let (code, out, _) = grpcurl(&site, &["-d", r#"{"pointer": "/model/path"}"#], &["argsbroker.v1.ArgsBroker/GetArgs"]);
+    let (code, out, _) = grpcurl(
+        &site,
+        &["-d", r#"{"pointer": "/model/path"}"#],
+        &["argsbroker.v1.ArgsBroker/GetArgs"],
+    );
     assert_eq!(code, 0);
     assert!(out.contains(r#""json": "\"/srv/m.onnx\"""#), "{out}");
 
-    let (code, _, err) = grpcurl(&site, &["-d", r#"{"pointer": "/nope"}"#], &["argsbroker.v1.ArgsBroker/GetArgs"]);
+    let (code, _, err) = grpcurl(
+        &site,
+        &["-d", r#"{"pointer": "/nope"}"#],
+        &["argsbroker.v1.ArgsBroker/GetArgs"],
+    );
     assert_ne!(code, 0);
     assert!(err.contains("Code: NotFound"), "{err}");
-    assert!(err.contains(r#"Message: no value at JSON pointer "/nope" in revision 1"#), "{err}");
+    assert!(
+        err.contains(r#"Message: no value at JSON pointer "/nope" in revision 1"#),
+        "{err}"
+    );
 }
 
 /// The health service reports SERVING.
@@ -84,7 +105,10 @@ fn health_check_with_grpcurl() {
     let _broker = site.start_broker();
     let (code, out, err) = grpcurl(&site, &[], &["grpc.health.v1.Health/Check"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out.split_whitespace().collect::<String>(), r#"{"status":"SERVING"}"#);
+    assert_eq!(
+        out.split_whitespace().collect::<String>(),
+        r#"{"status":"SERVING"}"#
+    );
 }
 
 /// A client that sends the socket path as :authority is refused by h2; the
@@ -101,7 +125,9 @@ fn socket_path_authority_gets_a_warning_that_says_what_to_add() {
         .expect("run grpcurl");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("PROTOCOL_ERROR"));
-    let log = eventually("the warning", || Some(broker.log()).filter(|l| l.contains("WARN")));
+    let log = eventually("the warning", || {
+        Some(broker.log()).filter(|l| l.contains("WARN"))
+    });
     let warning = log.lines().find(|l| l.contains("WARN")).unwrap();
     assert!(
         warning.contains(&format!(

@@ -11,7 +11,11 @@ fn broker_fails(args: &std::path::Path, socket: &std::path::Path) -> (i32, Strin
     cmd.arg("--args").arg(args).arg("--socket").arg(socket);
     let (code, _, stderr) = run(&mut cmd);
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(!exists(socket) || socket.is_file(), "a socket was left at {}", socket.display());
+    assert!(
+        !exists(socket) || socket.is_file(),
+        "a socket was left at {}",
+        socket.display()
+    );
     (code, stderr.lines().last().unwrap_or_default().to_owned())
 }
 
@@ -32,14 +36,25 @@ fn invalid_json_names_line_and_column() {
     let site = Site::new("{\n  \"a\": 1,\n  \"b\" 2\n}\n");
     assert_eq!(
         broker_fails(&site.args(), &site.socket()),
-        (1, format!("broker: error: the args file {}: invalid JSON at line 3 column 7: expected `:`", site.args().display()))
+        (
+            1,
+            format!(
+                "broker: error: the args file {}: invalid JSON at line 3 column 7: expected `:`",
+                site.args().display()
+            )
+        )
     );
 }
 
 /// A top level that is not an object is refused, naming what it is.
 #[test]
 fn top_level_must_be_an_object() {
-    for (text, kind) in [("[1, 2]", "an array"), ("\"s\"", "a string"), ("42", "a number"), ("null", "null")] {
+    for (text, kind) in [
+        ("[1, 2]", "an array"),
+        ("\"s\"", "a string"),
+        ("42", "a number"),
+        ("null", "null"),
+    ] {
         let site = Site::new(text);
         assert_eq!(
             broker_fails(&site.args(), &site.socket()),
@@ -67,7 +82,13 @@ fn socket_directory_missing() {
     let socket = site.path("missing/b.sock");
     assert_eq!(
         broker_fails(&site.args(), &socket),
-        (1, format!("broker: error: the socket directory {} does not exist", site.path("missing").display()))
+        (
+            1,
+            format!(
+                "broker: error: the socket directory {} does not exist",
+                site.path("missing").display()
+            )
+        )
     );
 }
 
@@ -79,7 +100,13 @@ fn args_file_is_a_directory() {
     let dir = dir.as_path();
     assert_eq!(
         broker_fails(dir, &site.socket()),
-        (1, format!("broker: error: the args file {} is a directory, not a file", dir.display()))
+        (
+            1,
+            format!(
+                "broker: error: the args file {} is a directory, not a file",
+                dir.display()
+            )
+        )
     );
 }
 
@@ -91,7 +118,13 @@ fn socket_path_is_a_regular_file() {
     std::fs::write(&file, "keep me").unwrap();
     assert_eq!(
         broker_fails(&site.args(), &file),
-        (1, format!("broker: error: {} exists and is not a socket; refusing to replace it", file.display()))
+        (
+            1,
+            format!(
+                "broker: error: {} exists and is not a socket; refusing to replace it",
+                file.display()
+            )
+        )
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
 }
@@ -101,10 +134,16 @@ fn socket_path_is_a_regular_file() {
 fn unknown_flag_is_a_usage_error() {
     let (code, _, stderr) = run(Command::new(BROKER).arg("--bogus"));
     assert_eq!(code, 2);
-    assert!(stderr.starts_with("error: unexpected argument '--bogus' found"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: unexpected argument '--bogus' found"),
+        "{stderr}"
+    );
     let (code, _, stderr) = run(Command::new(WORKER).args(["--listen", "nowhere"]));
     assert_eq!(code, 2);
-    assert!(stderr.starts_with("error: invalid value 'nowhere' for '--listen <HOST:PORT>'"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: invalid value 'nowhere' for '--listen <HOST:PORT>'"),
+        "{stderr}"
+    );
 }
 
 /// A worker pointed at a path that is not a socket says so at once.
@@ -112,11 +151,17 @@ fn unknown_flag_is_a_usage_error() {
 fn worker_broker_path_is_not_a_socket() {
     let site = Site::new("{}");
     let mut cmd = Command::new(WORKER);
-    cmd.arg("--broker").arg(site.args()).arg("--listen").arg(format!("127.0.0.1:{}", free_port()));
+    cmd.arg("--broker")
+        .arg(site.args())
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()));
     let (code, _, stderr) = run(&mut cmd);
     assert_eq!(code, 1);
     assert_eq!(
         stderr.lines().last().unwrap(),
-        format!("worker: error: {} is not a socket; --broker must name the broker's --socket", site.args().display())
+        format!(
+            "worker: error: {} is not a socket; --broker must name the broker's --socket",
+            site.args().display()
+        )
     );
 }

@@ -36,7 +36,9 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(mut cmd: Command, log: PathBuf) -> Self {
         let out = File::create(&log).expect("create log file");
-        cmd.stdin(Stdio::null()).stdout(out.try_clone().expect("clone log")).stderr(out);
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone().expect("clone log"))
+            .stderr(out);
         let child = cmd.spawn().expect("spawn child");
         Self { child, log }
     }
@@ -105,7 +107,10 @@ impl Site {
 
     pub fn broker_cmd(&self) -> Command {
         let mut cmd = Command::new(BROKER);
-        cmd.arg("--args").arg(self.args()).arg("--socket").arg(self.socket());
+        cmd.arg("--args")
+            .arg(self.args())
+            .arg("--socket")
+            .arg(self.socket());
         cmd
     }
 
@@ -127,7 +132,10 @@ impl Site {
 
     pub fn worker_cmd(&self, port: u16, reuse_port: bool) -> Command {
         let mut cmd = Command::new(WORKER);
-        cmd.arg("--broker").arg(self.socket()).arg("--listen").arg(format!("127.0.0.1:{port}"));
+        cmd.arg("--broker")
+            .arg(self.socket())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"));
         if reuse_port {
             cmd.arg("--reuse-port");
         }
@@ -170,7 +178,11 @@ pub fn run(cmd: &mut Command) -> (i32, String, String) {
 
 /// A TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind :0").local_addr().expect("local addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind :0")
+        .local_addr()
+        .expect("local addr")
+        .port()
 }
 
 /// Runs an async block on a fresh single-threaded runtime.
@@ -191,7 +203,10 @@ pub struct HttpResponse {
 
 impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -201,7 +216,8 @@ pub fn get(port: u16, path: &str) -> HttpResponse {
 }
 
 pub fn get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-    try_get(port, path, headers).unwrap_or_else(|| panic!("no HTTP answer on port {port} for {path}"))
+    try_get(port, path, headers)
+        .unwrap_or_else(|| panic!("no HTTP answer on port {port} for {path}"))
 }
 
 /// GET that returns `None` when nothing answers.
@@ -228,7 +244,11 @@ fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    Some(HttpResponse { status, headers, body: body.to_owned() })
+    Some(HttpResponse {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
 }
 
 /// The whole-document `{"args": ...}` body a worker should serve for `compact`.
