@@ -1,6 +1,10 @@
-//! `broker`: owns the args file and serves it over gRPC on a Unix socket.
+//! `broker`: owns the args file and serves it over gRPC on a Unix socket;
+//! with a subcommand, a command-line client of a running broker.
 mod authority;
+mod cli;
 mod durable;
+mod history;
+mod reload;
 mod server;
 mod service;
 mod socket;
@@ -13,18 +17,28 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+const AFTER_HELP: &str = "\
+Every flag can also be set by its ARGSBROKER_* variable.
+
+Signals: SIGINT/SIGTERM stop the broker cleanly; SIGHUP re-reads the args file.
+
+Exit status: 0 on success or a clean shutdown; 1 on any error, described in one
+line on stderr; 2 for a usage error; 3 for a revision conflict
+(--expected-revision is not current); 4 when a pointer or revision names nothing.";
+
 /// Serve one shared, live, exact set of args to every worker process on this host.
 ///
 /// The args file must hold a JSON object. The broker serves it as
 /// argsbroker.v1.ArgsBroker over gRPC on a Unix socket (mode 0600), with
 /// server reflection and grpc.health.v1.Health, until SIGINT or SIGTERM.
+/// With a subcommand (get, set, patch, watch, history, rollback) it is a
+/// client of a running broker instead.
 #[derive(Debug, Parser)]
-#[command(
-    name = "broker",
-    version,
-    after_help = "Every flag can also be set by its ARGSBROKER_* variable.\n\nExit status: 0 after a clean shutdown; 1 on any error, described in one line on stderr; 2 for a usage error."
-)]
+#[command(name = "broker", version, after_help = AFTER_HELP, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<cli::Command>,
+
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -32,20 +46,41 @@ struct Cli {
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
     /// The args file: a JSON object. Numbers, key order and Unicode are served exactly.
-    #[arg(long, value_name = "FILE", env = "ARGSBROKER_ARGS")]
-    args: PathBuf,
+    #[arg(long, value_name = "FILE", env = "ARGSBROKER_ARGS", required = true)]
+    args: Option<PathBuf>,
 
     /// The Unix socket to serve on.
     #[arg(long, value_name = "PATH", env = "ARGSBROKER_SOCKET", default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
 
-    /// Where the revision of the args is kept across restarts [default: FILE.state beside the args file]
+    /// Where revisions are kept across restarts [default: FILE.state beside the args file]
     #[arg(long, value_name = "DIR", env = "ARGSBROKER_STATE_DIR")]
     state_dir: Option<PathBuf>,
 
     /// The largest document accepted, in bytes (the file and every write).
     #[arg(long, value_name = "BYTES", env = "ARGSBROKER_MAX_ARGS_BYTES", default_value_t = 16 * 1024 * 1024)]
     max_args_bytes: usize,
+
+    /// How many revisions to retain for history, rollback and watch replays (at least 1).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "ARGSBROKER_HISTORY",
+        default_value_t = 100
+    )]
+    history: usize,
+
+    /// The most bytes of documents to retain in history; the current revision always stays.
+    #[arg(long, value_name = "BYTES", env = "ARGSBROKER_HISTORY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    history_bytes: usize,
+
+    /// Serve the file and refuse every write (FAILED_PRECONDITION); change the file and send SIGHUP instead.
+    #[arg(long, env = "ARGSBROKER_READ_ONLY")]
+    read_only: bool,
+
+    /// Follow the args file on disk and publish each valid change as a new revision.
+    #[arg(long, env = "ARGSBROKER_WATCH")]
+    watch: bool,
 }
 
 fn main() -> ExitCode {
@@ -53,35 +88,60 @@ fn main() -> ExitCode {
     argsbroker::logging::init(Some(authority::AuthorityHint::layer()));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
-        Err(err) => return fail(anyhow::Error::new(err).context("cannot start the async runtime")),
+        Err(err) => {
+            return fail(
+                &anyhow::Error::new(err).context("cannot start the async runtime"),
+                1,
+            )
+        }
     };
-    match runtime.block_on(serve(cli.serve)) {
+    let result = match cli.command {
+        Some(command) => runtime.block_on(cli::run(command)),
+        None => runtime
+            .block_on(serve(cli.serve))
+            .map_err(cli::Failure::from),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => fail(err),
+        Err(failure) => fail(&failure.error, failure.code),
     }
 }
 
-fn fail(err: anyhow::Error) -> ExitCode {
+fn fail(err: &anyhow::Error, code: u8) -> ExitCode {
     eprintln!("broker: error: {}", argsbroker::one_line(err.as_ref()));
-    ExitCode::FAILURE
+    ExitCode::from(code)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let Some(args_path) = args.args else {
+        anyhow::bail!("--args FILE is required to serve (or give a subcommand; see --help)");
+    };
     let state_dir = args
         .state_dir
-        .unwrap_or_else(|| default_state_dir(&args.args));
-    let store = Arc::new(store::Store::open(
-        &args.args,
-        &state_dir,
-        args.max_args_bytes,
-    )?);
+        .unwrap_or_else(|| default_state_dir(&args_path));
+    let limits = store::Limits {
+        max_args_bytes: args.max_args_bytes,
+        history: args.history,
+        history_bytes: args.history_bytes,
+        read_only: args.read_only,
+    };
+    let store = Arc::new(store::Store::open(&args_path, &state_dir, limits)?);
     let std_listener = socket::bind(&args.socket)?;
     let listener =
         tokio::net::UnixListener::from_std(std_listener).context("cannot use the bound socket")?;
+    reload::on_sighup(store.clone()).context("cannot handle SIGHUP")?;
+    let _watcher = match args.watch {
+        true => Some(
+            reload::watch_file(store.clone(), &args_path).context("cannot watch the args file")?,
+        ),
+        false => None,
+    };
     tracing::info!(
         socket = %args.socket.display(),
-        args = %args.args.display(),
+        args = %args_path.display(),
         revision = store.current().revision,
+        read_only = args.read_only,
+        watch = args.watch,
         "serving"
     );
     let result = server::run(listener, store, shutdown_signal()).await;
@@ -93,7 +153,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `args.json` keeps its revision in `args.json.state/`.
+/// `args.json` keeps its revisions in `args.json.state/`.
 fn default_state_dir(args: &Path) -> PathBuf {
     let mut name = args
         .file_name()

@@ -26,7 +26,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (stopping_tx, stopping) = watch::channel(false);
-    let message_limit = store.max_bytes().saturating_add(MESSAGE_OVERHEAD);
+    let message_limit = store.max_args_bytes().saturating_add(MESSAGE_OVERHEAD);
     let args = ArgsBrokerServer::new(Service::new(store, stopping))
         .max_decoding_message_size(message_limit)
         .max_encoding_message_size(message_limit);

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_stream::{wrappers::WatchStream, Stream};
+use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 pub struct Service {
@@ -64,13 +65,26 @@ impl ArgsBroker for Service {
 
     async fn watch_args(
         &self,
-        _request: Request<pb::WatchArgsRequest>,
+        request: Request<pb::WatchArgsRequest>,
     ) -> Result<Response<ArgsStream>, Status> {
         let mut shutdown = self.shutdown.clone();
+        // Subscribe before reading the history, so no revision falls between.
+        let updates = self.store.subscribe();
+        let replay = match request.into_inner().start_revision {
+            Some(after) => self.store.revisions_after(after).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let mut last_sent = replay.last().map_or(0, |args| args.revision);
         // The watch channel holds only the newest snapshot: a slow reader
         // skips to it and the broker never queues revisions per watcher.
-        let stream = WatchStream::new(self.store.subscribe())
-            .map(|snapshot| Ok(snapshot.reply.clone()))
+        let follow = WatchStream::new(updates).filter_map(move |snapshot| {
+            let newer = snapshot.revision > last_sent;
+            last_sent = last_sent.max(snapshot.revision);
+            std::future::ready(newer.then(|| snapshot.reply.clone()))
+        });
+        let stream = tokio_stream::iter(replay)
+            .chain(follow)
+            .map(Ok)
             .take_until(async move {
                 let _ = shutdown.wait_for(|stopping| *stopping).await;
             });
@@ -81,10 +95,11 @@ impl ArgsBroker for Service {
         &self,
         request: Request<pb::SetArgsRequest>,
     ) -> Result<Response<pb::Args>, Status> {
+        let uid = peer_uid(&request);
         let request = request.into_inner();
         let snapshot = self
             .store
-            .set(&request.json, request.expected_revision)
+            .set(&request.json, request.expected_revision, uid)
             .await
             .map_err(write_status)?;
         Ok(Response::new(snapshot.reply.clone()))
@@ -94,20 +109,51 @@ impl ArgsBroker for Service {
         &self,
         request: Request<pb::PatchArgsRequest>,
     ) -> Result<Response<pb::Args>, Status> {
+        let uid = peer_uid(&request);
         let request = request.into_inner();
         let snapshot = self
             .store
-            .patch(&request.merge_patch, request.expected_revision)
+            .patch(&request.merge_patch, request.expected_revision, uid)
+            .await
+            .map_err(write_status)?;
+        Ok(Response::new(snapshot.reply.clone()))
+    }
+
+    async fn list_revisions(
+        &self,
+        _request: Request<pb::ListRevisionsRequest>,
+    ) -> Result<Response<pb::ListRevisionsResponse>, Status> {
+        Ok(Response::new(pb::ListRevisionsResponse {
+            revisions: self.store.revisions(),
+        }))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::Args>, Status> {
+        let uid = peer_uid(&request);
+        let request = request.into_inner();
+        let snapshot = self
+            .store
+            .rollback(request.to_revision, request.expected_revision, uid)
             .await
             .map_err(write_status)?;
         Ok(Response::new(snapshot.reply.clone()))
     }
 }
 
+/// The uid of the process on the other end of the socket (SO_PEERCRED).
+fn peer_uid<T>(request: &Request<T>) -> Option<u32> {
+    let info = request.extensions().get::<UdsConnectInfo>()?;
+    info.peer_cred.map(|cred| cred.uid())
+}
+
 fn write_status(err: WriteError) -> Status {
     let message = err.to_string();
     match err {
-        WriteError::Conflict { .. } => Status::failed_precondition(message),
+        WriteError::Conflict { .. } | WriteError::ReadOnly => Status::failed_precondition(message),
+        WriteError::NotRetained { .. } => Status::not_found(message),
         WriteError::Invalid(_) | WriteError::PatchNotAnObject(_) => {
             Status::invalid_argument(message)
         }

@@ -4,17 +4,18 @@
 //! Readers load the current snapshot with one atomic pointer load; watchers
 //! follow a `watch` channel that holds only the newest snapshot, so a slow
 //! watcher skips revisions instead of making the broker buffer them. Writers
-//! take a lock, check the expected revision, make the new document durable,
-//! and only then publish it.
+//! take a lock, check the expected revision, make the new document durable
+//! (the args file, then its history entry), and only then publish it.
 use crate::durable;
+use crate::history::{Entry, History, HistoryError, Source};
 use arc_swap::ArcSwap;
 use argsbroker::document::{Document, DocumentError};
 use argsbroker::pb;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{watch, Mutex};
 
 /// One revision of the document, with the reply every reader is handed.
@@ -42,7 +43,14 @@ impl Snapshot {
     }
 }
 
-/// Why the store cannot open.
+/// Who asked for a change, for the history.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    pub source: Source,
+    pub uid: Option<u32>,
+}
+
+/// Why the store cannot open (or reload) the args file.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("cannot read the args file {path}: {source}")]
@@ -60,8 +68,10 @@ pub enum OpenError {
         path: PathBuf,
         source: DocumentError,
     },
-    #[error("the revision state {path}: {message}")]
-    State { path: PathBuf, message: String },
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    #[error("cannot record the revision in {path}: {source}")]
+    Record { path: PathBuf, source: io::Error },
 }
 
 /// Why a write was refused. Nothing changed.
@@ -71,74 +81,73 @@ pub enum WriteError {
         "revision conflict: expected revision {expected}, but the current revision is {current}"
     )]
     Conflict { expected: u64, current: u64 },
+    #[error("the broker is read-only (--read-only): change the args file and send SIGHUP")]
+    ReadOnly,
     #[error("{0}")]
     Invalid(DocumentError),
     #[error("the patch would make the top level {0}: the args must stay a JSON object")]
     PatchNotAnObject(&'static str),
     #[error("the document would be {size} bytes, over the limit of {max} bytes")]
     TooLarge { size: usize, max: usize },
+    #[error("revision {wanted} is not retained (retained: {oldest} to {newest})")]
+    NotRetained {
+        wanted: u64,
+        oldest: u64,
+        newest: u64,
+    },
     #[error("could not save the args to disk: {0}")]
     Io(io::Error),
 }
 
-/// Where the revision of the file's content is kept across restarts:
-/// `{"revision": N, "sha256": "..."}`, written after the args file.
-#[derive(Debug, Serialize, Deserialize)]
-struct RevisionState {
-    revision: u64,
-    sha256: String,
+pub struct Limits {
+    pub max_args_bytes: usize,
+    pub history: usize,
+    pub history_bytes: usize,
+    pub read_only: bool,
 }
 
 pub struct Store {
     current: ArcSwap<Snapshot>,
     watch: watch::Sender<Arc<Snapshot>>,
+    /// Touched by writers, ListRevisions and watch replays; never by GetArgs.
+    history: std::sync::Mutex<History>,
     args_path: PathBuf,
-    revision_path: PathBuf,
-    max_bytes: usize,
+    limits: Limits,
     write_lock: Mutex<()>,
 }
 
 impl Store {
-    /// Loads the args file and gives it its revision: the stored one if the
-    /// content is unchanged, the next one if it changed while the broker was
-    /// down (so a revision never names two documents).
-    pub fn open(args_path: &Path, state_dir: &Path, max_bytes: usize) -> Result<Self, OpenError> {
-        let document = read_document(args_path, max_bytes)?;
-        let revision_path = state_dir.join("revision");
-        let state_err = |message: String| OpenError::State {
-            path: revision_path.clone(),
-            message,
-        };
-        let stored = match std::fs::read(&revision_path) {
-            Ok(bytes) => Some(
-                serde_json::from_slice::<RevisionState>(&bytes).map_err(|e| {
-                    state_err(format!(
-                        "not a revision record ({e}); move it away to start over at revision 1"
-                    ))
-                })?,
-            ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(state_err(e.to_string())),
-        };
-        let revision = match stored {
-            Some(s) if s.sha256 == document.sha256() => s.revision,
-            Some(s) => s.revision + 1,
+    /// Loads the args file and gives it its revision: the newest history
+    /// entry's if the content is unchanged, the next one if it changed while
+    /// the broker was down (so a revision never names two documents).
+    pub fn open(args_path: &Path, state_dir: &Path, limits: Limits) -> Result<Self, OpenError> {
+        let document = read_document(args_path, limits.max_args_bytes)?;
+        let history_dir = state_dir.join("history");
+        let mut history = History::open(&history_dir, limits.history, limits.history_bytes)?;
+        let revision = match history.newest() {
+            Some(newest) if newest.sha256 == document.sha256() => newest.revision,
+            Some(newest) => newest.revision + 1,
             None => 1,
         };
-        std::fs::create_dir_all(state_dir).map_err(|e| OpenError::State {
-            path: state_dir.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        write_revision(&revision_path, revision, &document)
-            .map_err(|e| state_err(e.to_string()))?;
-
+        if history.newest().map(|e| e.revision) != Some(revision) {
+            let origin = Origin {
+                source: Source::File,
+                uid: None,
+            };
+            history
+                .append(entry(revision, &document, origin))
+                .map_err(|source| OpenError::Record {
+                    path: history_dir.clone(),
+                    source,
+                })?;
+        }
         let snapshot = Arc::new(Snapshot::new(revision, document));
         Ok(Self {
             current: ArcSwap::new(snapshot.clone()),
             watch: watch::Sender::new(snapshot),
+            history: std::sync::Mutex::new(history),
             args_path: args_path.to_path_buf(),
-            revision_path,
-            max_bytes,
+            limits,
             write_lock: Mutex::new(()),
         })
     }
@@ -153,8 +162,37 @@ impl Store {
         self.watch.subscribe()
     }
 
-    pub fn max_bytes(&self) -> usize {
-        self.max_bytes
+    pub fn max_args_bytes(&self) -> usize {
+        self.limits.max_args_bytes
+    }
+
+    /// The retained revisions, oldest first.
+    pub fn revisions(&self) -> Vec<pb::Revision> {
+        self.history().entries().map(Entry::to_pb).collect()
+    }
+
+    /// The retained revisions after `revision`, oldest first, or `None` if
+    /// some revision after it is no longer retained.
+    pub fn revisions_after(&self, revision: u64) -> Option<Vec<pb::Args>> {
+        let history = self.history();
+        let oldest = history.oldest_revision()?;
+        if revision + 1 < oldest {
+            return None;
+        }
+        Some(
+            history
+                .entries()
+                .filter(|e| e.revision > revision)
+                .map(Entry::to_args)
+                .collect(),
+        )
+    }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        // A panic while holding this lock leaves whole entries behind; carry on.
+        self.history
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Replaces the document with `json`.
@@ -162,10 +200,15 @@ impl Store {
         &self,
         json: &str,
         expected: Option<u64>,
+        uid: Option<u32>,
     ) -> Result<Arc<Snapshot>, WriteError> {
-        self.check_size(json.len())?;
+        self.check_writable(json.len())?;
         let next = Document::parse(json.as_bytes()).map_err(WriteError::Invalid)?;
-        self.write(expected, move |_| Ok(next)).await
+        let origin = Origin {
+            source: Source::Set,
+            uid,
+        };
+        self.write(expected, origin, true, move |_| Ok(next)).await
     }
 
     /// Applies an RFC 7386 merge patch to the document.
@@ -173,11 +216,16 @@ impl Store {
         &self,
         merge_patch: &str,
         expected: Option<u64>,
+        uid: Option<u32>,
     ) -> Result<Arc<Snapshot>, WriteError> {
-        self.check_size(merge_patch.len())?;
+        self.check_writable(merge_patch.len())?;
         let patch = argsbroker::document::parse_value(merge_patch.as_bytes())
             .map_err(WriteError::Invalid)?;
-        self.write(expected, move |current| {
+        let origin = Origin {
+            source: Source::Patch,
+            uid,
+        };
+        self.write(expected, origin, true, move |current| {
             let mut value = current.value().clone();
             merge_patch_into(&mut value, &patch);
             Document::from_value(value).map_err(|e| match e {
@@ -188,21 +236,84 @@ impl Store {
         .await
     }
 
+    /// Makes a new revision with the content of a retained one.
+    pub async fn rollback(
+        &self,
+        to_revision: u64,
+        expected: Option<u64>,
+        uid: Option<u32>,
+    ) -> Result<Arc<Snapshot>, WriteError> {
+        self.check_writable(0)?;
+        let json = {
+            let history = self.history();
+            match history.get(to_revision) {
+                Some(entry) => entry.json.clone(),
+                None => {
+                    return Err(WriteError::NotRetained {
+                        wanted: to_revision,
+                        oldest: history.oldest_revision().unwrap_or_default(),
+                        newest: history.newest().map_or(0, |e| e.revision),
+                    })
+                }
+            }
+        };
+        let next = Document::parse(&json).map_err(WriteError::Invalid)?;
+        let origin = Origin {
+            source: Source::Rollback,
+            uid,
+        };
+        self.write(expected, origin, true, move |_| Ok(next)).await
+    }
+
+    /// Re-reads the args file (SIGHUP, --watch). `Ok(None)` if its content
+    /// is the current document; on error nothing changes.
+    pub async fn reload(&self) -> Result<Option<Arc<Snapshot>>, OpenError> {
+        let document = read_document(&self.args_path, self.limits.max_args_bytes)?;
+        if document.sha256() == self.current().document.sha256() {
+            return Ok(None);
+        }
+        let origin = Origin {
+            source: Source::File,
+            uid: None,
+        };
+        match self.write(None, origin, false, move |_| Ok(document)).await {
+            Ok(snapshot) => Ok(Some(snapshot)),
+            Err(WriteError::Io(source)) => Err(OpenError::Record {
+                path: self.args_path.clone(),
+                source,
+            }),
+            Err(other) => Err(OpenError::Record {
+                path: self.args_path.clone(),
+                source: io::Error::other(other),
+            }),
+        }
+    }
+
+    fn check_writable(&self, size: usize) -> Result<(), WriteError> {
+        if self.limits.read_only {
+            return Err(WriteError::ReadOnly);
+        }
+        self.check_size(size)
+    }
+
     fn check_size(&self, size: usize) -> Result<(), WriteError> {
-        if size > self.max_bytes {
+        if size > self.limits.max_args_bytes {
             return Err(WriteError::TooLarge {
                 size,
-                max: self.max_bytes,
+                max: self.limits.max_args_bytes,
             });
         }
         Ok(())
     }
 
     /// Checks the expected revision, makes the next document durable, then
-    /// publishes it. A result equal to the current document is not a new revision.
+    /// publishes it. A result equal to the current document is not a new
+    /// revision. `save_args` is false when the args file is the source.
     async fn write(
         &self,
         expected: Option<u64>,
+        origin: Origin,
+        save_args: bool,
         next: impl FnOnce(&Document) -> Result<Document, WriteError>,
     ) -> Result<Arc<Snapshot>, WriteError> {
         let _writer = self.write_lock.lock().await;
@@ -220,25 +331,46 @@ impl Store {
         if document.sha256() == current.document.sha256() {
             return Ok(current);
         }
-        let snapshot = Arc::new(Snapshot::new(current.revision + 1, document));
-        let (args_path, revision_path, saving) = (
-            self.args_path.clone(),
-            self.revision_path.clone(),
-            snapshot.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            // The args file first, then its revision: after a crash between
-            // the two, the next start sees new content and gives it the next
-            // revision, which no reader has seen yet.
-            durable::write_atomic(&args_path, &pretty(saving.document.value()))?;
-            write_revision(&revision_path, saving.revision, &saving.document)
+        let revision = current.revision + 1;
+        let record = entry(revision, &document, origin);
+        let pretty_args = save_args.then(|| pretty(document.value()));
+        let args_path = self.args_path.clone();
+        // Blocking file I/O, on this task: the write lock serializes writers
+        // anyway, and block_in_place keeps the runtime's other work moving.
+        tokio::task::block_in_place(|| -> io::Result<()> {
+            // The args file first, then its history entry: after a crash
+            // between the two, the next start sees new content and gives it
+            // this same revision, which no reader has seen yet.
+            if let Some(bytes) = &pretty_args {
+                durable::write_atomic(&args_path, bytes)?;
+            }
+            self.history().append(record)
         })
-        .await
-        .map_err(|e| WriteError::Io(io::Error::other(e)))?
         .map_err(WriteError::Io)?;
+        let snapshot = Arc::new(Snapshot::new(revision, document));
         self.current.store(snapshot.clone());
         self.watch.send_replace(snapshot.clone());
+        tracing::info!(
+            revision,
+            source = origin.source.as_str(),
+            uid = origin.uid,
+            "new revision"
+        );
         Ok(snapshot)
+    }
+}
+
+fn entry(revision: u64, document: &Document, origin: Origin) -> Entry {
+    let unix_millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Entry {
+        revision,
+        unix_millis,
+        sha256: document.sha256().to_owned(),
+        writer_uid: origin.uid,
+        source: origin.source,
+        json: document.json().clone(),
     }
 }
 
@@ -265,16 +397,6 @@ fn read_document(path: &Path, max_bytes: usize) -> Result<Document, OpenError> {
         path: path.to_path_buf(),
         source,
     })
-}
-
-fn write_revision(path: &Path, revision: u64, document: &Document) -> io::Result<()> {
-    let state = RevisionState {
-        revision,
-        sha256: document.sha256().to_owned(),
-    };
-    let mut bytes = serde_json::to_vec(&state).map_err(io::Error::other)?;
-    bytes.push(b'\n');
-    durable::write_atomic(path, &bytes)
 }
 
 /// The document as a person would write it: two-space indents, a final newline.

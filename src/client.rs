@@ -201,7 +201,9 @@ async fn open_watch(path: &Path) -> Result<(Snapshot, Streaming<pb::Args>), Clie
         status,
     };
     let mut stream = client
-        .watch_args(pb::WatchArgsRequest {})
+        .watch_args(pb::WatchArgsRequest {
+            start_revision: None,
+        })
         .await
         .map_err(rpc)?
         .into_inner();

@@ -296,7 +296,9 @@ fn watch_sends_the_current_snapshot_then_changes() {
     grpc(|| async {
         let mut client = argsbroker::client::connect(site.socket()).await.unwrap();
         let mut stream = client
-            .watch_args(pb::WatchArgsRequest {})
+            .watch_args(pb::WatchArgsRequest {
+                start_revision: None,
+            })
             .await
             .unwrap()
             .into_inner();

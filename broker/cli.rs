@@ -1,0 +1,255 @@
+//! The command-line client: `broker get|set|patch|watch|history|rollback`,
+//! like etcdctl or `consul kv`, talking to a running broker.
+use anyhow::Context;
+use argsbroker::{client, pb};
+use clap::Subcommand;
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+
+/// Exit status for a revision conflict (--expected-revision was not current).
+pub const EXIT_CONFLICT: u8 = 3;
+/// Exit status when a pointer or revision names nothing.
+pub const EXIT_NOT_FOUND: u8 = 4;
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the args (or the value at a JSON pointer): pretty on a terminal, exact text otherwise.
+    Get {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// An RFC 6901 JSON pointer, e.g. /model/path (default: the whole document).
+        #[arg(default_value = "")]
+        pointer: String,
+    },
+    /// Replace the whole document with the JSON object in FILE (- for stdin).
+    Set {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// A file holding a JSON object, or - to read standard input.
+        file: PathBuf,
+        /// Succeed only while this is the current revision (compare-and-set).
+        #[arg(long, value_name = "N")]
+        expected_revision: Option<u64>,
+    },
+    /// Apply an RFC 7386 JSON merge patch: '{"a": 1, "b": null}' sets a and removes b.
+    Patch {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// The merge patch, as JSON text.
+        merge_patch: String,
+        /// Succeed only while this is the current revision (compare-and-set).
+        #[arg(long, value_name = "N")]
+        expected_revision: Option<u64>,
+    },
+    /// Print one line per revision, "REVISION<TAB>JSON", until interrupted.
+    Watch {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Start with every retained revision after N instead of the current one.
+        #[arg(long, value_name = "N")]
+        start_revision: Option<u64>,
+    },
+    /// List the retained revisions, oldest first.
+    History {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Make a new revision with the content of an older, retained one.
+    Rollback {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// The retained revision to go back to.
+        revision: u64,
+        /// Succeed only while this is the current revision (compare-and-set).
+        #[arg(long, value_name = "N")]
+        expected_revision: Option<u64>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SocketArg {
+    /// The broker's Unix socket.
+    #[arg(long, value_name = "PATH", env = "ARGSBROKER_SOCKET", default_value = argsbroker::DEFAULT_SOCKET)]
+    socket: PathBuf,
+}
+
+/// A failed command: its message, and the exit status it maps to.
+pub struct Failure {
+    pub error: anyhow::Error,
+    pub code: u8,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Self { error, code: 1 }
+    }
+}
+
+impl From<client::ClientError> for Failure {
+    fn from(error: client::ClientError) -> Self {
+        Self {
+            error: error.into(),
+            code: 1,
+        }
+    }
+}
+
+fn rpc_failure(status: tonic::Status) -> Failure {
+    let code = match status.code() {
+        tonic::Code::FailedPrecondition if status.message().starts_with("revision conflict") => {
+            EXIT_CONFLICT
+        }
+        tonic::Code::NotFound => EXIT_NOT_FOUND,
+        _ => 1,
+    };
+    Failure {
+        error: anyhow::anyhow!("{}", status.message()),
+        code,
+    }
+}
+
+pub async fn run(command: Command) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Get { socket, pointer } => {
+            let mut broker = client::connect(&socket.socket).await?;
+            let args = broker
+                .get_args(pb::GetArgsRequest {
+                    pointer,
+                    if_none_match: None,
+                })
+                .await
+                .map_err(rpc_failure)?
+                .into_inner();
+            print_json(&mut out, &args.json)?;
+        }
+        Command::Set {
+            socket,
+            file,
+            expected_revision,
+        } => {
+            let json = read_input(&file)?;
+            let mut broker = client::connect(&socket.socket).await?;
+            let args = broker
+                .set_args(pb::SetArgsRequest {
+                    json,
+                    expected_revision,
+                })
+                .await
+                .map_err(rpc_failure)?
+                .into_inner();
+            writeln!(out, "revision {}", args.revision).context("cannot write to stdout")?;
+        }
+        Command::Patch {
+            socket,
+            merge_patch,
+            expected_revision,
+        } => {
+            let mut broker = client::connect(&socket.socket).await?;
+            let args = broker
+                .patch_args(pb::PatchArgsRequest {
+                    merge_patch,
+                    expected_revision,
+                })
+                .await
+                .map_err(rpc_failure)?
+                .into_inner();
+            writeln!(out, "revision {}", args.revision).context("cannot write to stdout")?;
+        }
+        Command::Watch {
+            socket,
+            start_revision,
+        } => {
+            let mut broker = client::connect(&socket.socket).await?;
+            let mut stream = broker
+                .watch_args(pb::WatchArgsRequest { start_revision })
+                .await
+                .map_err(rpc_failure)?
+                .into_inner();
+            loop {
+                let message = tokio::select! {
+                    message = stream.message() => message.map_err(rpc_failure)?,
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                };
+                let Some(args) = message else {
+                    return Err(anyhow::anyhow!(
+                        "the broker ended the watch (it is shutting down)"
+                    )
+                    .into());
+                };
+                writeln!(out, "{}\t{}", args.revision, args.json)
+                    .context("cannot write to stdout")?;
+                out.flush().context("cannot write to stdout")?;
+            }
+        }
+        Command::History { socket } => {
+            let mut broker = client::connect(&socket.socket).await?;
+            let list = broker
+                .list_revisions(pb::ListRevisionsRequest {})
+                .await
+                .map_err(rpc_failure)?
+                .into_inner();
+            writeln!(
+                out,
+                "{:>8}  {:<24}  {:<12}  {:>10}  {:>6}  SOURCE",
+                "REVISION", "TIME (UTC)", "SHA256", "BYTES", "UID"
+            )
+            .context("cannot write to stdout")?;
+            for r in list.revisions {
+                let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.unix_millis);
+                let uid = r.writer_uid.map_or("-".to_owned(), |u| u.to_string());
+                writeln!(
+                    out,
+                    "{:>8}  {:<24}  {:<12}  {:>10}  {:>6}  {}",
+                    r.revision,
+                    humantime::format_rfc3339_millis(time).to_string(),
+                    &r.sha256[..r.sha256.len().min(12)],
+                    r.size_bytes,
+                    uid,
+                    r.source
+                )
+                .context("cannot write to stdout")?;
+            }
+        }
+        Command::Rollback {
+            socket,
+            revision,
+            expected_revision,
+        } => {
+            let mut broker = client::connect(&socket.socket).await?;
+            let args = broker
+                .rollback(pb::RollbackRequest {
+                    to_revision: revision,
+                    expected_revision,
+                })
+                .await
+                .map_err(rpc_failure)?
+                .into_inner();
+            writeln!(out, "revision {}", args.revision).context("cannot write to stdout")?;
+        }
+    }
+    Ok(())
+}
+
+fn read_input(file: &PathBuf) -> anyhow::Result<String> {
+    if file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read standard input")?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))
+}
+
+/// Exact text when piped; indented (still exact) on a terminal.
+fn print_json(out: &mut impl Write, json: &str) -> anyhow::Result<()> {
+    let text = if std::io::stdout().is_terminal() {
+        serde_json::from_str::<serde_json::Value>(json)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .unwrap_or_else(|_| json.to_owned())
+    } else {
+        json.to_owned()
+    };
+    writeln!(out, "{text}").context("cannot write to stdout")
+}
