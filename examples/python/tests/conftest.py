@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -164,6 +165,18 @@ class Broker:
 
         with argsbroker_client.connect(self.socket, timeout=5) as client:
             return client.patch(merge_patch).revision
+
+    def cli_patch(self, merge_patch: dict) -> int:
+        """Applies a merge patch with the broker's own command line
+        (`broker patch --socket PATH JSON`); returns the new revision it prints."""
+        run = subprocess.run(
+            [str(BROKER_BIN), "patch", "--socket", self.socket, json.dumps(merge_patch)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+        assert run.returncode == 0, f"broker patch failed ({run.returncode}): {run.stderr}"
+        found = re.search(r"\brevision (\d+)", run.stdout)
+        assert found, f"broker patch printed no revision: {run.stdout!r}"
+        return int(found.group(1))
 
     def document(self) -> "argsbroker_client.Snapshot":
         import argsbroker_client

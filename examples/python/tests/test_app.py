@@ -43,9 +43,9 @@ def test_uvicorn_workers_all_serve_the_brokers_document(broker, servers):
     assert len(distinct_pids(server, 3, check=same_document)) >= 3
 
 
-def test_a_patch_reaches_every_uvicorn_worker_within_a_second(broker, servers):
-    """After a patch, every one of the 4 workers serves the new revision, and no
-    request sent more than one second after the patch sees the old one."""
+def test_a_broker_patch_reaches_every_uvicorn_worker_within_a_second(broker, servers):
+    """After `broker patch`, every one of the 4 workers serves the new revision,
+    and no request sent more than one second after the patch sees the old one."""
     broker.start()
     server = servers(broker.socket, workers=4)
     server.wait_ready()
@@ -53,7 +53,7 @@ def test_a_patch_reaches_every_uvicorn_worker_within_a_second(broker, servers):
     old = parse(server.get().content)["args"]
 
     patched_at = time.monotonic()
-    revision = broker.patch({"arg1": "patched", "features": {"new_ranker": True}})
+    revision = broker.cli_patch({"arg1": "patched", "features": {"new_ranker": True}})
     expected = body_for(broker.document())
 
     updated = set()
