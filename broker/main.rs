@@ -126,9 +126,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         read_only: args.read_only,
     };
     let store = Arc::new(store::Store::open(&args_path, &state_dir, limits)?);
-    let std_listener = socket::bind(&args.socket)?;
-    let listener =
-        tokio::net::UnixListener::from_std(std_listener).context("cannot use the bound socket")?;
+    // Reloads are set up before the socket exists: once a client can
+    // connect, a SIGHUP or a change to the file is never missed.
     reload::on_sighup(store.clone()).context("cannot handle SIGHUP")?;
     let _watcher = match args.watch {
         true => Some(
@@ -136,6 +135,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
         false => None,
     };
+    let std_listener = socket::bind(&args.socket)?;
+    let listener =
+        tokio::net::UnixListener::from_std(std_listener).context("cannot use the bound socket")?;
     tracing::info!(
         socket = %args.socket.display(),
         args = %args_path.display(),

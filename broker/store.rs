@@ -87,8 +87,13 @@ pub enum WriteError {
     Invalid(DocumentError),
     #[error("the patch would make the top level {0}: the args must stay a JSON object")]
     PatchNotAnObject(&'static str),
-    #[error("the document would be {size} bytes, over the limit of {max} bytes")]
-    TooLarge { size: usize, max: usize },
+    /// `what`: "the document is", "the patch is" or "the result would be".
+    #[error("{what} {size} bytes, over the limit of {max} bytes")]
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        max: usize,
+    },
     #[error("revision {wanted} is not retained (retained: {oldest} to {newest})")]
     NotRetained {
         wanted: u64,
@@ -202,7 +207,7 @@ impl Store {
         expected: Option<u64>,
         uid: Option<u32>,
     ) -> Result<Arc<Snapshot>, WriteError> {
-        self.check_writable(json.len())?;
+        self.check_writable("the document is", json.len())?;
         let next = Document::parse(json.as_bytes()).map_err(WriteError::Invalid)?;
         let origin = Origin {
             source: Source::Set,
@@ -218,7 +223,7 @@ impl Store {
         expected: Option<u64>,
         uid: Option<u32>,
     ) -> Result<Arc<Snapshot>, WriteError> {
-        self.check_writable(merge_patch.len())?;
+        self.check_writable("the patch is", merge_patch.len())?;
         let patch = argsbroker::document::parse_value(merge_patch.as_bytes())
             .map_err(WriteError::Invalid)?;
         let origin = Origin {
@@ -243,7 +248,7 @@ impl Store {
         expected: Option<u64>,
         uid: Option<u32>,
     ) -> Result<Arc<Snapshot>, WriteError> {
-        self.check_writable(0)?;
+        self.check_writable("the request is", 0)?;
         let json = {
             let history = self.history();
             match history.get(to_revision) {
@@ -289,16 +294,17 @@ impl Store {
         }
     }
 
-    fn check_writable(&self, size: usize) -> Result<(), WriteError> {
+    fn check_writable(&self, what: &'static str, size: usize) -> Result<(), WriteError> {
         if self.limits.read_only {
             return Err(WriteError::ReadOnly);
         }
-        self.check_size(size)
+        self.check_size(what, size)
     }
 
-    fn check_size(&self, size: usize) -> Result<(), WriteError> {
+    fn check_size(&self, what: &'static str, size: usize) -> Result<(), WriteError> {
         if size > self.limits.max_args_bytes {
             return Err(WriteError::TooLarge {
+                what,
                 size,
                 max: self.limits.max_args_bytes,
             });
@@ -327,7 +333,7 @@ impl Store {
             }
         }
         let document = next(&current.document)?;
-        self.check_size(document.json().len())?;
+        self.check_size("the result would be", document.json().len())?;
         if document.sha256() == current.document.sha256() {
             return Ok(current);
         }

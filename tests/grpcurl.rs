@@ -137,3 +137,54 @@ fn socket_path_authority_gets_a_warning_that_says_what_to_add() {
         "{warning}"
     );
 }
+
+/// SetArgs and PatchArgs through grpcurl, including a revision conflict.
+#[test]
+fn set_and_patch_with_grpcurl() {
+    let site = Site::new(DOC);
+    let _broker = site.start_broker();
+    let (code, out, err) = grpcurl(
+        &site,
+        &[
+            "-d",
+            r#"{"merge_patch": "{\"model\": {\"path\": \"/srv/n.onnx\"}}"}"#,
+        ],
+        &["argsbroker.v1.ArgsBroker/PatchArgs"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(reply["revision"], "2");
+    assert_eq!(
+        reply["json"],
+        r#"{"model":{"path":"/srv/n.onnx"},"big":123456789012345678901234567890}"#
+    );
+
+    let (code, out, err) = grpcurl(
+        &site,
+        &[
+            "-d",
+            r#"{"json": "{\"fresh\": true}", "expected_revision": 2}"#,
+        ],
+        &["argsbroker.v1.ArgsBroker/SetArgs"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (reply["revision"].as_str(), reply["json"].as_str()),
+        (Some("3"), Some(r#"{"fresh":true}"#))
+    );
+
+    let (code, _, err) = grpcurl(
+        &site,
+        &["-d", r#"{"json": "{}", "expected_revision": 2}"#],
+        &["argsbroker.v1.ArgsBroker/SetArgs"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("Code: FailedPrecondition"), "{err}");
+    assert!(
+        err.contains(
+            "Message: revision conflict: expected revision 2, but the current revision is 3"
+        ),
+        "{err}"
+    );
+}
