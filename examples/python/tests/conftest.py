@@ -17,6 +17,8 @@ from typing import Callable, List, Optional, TypeVar
 import httpx
 import pytest
 
+import argsbroker_client
+
 EXAMPLES = Path(__file__).resolve().parent.parent  # examples/python
 REPO = EXAMPLES.parent.parent
 BROKER_BIN = Path(os.environ.get("ARGSBROKER_BIN") or REPO / "target" / "debug" / "broker")
@@ -142,8 +144,6 @@ class Broker:
         return self
 
     def wait_ready(self) -> None:
-        import argsbroker_client
-
         def answers() -> Optional[bool]:
             self.proc.check_alive()
             if not os.path.exists(self.socket):
@@ -161,8 +161,6 @@ class Broker:
 
     def patch(self, merge_patch: dict) -> int:
         """Applies a merge patch with this package's client; returns the new revision."""
-        import argsbroker_client
-
         with argsbroker_client.connect(self.socket, timeout=5) as client:
             return client.patch(merge_patch).revision
 
@@ -178,9 +176,7 @@ class Broker:
         assert found, f"broker patch printed no revision: {run.stdout!r}"
         return int(found.group(1))
 
-    def document(self) -> "argsbroker_client.Snapshot":
-        import argsbroker_client
-
+    def document(self) -> argsbroker_client.Snapshot:
         with argsbroker_client.connect(self.socket, timeout=5) as client:
             return client.snapshot()
 
@@ -195,22 +191,27 @@ def broker(tmp_path: Path):
 class Server:
     """The example app under uvicorn or gunicorn, on a free 127.0.0.1 port."""
 
-    def __init__(self, tmp: Path, socket_path: str, kind: str = "uvicorn", workers: int = 4, timeout: float = 10.0) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    def __init__(self, tmp: Path, socket_path: str, kind: str = "uvicorn", workers: int = 4,
+                 timeout: float = 10.0, uds: bool = False) -> None:
+        self.uds = str(tmp / f"app-{kind}.sock") if uds else None
+        self.port = None if uds else free_port()
+        self.url = "http://app" if uds else f"http://127.0.0.1:{self.port}"
+        bind = ["--uds", self.uds] if uds else ["--host", "127.0.0.1", "--port", str(self.port)]
         env = dict(os.environ, ARGSBROKER_SOCKET=socket_path, ARGSBROKER_TIMEOUT=str(timeout), PYTHONUNBUFFERED="1")
         if kind == "uvicorn":
-            argv = [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1",
-                    "--port", str(self.port), "--workers", str(workers), "--log-level", "warning"]
+            argv = [sys.executable, "-m", "uvicorn", "app:app", *bind,
+                    "--workers", str(workers), "--log-level", "warning"]
         else:
+            address = f"unix:{self.uds}" if uds else f"127.0.0.1:{self.port}"
             argv = [sys.executable, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker",
-                    "-w", str(workers), "-b", f"127.0.0.1:{self.port}", "--log-level", "warning",
+                    "-w", str(workers), "-b", address, "--log-level", "warning",
                     "--graceful-timeout", "5", "app:app"]
-        self.proc = Proc(argv, tmp / f"{kind}-{self.port}.log", cwd=EXAMPLES, env=env)
+        self.proc = Proc(argv, tmp / f"{kind}-{self.port or 'uds'}.log", cwd=EXAMPLES, env=env)
 
     def get(self, timeout: float = 2.0) -> httpx.Response:
         # A new connection per request, so that any worker may take it.
-        with httpx.Client(timeout=timeout) as client:
+        transport = httpx.HTTPTransport(uds=self.uds) if self.uds else None
+        with httpx.Client(timeout=timeout, transport=transport) as client:
             return client.get(f"{self.url}/args", headers={"Connection": "close"})
 
     def try_get(self, timeout: float = 2.0) -> Optional[httpx.Response]:
@@ -278,9 +279,6 @@ def body_for(snapshot) -> bytes:
 
 
 def parse(body: bytes):
-    import argsbroker_client
-
     return argsbroker_client.loads(body)
 
 
-__all__ = ["Broker", "Server", "eventually", "free_port", "body_for", "parse", "json", "BIG_INT", "BIG_FLOAT"]

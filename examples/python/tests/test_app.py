@@ -2,9 +2,6 @@
 against the real broker."""
 import time
 
-import pytest
-
-import argsbroker_client
 from conftest import BIG_INT, Server, body_for, eventually, parse
 
 
@@ -129,3 +126,14 @@ def test_gunicorn_with_uvicorn_workers_serves_args(broker, servers):
     assert r.content == expected
     assert r.headers["X-Args-Revision"] == str(broker.document().revision)
     assert int(r.headers["X-Worker-Pid"]) in server.worker_pids(2)
+
+
+def test_uvicorn_on_a_unix_socket_serves_args(broker, servers):
+    """`uvicorn --uds PATH --workers 2` serves GET /args with the broker's document."""
+    broker.start()
+    expected = body_for(broker.document())
+    server = servers(broker.socket, workers=2, uds=True)
+    assert server.wait_ready().content == expected
+    for _ in range(10):
+        r = server.get()
+        assert r.status_code == 200 and r.content == expected
