@@ -80,3 +80,20 @@ def test_live_copy_survives_a_broker_restart(broker):
         assert after > revision
         assert live.wait_for_revision(after, timeout=5)
         assert live.get("/arg1") == "after restart"
+
+
+def test_set_is_compare_and_set_and_listeners_hear_of_it(broker):
+    """set() with a stale expected_revision raises RevisionConflict and changes
+    nothing; a current one replaces the document and on_change listeners see it."""
+    broker.start()
+    seen = []
+    with argsbroker_client.follow(broker.socket) as live, argsbroker_client.connect(broker.socket) as client:
+        live.on_change(lambda snapshot: seen.append(snapshot.revision))
+        current = client.snapshot().revision
+        with pytest.raises(argsbroker_client.RevisionConflict):
+            client.set({"arg1": "stale"}, expected_revision=current + 5)
+        assert client.snapshot().revision == current
+        written = client.set({"arg1": "fresh", "n": Decimal("1.50")}, expected_revision=current)
+        assert written.json == '{"arg1":"fresh","n":1.50}'
+        assert live.wait_for_revision(written.revision, timeout=5)
+        eventually("the listener", lambda: True if seen == [written.revision] else None)
