@@ -30,8 +30,10 @@ STARTUP_TIMEOUT = float(os.environ.get("ARGSBROKER_TIMEOUT", argsbroker_client.D
 async def lifespan(app: FastAPI):
     # Runs in every worker: wait for the broker, then follow it in the background.
     app.state.args = await asyncio.to_thread(argsbroker_client.follow, SOCKET, STARTUP_TIMEOUT)
-    yield
-    await asyncio.to_thread(app.state.args.close)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(app.state.args.close)
 
 
 app = FastAPI(lifespan=lifespan)
