@@ -5,7 +5,7 @@
 //! which revision the args file's content is. Old entries are pruned by
 //! count (`--history`) and by total size (`--history-bytes`); the newest is
 //! always kept.
-use crate::durable;
+use argsbroker::durable;
 use argsbroker::pb;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

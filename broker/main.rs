@@ -2,13 +2,13 @@
 //! with a subcommand, a command-line client of a running broker.
 mod authority;
 mod cli;
-mod durable;
 mod history;
 mod reload;
 mod server;
 mod service;
 mod socket;
 mod store;
+mod supervisor;
 
 use anyhow::Context;
 use argsbroker::DEFAULT_SOCKET;
@@ -16,6 +16,7 @@ use clap::Parser;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 const AFTER_HELP: &str = "\
 Every flag can also be set by its ARGSBROKER_* variable.
@@ -81,6 +82,39 @@ struct ServeArgs {
     /// Follow the args file on disk and publish each valid change as a new revision.
     #[arg(long, env = "ARGSBROKER_WATCH")]
     watch: bool,
+
+    /// Also run N worker processes sharing --http (0: the broker alone). Each is restarted if it dies.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "ARGSBROKER_WORKERS",
+        default_value_t = 0,
+        requires = "http"
+    )]
+    workers: usize,
+
+    /// The HTTP address the workers share (SO_REUSEPORT), with --workers.
+    #[arg(long, value_name = "HOST:PORT", env = "ARGSBROKER_HTTP")]
+    http: Option<std::net::SocketAddr>,
+
+    /// The worker executable [default: `worker` beside this broker's executable]
+    #[arg(long, value_name = "PATH", env = "ARGSBROKER_WORKER_BIN")]
+    worker_bin: Option<PathBuf>,
+
+    /// With --workers: how long workers get to finish in-flight requests on shutdown before SIGKILL, in seconds.
+    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_GRACEFUL_TIMEOUT", default_value_t = 10.0, value_parser = seconds)]
+    graceful_timeout: f64,
+
+    /// Extra arguments for every worker, after `--` (e.g. -- --cache-file /var/cache/args.json).
+    #[arg(last = true, value_name = "WORKER-ARGS")]
+    worker_args: Vec<std::ffi::OsString>,
+}
+
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -125,6 +159,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         history_bytes: args.history_bytes,
         read_only: args.read_only,
     };
+    let worker_bin = match (&args.worker_bin, args.workers) {
+        (_, 0) => PathBuf::new(),
+        (Some(bin), _) => bin.clone(),
+        (None, _) => std::env::current_exe()
+            .context("cannot find this executable's path")?
+            .with_file_name("worker"),
+    };
+    if args.workers > 0 && !worker_bin.is_file() {
+        anyhow::bail!(
+            "cannot find the worker executable at {} (build it, or point --worker-bin at it)",
+            worker_bin.display()
+        );
+    }
     let store = Arc::new(store::Store::open(&args_path, &state_dir, limits)?);
     // Reloads are set up before the socket exists: once a client can
     // connect, a SIGHUP or a change to the file is never missed.
@@ -146,7 +193,36 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         watch = args.watch,
         "serving"
     );
-    let result = server::run(listener, store, shutdown_signal()).await;
+    let result = match args.http.filter(|_| args.workers > 0) {
+        None => {
+            argsbroker::sd_notify::ready();
+            server::run(listener, store, shutdown_signal()).await
+        }
+        Some(http) => {
+            let plan = supervisor::Plan {
+                workers: args.workers,
+                http,
+                worker_bin,
+                socket: args.socket.clone(),
+                worker_args: args.worker_args,
+                graceful_timeout: Duration::from_secs_f64(args.graceful_timeout),
+            };
+            // Workers stop first, then the broker they were following.
+            let (stop_broker, broker_stops) = tokio::sync::oneshot::channel::<()>();
+            let broker = server::run(listener, store, async {
+                let _ = broker_stops.await;
+            });
+            // Joined, not spawned: the supervisor must run on this (the main) thread.
+            let workers = async {
+                let result =
+                    supervisor::run(plan, shutdown_signal(), argsbroker::sd_notify::ready).await;
+                let _ = stop_broker.send(());
+                result
+            };
+            let (broker, workers) = tokio::join!(broker, workers);
+            workers.and(broker)
+        }
+    };
     if let Err(err) = std::fs::remove_file(&args.socket) {
         tracing::warn!(socket = %args.socket.display(), %err, "could not remove the socket");
     }

@@ -6,10 +6,10 @@
 //! watcher skips revisions instead of making the broker buffer them. Writers
 //! take a lock, check the expected revision, make the new document durable
 //! (the args file, then its history entry), and only then publish it.
-use crate::durable;
 use crate::history::{Entry, History, HistoryError, Source};
 use arc_swap::ArcSwap;
 use argsbroker::document::{Document, DocumentError};
+use argsbroker::durable;
 use argsbroker::pb;
 use serde_json::Value;
 use std::io;

@@ -135,8 +135,12 @@ impl<T> Live<T> {
         self.shared.connected.load(Ordering::Acquire)
     }
 
-    /// Time since the broker was last heard from (a snapshot or a healthy watch).
+    /// Zero while the watch is up; otherwise how long ago the broker was last
+    /// heard from (how stale the served args may be).
     pub fn since_last_contact(&self) -> Duration {
+        if self.is_connected() {
+            return Duration::ZERO;
+        }
         let last = self.shared.last_contact_ms.load(Ordering::Acquire);
         Duration::from_millis(now_ms().saturating_sub(last))
     }
@@ -179,6 +183,32 @@ where
             }
         }
     };
+    Ok(start(path, first, Some(stream), prepare))
+}
+
+/// Serves `initial` (say, a snapshot cached on disk) right away, marked as
+/// not connected, and keeps trying to reach the broker at `socket` in the
+/// background; a newer revision from the broker replaces it.
+pub fn follow_from<T, F>(socket: impl AsRef<Path>, initial: Snapshot, prepare: F) -> Live<T>
+where
+    T: Send + Sync + 'static,
+    F: Fn(Snapshot) -> T + Send + Sync + 'static,
+{
+    let live = start(socket.as_ref().to_path_buf(), initial, None, prepare);
+    live.shared.connected.store(false, Ordering::Release);
+    live
+}
+
+fn start<T, F>(
+    path: PathBuf,
+    first: Snapshot,
+    stream: Option<Streaming<pb::Args>>,
+    prepare: F,
+) -> Live<T>
+where
+    T: Send + Sync + 'static,
+    F: Fn(Snapshot) -> T + Send + Sync + 'static,
+{
     let shared = Arc::new(Shared {
         revision: AtomicU64::new(first.revision),
         current: ArcSwap::from_pointee(prepare(first)),
@@ -191,7 +221,7 @@ where
         stream,
         prepare,
     ));
-    Ok(Live { shared })
+    Live { shared }
 }
 
 async fn open_watch(path: &Path) -> Result<(Snapshot, Streaming<pb::Args>), ClientError> {
@@ -215,48 +245,51 @@ async fn open_watch(path: &Path) -> Result<(Snapshot, Streaming<pb::Args>), Clie
     }
 }
 
+/// Follows the open watch until it ends, then reconnects with backoff and
+/// resubscribes (the first message is the broker's current snapshot); ends
+/// when every `Live` handle is gone.
 async fn keep_following<T, F>(
     shared: Weak<Shared<T>>,
     path: PathBuf,
-    mut stream: Streaming<pb::Args>,
+    mut stream: Option<Streaming<pb::Args>>,
     prepare: F,
 ) where
     F: Fn(Snapshot) -> T,
 {
     let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
     loop {
-        // Follow the open watch until it ends.
-        loop {
-            let message = stream.message().await;
-            let Some(live) = shared.upgrade() else { return };
-            match message {
-                Ok(Some(args)) => match Snapshot::from_reply(&path, args) {
-                    Ok(snapshot) => apply(&live, snapshot, &prepare),
-                    Err(err) => tracing::warn!(%err, "ignoring a snapshot"),
-                },
-                Ok(None) => {
-                    tracing::warn!(path = %path.display(), "the broker ended the watch; serving the last args while reconnecting");
-                    break;
-                }
-                Err(status) => {
-                    tracing::warn!(path = %path.display(), %status, "lost the broker; serving the last args while reconnecting");
-                    break;
+        if let Some(mut open) = stream.take() {
+            loop {
+                let message = open.message().await;
+                let Some(live) = shared.upgrade() else { return };
+                match message {
+                    Ok(Some(args)) => match Snapshot::from_reply(&path, args) {
+                        Ok(snapshot) => apply(&live, snapshot, &prepare),
+                        Err(err) => tracing::warn!(%err, "ignoring a snapshot"),
+                    },
+                    Ok(None) => {
+                        tracing::warn!(path = %path.display(), "the broker ended the watch; serving the last args while reconnecting");
+                        break;
+                    }
+                    Err(status) => {
+                        tracing::warn!(path = %path.display(), %status, "lost the broker; serving the last args while reconnecting");
+                        break;
+                    }
                 }
             }
-        }
-        if let Some(live) = shared.upgrade() {
+            let Some(live) = shared.upgrade() else { return };
+            live.last_contact_ms.store(now_ms(), Ordering::Release);
             live.connected.store(false, Ordering::Release);
         }
-        // Reconnect, then resubscribe: the first message is the broker's current snapshot.
         backoff.reset();
         stream = loop {
             tokio::time::sleep(backoff.next()).await;
             let Some(live) = shared.upgrade() else { return };
             match open_watch(&path).await {
-                Ok((snapshot, stream)) => {
-                    tracing::info!(path = %path.display(), revision = snapshot.revision, "reconnected to the broker");
+                Ok((snapshot, open)) => {
+                    tracing::info!(path = %path.display(), revision = snapshot.revision, "connected to the broker");
                     apply(&live, snapshot, &prepare);
-                    break stream;
+                    break Some(open);
                 }
                 Err(err) => tracing::debug!(%err, "broker still unreachable"),
             }

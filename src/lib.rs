@@ -11,6 +11,8 @@
 //! - [`document`]: the args document, parsed once and kept exact.
 //! - [`pointer`]: RFC 6901 JSON pointers into a document.
 //! - [`client`]: connect to a broker and follow its args with a lock-free cache.
+//! - [`durable`]: atomic, fsynced file replacement.
+//! - [`sd_notify`]: systemd readiness notification.
 //! - [`logging`]: the `tracing` setup both binaries share.
 //!
 //! # Example: an axum app that serves the live args
@@ -36,8 +38,10 @@
 
 pub mod client;
 pub mod document;
+pub mod durable;
 pub mod logging;
 pub mod pointer;
+pub mod sd_notify;
 
 /// The generated protobuf types and gRPC stubs for `argsbroker.v1`.
 #[allow(missing_docs, clippy::all)]

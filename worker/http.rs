@@ -11,6 +11,8 @@ use axum::Router;
 use bytes::Bytes;
 
 pub const X_ARGS_REVISION: HeaderName = HeaderName::from_static("x-args-revision");
+/// Present (`true`) while the worker has lost its broker and serves its last args.
+pub const X_ARGS_STALE: HeaderName = HeaderName::from_static("x-args-stale");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache");
 
@@ -72,15 +74,17 @@ pub fn app(live: Live<Prepared>) -> Router {
 
 async fn whole(State(live): State<Live<Prepared>>, request: HeaderMap) -> Response {
     let prepared = live.load();
-    if prepared.matches(&request) {
-        return (StatusCode::NOT_MODIFIED, prepared.headers()).into_response();
-    }
-    (
-        prepared.headers(),
-        [(CONTENT_TYPE, JSON)],
-        prepared.body.clone(),
-    )
-        .into_response()
+    let response = if prepared.matches(&request) {
+        (StatusCode::NOT_MODIFIED, prepared.headers()).into_response()
+    } else {
+        (
+            prepared.headers(),
+            [(CONTENT_TYPE, JSON)],
+            prepared.body.clone(),
+        )
+            .into_response()
+    };
+    mark_stale(&live, response)
 }
 
 /// `/args/` is the pointer `/`: the key "" at the top level.
@@ -95,7 +99,7 @@ async fn at_pointer(
 ) -> Response {
     let prepared = live.load();
     let pointer = format!("/{rest}");
-    match prepared.snapshot.document.get(&pointer) {
+    let response = match prepared.snapshot.document.get(&pointer) {
         Ok(Some(_)) if prepared.matches(&request) => {
             (StatusCode::NOT_MODIFIED, prepared.headers()).into_response()
         }
@@ -111,7 +115,18 @@ async fn at_pointer(
             &pointer,
         ),
         Err(err) => error(StatusCode::BAD_REQUEST, &err.to_string(), &pointer),
+    };
+    mark_stale(&live, response)
+}
+
+/// Adds `X-Args-Stale: true` while the broker is out of reach.
+fn mark_stale(live: &Live<Prepared>, mut response: Response) -> Response {
+    if !live.is_connected() {
+        response
+            .headers_mut()
+            .insert(X_ARGS_STALE, HeaderValue::from_static("true"));
     }
+    response
 }
 
 /// A JSON error body; serde_json escapes whatever the request put in it.

@@ -1,5 +1,6 @@
 //! `worker`: an HTTP worker that serves the broker's args. It fetches them
 //! before it accepts any connection, then follows every change.
+mod cache;
 mod http;
 
 use anyhow::Context;
@@ -43,10 +44,16 @@ struct Cli {
     /// How long to wait for the broker at startup before giving up, in seconds.
     #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_STARTUP_TIMEOUT", default_value_t = 10.0, value_parser = seconds)]
     startup_timeout: f64,
-}
 
-/// How long in-flight requests get to finish after SIGINT or SIGTERM.
-const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Keep the last args in this file (written atomically on every revision); if the broker
+    /// cannot be reached at startup, start from it instead of failing.
+    #[arg(long, value_name = "PATH", env = "ARGSBROKER_CACHE_FILE")]
+    cache_file: Option<PathBuf>,
+
+    /// How long in-flight requests get to finish after SIGINT or SIGTERM, in seconds.
+    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_GRACEFUL_TIMEOUT", default_value_t = 10.0, value_parser = seconds)]
+    graceful_timeout: f64,
+}
 
 fn seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -76,12 +83,42 @@ fn fail(err: anyhow::Error) -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     // The startup hook: hold the args before listening, because with
     // SO_REUSEPORT the kernel hands connections to any bound worker.
-    let live = client::follow(
-        &cli.broker,
-        Duration::from_secs_f64(cli.startup_timeout),
-        http::Prepared::new,
-    )
-    .await?;
+    let cache = cli.cache_file.clone().map(cache::Writer::start);
+    let saver = cache.clone();
+    let prepare = move |snapshot: client::Snapshot| {
+        if let Some(cache) = &saver {
+            cache.save(&snapshot);
+        }
+        http::Prepared::new(snapshot)
+    };
+    let startup_timeout = Duration::from_secs_f64(cli.startup_timeout);
+    let live = match client::follow(&cli.broker, startup_timeout, prepare.clone()).await {
+        Ok(live) => live,
+        Err(err @ client::ClientError::Unreachable { .. }) => {
+            let Some(path) = &cli.cache_file else {
+                return Err(err.into());
+            };
+            match cache::read(path) {
+                Ok(snapshot) => {
+                    tracing::warn!(
+                        cache = %path.display(),
+                        revision = snapshot.revision,
+                        "{}; starting from the cache file and reconnecting in the background",
+                        argsbroker::one_line(&err)
+                    );
+                    client::follow_from(&cli.broker, snapshot, prepare)
+                }
+                Err(cache_err) => {
+                    tracing::error!(
+                        "ignoring the cache file: {}",
+                        argsbroker::one_line(&cache_err)
+                    );
+                    return Err(err.into());
+                }
+            }
+        }
+        Err(err) => return Err(err.into()),
+    };
     let listener = listen(cli.listen, cli.reuse_port)
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     let local = listener.local_addr()?;
@@ -91,6 +128,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         revision = live.revision(),
         "serving args on http://{local}/args"
     );
+    argsbroker::sd_notify::ready();
+    let graceful_timeout = Duration::from_secs_f64(cli.graceful_timeout);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, http::app(live)).with_graceful_shutdown(async move {
         shutdown_signal().await;
@@ -99,8 +138,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     });
     tokio::select! {
         result = server => result.context("HTTP server failed")?,
-        _ = async { let _ = stop_rx.await; tokio::time::sleep(GRACEFUL_TIMEOUT).await } => {
-            tracing::warn!("requests still in flight after {GRACEFUL_TIMEOUT:?}; exiting");
+        _ = async { let _ = stop_rx.await; tokio::time::sleep(graceful_timeout).await } => {
+            tracing::warn!("requests still in flight after {graceful_timeout:?}; exiting");
         }
     }
     Ok(())

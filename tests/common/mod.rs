@@ -222,7 +222,16 @@ pub fn get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> HttpResponse
 
 /// GET that returns `None` when nothing answers.
 pub fn try_get(port: u16, path: &str, headers: &[(&str, &str)]) -> Option<HttpResponse> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    exchange(stream, path, headers)
+}
+
+/// Sends a GET on an open connection and reads the whole answer.
+pub fn exchange(
+    mut stream: TcpStream,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<HttpResponse> {
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for (k, v) in headers {
