@@ -102,19 +102,12 @@ struct ServeArgs {
     worker_bin: Option<PathBuf>,
 
     /// With --workers: how long workers get to finish in-flight requests on shutdown before SIGKILL, in seconds.
-    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_GRACEFUL_TIMEOUT", default_value_t = 10.0, value_parser = seconds)]
-    graceful_timeout: f64,
+    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_GRACEFUL_TIMEOUT", default_value = "10", value_parser = argsbroker::cmdline::seconds)]
+    graceful_timeout: Duration,
 
     /// Extra arguments for every worker, after `--` (e.g. -- --cache-file /var/cache/args.json).
     #[arg(last = true, value_name = "WORKER-ARGS")]
     worker_args: Vec<std::ffi::OsString>,
-}
-
-fn seconds(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!("{s:?} is not a number of seconds")),
-    }
 }
 
 fn main() -> ExitCode {
@@ -196,7 +189,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let result = match args.http.filter(|_| args.workers > 0) {
         None => {
             argsbroker::sd_notify::ready();
-            server::run(listener, store, shutdown_signal()).await
+            server::run(listener, store, argsbroker::cmdline::shutdown_signal()).await
         }
         Some(http) => {
             let plan = supervisor::Plan {
@@ -205,7 +198,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 worker_bin,
                 socket: args.socket.clone(),
                 worker_args: args.worker_args,
-                graceful_timeout: Duration::from_secs_f64(args.graceful_timeout),
+                graceful_timeout: args.graceful_timeout,
             };
             // Workers stop first, then the broker they were following.
             let (stop_broker, broker_stops) = tokio::sync::oneshot::channel::<()>();
@@ -214,8 +207,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             });
             // Joined, not spawned: the supervisor must run on this (the main) thread.
             let workers = async {
-                let result =
-                    supervisor::run(plan, shutdown_signal(), argsbroker::sd_notify::ready).await;
+                let result = supervisor::run(
+                    plan,
+                    argsbroker::cmdline::shutdown_signal(),
+                    argsbroker::sd_notify::ready,
+                )
+                .await;
                 let _ = stop_broker.send(());
                 result
             };
@@ -239,20 +236,4 @@ fn default_state_dir(args: &Path) -> PathBuf {
         .unwrap_or_default();
     name.push(".state");
     args.with_file_name(name)
-}
-
-/// Completes on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the broker with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

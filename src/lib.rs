@@ -13,7 +13,7 @@
 //! - [`client`]: connect to a broker and follow its args with a lock-free cache.
 //! - [`durable`]: atomic, fsynced file replacement.
 //! - [`sd_notify`]: systemd readiness notification.
-//! - [`logging`]: the `tracing` setup both binaries share.
+//! - [`logging`], [`cmdline`]: what both binaries share at their edges.
 //!
 //! # Example: an axum app that serves the live args
 //! ```no_run
@@ -37,6 +37,7 @@
 //! ```
 
 pub mod client;
+pub mod cmdline;
 pub mod document;
 pub mod durable;
 pub mod logging;

@@ -42,8 +42,8 @@ struct Cli {
     reuse_port: bool,
 
     /// How long to wait for the broker at startup before giving up, in seconds.
-    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_STARTUP_TIMEOUT", default_value_t = 10.0, value_parser = seconds)]
-    startup_timeout: f64,
+    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_STARTUP_TIMEOUT", default_value = "10", value_parser = argsbroker::cmdline::seconds)]
+    startup_timeout: Duration,
 
     /// Keep the last args in this file (written atomically on every revision); if the broker
     /// cannot be reached at startup, start from it instead of failing.
@@ -51,15 +51,8 @@ struct Cli {
     cache_file: Option<PathBuf>,
 
     /// How long in-flight requests get to finish after SIGINT or SIGTERM, in seconds.
-    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_GRACEFUL_TIMEOUT", default_value_t = 10.0, value_parser = seconds)]
-    graceful_timeout: f64,
-}
-
-fn seconds(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!("{s:?} is not a number of seconds")),
-    }
+    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_GRACEFUL_TIMEOUT", default_value = "10", value_parser = argsbroker::cmdline::seconds)]
+    graceful_timeout: Duration,
 }
 
 fn main() -> ExitCode {
@@ -91,7 +84,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         http::Prepared::new(snapshot)
     };
-    let startup_timeout = Duration::from_secs_f64(cli.startup_timeout);
+    let startup_timeout = cli.startup_timeout;
     let live = match client::follow(&cli.broker, startup_timeout, prepare.clone()).await {
         Ok(live) => live,
         Err(err @ client::ClientError::Unreachable { .. }) => {
@@ -129,10 +122,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         "serving args on http://{local}/args"
     );
     argsbroker::sd_notify::ready();
-    let graceful_timeout = Duration::from_secs_f64(cli.graceful_timeout);
+    let graceful_timeout = cli.graceful_timeout;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, http::app(live)).with_graceful_shutdown(async move {
-        shutdown_signal().await;
+        argsbroker::cmdline::shutdown_signal().await;
         tracing::info!("shutting down; finishing in-flight requests");
         let _ = stop_tx.send(());
     });
@@ -156,19 +149,4 @@ fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::Tcp
     socket.listen(1024)?;
     socket.set_nonblocking(true)?;
     tokio::net::TcpListener::from_std(socket.into())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the worker with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
