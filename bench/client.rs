@@ -752,7 +752,11 @@ async fn watchers(w: Watchers) -> Result<()> {
             }
         }
         if let (true, Some(t)) = (complete, latest) {
-            last.push(t.saturating_duration_since(c.reply_at).as_nanos() as u64);
+            // Signed: a watcher may get the revision before the writer gets its reply.
+            last.push(match t.checked_duration_since(c.reply_at) {
+                Some(d) => d.as_micros() as i64,
+                None => -(c.reply_at.duration_since(t).as_micros() as i64),
+            });
         }
     }
     last.sort_unstable();
@@ -767,8 +771,8 @@ async fn watchers(w: Watchers) -> Result<()> {
         w.watchers,
         changes.len(),
         last.len(),
-        pct(&last, 50.0),
-        pct(&last, 99.0),
+        pct_i(&last, 50.0),
+        pct_i(&last, 99.0),
         pct(&write, 50.0),
         pct(&write, 99.0),
         rss_before.map_or("nan".into(), |v| v.to_string()),

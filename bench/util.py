@@ -129,7 +129,8 @@ class Report:
             met = "(info)"
         else:
             met = "**met**" if (ratio >= bound if higher_is_better else ratio <= bound) else "**missed**"
-        self.add(workload, ours, f"{b_name} {num(b * scale)} {unit}", f"{ratio:.2f}×", target_text, met)
+        self.add(workload, ours, f"{b_name} {num(b * scale)} {unit}", f"{ratio:.2f}×" if ratio >= 0.1 else f"{ratio:.2g}×",
+                 target_text, met)
 
     def absolute(self, workload, a, unit, limit, target_text, extra=""):
         if a is None:
@@ -308,6 +309,20 @@ def report(results, versions_path, cmd, quick):
         cold = num(R.med(rid, "cold_ms")) if "cold_ms" in v else ""
         p(f"| {rid} | {r['workload']} | {r['payload']} | {R.n(rid)} | {cold} | {R.rng(rid, 'cold_ms')} | {rss} |")
     p("")
+    lrows = [(rid, r) for rid, r in rows.items() if rid.startswith("L.")]
+    if lrows:
+        p("## Other load on the machine during the run")
+        p("")
+        p("CPU time used by processes this run did not start (busy time from /proc/stat minus the run's own")
+        p("processes'), per section. Anything well above zero means the figures of that section were taken on a")
+        p("busier machine than the anchors' — and anchors and argsbroker of one section shared it alike.")
+        p("")
+        p("| section | wall s | CPU busy s | other processes' CPU s | share of the machine |")
+        p("|---|---|---|---|---|")
+        for rid, r in lrows:
+            p(f"| {rid[2:]} | {num(R.med(rid, 'wall_s'))} | {num(R.med(rid, 'busy_s'))} | {num(R.med(rid, 'other_cpu_s'))} | "
+              f"{num(R.med(rid, 'other_pct'))} % |")
+        p("")
     p("## How it is measured")
     p("")
     p("- `bench/run` builds release binaries into `target/bench`, generates the documents with `bench/gen_payload.py`")
