@@ -10,7 +10,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("argsbroker_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    tonic_prost_build::configure()
+        // Args.json as Bytes, shared per revision instead of copied (see src/wire.rs).
+        .extern_path(".argsbroker.v1.Args", "crate::wire::Args")
+        .compile_fds(fds)?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -121,7 +121,11 @@ pub async fn run(command: Command) -> Result<(), Failure> {
                 .await
                 .map_err(rpc_failure)?
                 .into_inner();
-            print_json(&mut out, &args.json)?;
+            print_json(
+                &mut out,
+                args.json_str()
+                    .context("the broker sent text that is not UTF-8")?,
+            )?;
         }
         Command::Set {
             socket,
@@ -177,8 +181,13 @@ pub async fn run(command: Command) -> Result<(), Failure> {
                     )
                     .into());
                 };
-                writeln!(out, "{}\t{}", args.revision, args.json)
-                    .context("cannot write to stdout")?;
+                writeln!(
+                    out,
+                    "{}\t{}",
+                    args.revision,
+                    String::from_utf8_lossy(&args.json)
+                )
+                .context("cannot write to stdout")?;
                 out.flush().context("cannot write to stdout")?;
             }
         }

@@ -62,7 +62,7 @@ impl Entry {
     pub fn to_args(&self) -> pb::Args {
         pb::Args {
             revision: self.revision,
-            json: String::from_utf8_lossy(&self.json).into_owned(),
+            json: self.json.clone(),
             sha256: self.sha256.clone(),
             not_modified: false,
         }

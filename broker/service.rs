@@ -3,6 +3,7 @@
 use crate::store::{Store, WriteError};
 use argsbroker::pb::{self, args_broker_server::ArgsBroker};
 use argsbroker::pointer::PointerError;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -36,7 +37,7 @@ impl ArgsBroker for Service {
         if request.if_none_match == Some(snapshot.revision) {
             return Ok(Response::new(pb::Args {
                 revision: snapshot.revision,
-                json: String::new(),
+                json: Bytes::new(),
                 sha256: snapshot.reply.sha256.clone(),
                 not_modified: true,
             }));
@@ -47,7 +48,7 @@ impl ArgsBroker for Service {
         match snapshot.document.get(&request.pointer) {
             Ok(Some(value)) => Ok(Response::new(pb::Args {
                 revision: snapshot.revision,
-                json: value.to_string(),
+                json: Bytes::from(value.to_string()),
                 sha256: snapshot.reply.sha256.clone(),
                 not_modified: false,
             })),

@@ -31,7 +31,7 @@ impl Snapshot {
     fn new(revision: u64, document: Document) -> Self {
         let reply = pb::Args {
             revision,
-            json: document.json_str().to_owned(),
+            json: document.json().clone(),
             sha256: document.sha256().to_owned(),
             not_modified: false,
         };

@@ -85,11 +85,10 @@ pub struct Snapshot {
 
 impl Snapshot {
     fn from_reply(path: &Path, args: pb::Args) -> Result<Self, ClientError> {
-        let document =
-            Document::parse(args.json.as_bytes()).map_err(|source| ClientError::BadDocument {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let document = Document::parse(&args.json).map_err(|source| ClientError::BadDocument {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(Self {
             revision: args.revision,
             document,

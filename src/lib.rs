@@ -7,7 +7,8 @@
 //! a worker; the `broker` and `worker` binaries are built on it.
 //!
 //! Layout:
-//! - [`pb`]: the generated `argsbroker.v1` protobuf types and gRPC stubs.
+//! - [`pb`]: the generated `argsbroker.v1` protobuf types and gRPC stubs
+//!   (`pb::Args` is [`wire::Args`], whose JSON text is shared `Bytes`).
 //! - [`document`]: the args document, parsed once and kept exact.
 //! - [`pointer`]: RFC 6901 JSON pointers into a document.
 //! - [`client`]: connect to a broker and follow its args with a lock-free cache.
@@ -43,11 +44,13 @@ pub mod durable;
 pub mod logging;
 pub mod pointer;
 pub mod sd_notify;
+pub mod wire;
 
 /// The generated protobuf types and gRPC stubs for `argsbroker.v1`.
 #[allow(missing_docs, clippy::all)]
 pub mod pb {
     tonic::include_proto!("argsbroker.v1");
+    pub use crate::wire::Args;
 
     /// The encoded descriptor set of `proto/`, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

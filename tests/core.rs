@@ -303,7 +303,10 @@ fn watch_sends_the_current_snapshot_then_changes() {
             .unwrap()
             .into_inner();
         let first = stream.message().await.unwrap().unwrap();
-        assert_eq!((first.revision, first.json.as_str()), (1, r#"{"a":1}"#));
+        assert_eq!(
+            (first.revision, first.json_str().unwrap()),
+            (1, r#"{"a":1}"#)
+        );
         client
             .patch_args(pb::PatchArgsRequest {
                 merge_patch: r#"{"b": [true]}"#.into(),
@@ -313,7 +316,7 @@ fn watch_sends_the_current_snapshot_then_changes() {
             .unwrap();
         let second = stream.message().await.unwrap().unwrap();
         assert_eq!(
-            (second.revision, second.json.as_str()),
+            (second.revision, second.json_str().unwrap()),
             (2, r#"{"a":1,"b":[true]}"#)
         );
     });
@@ -381,13 +384,13 @@ fn revisions_survive_restarts() {
 
     let mut broker = site.start_broker();
     let args = get_args(&site, "").unwrap();
-    assert_eq!((args.revision, args.json.as_str()), (2, r#"{"a":5}"#));
+    assert_eq!((args.revision, args.json_str().unwrap()), (2, r#"{"a":5}"#));
     broker.stop();
 
     std::fs::write(site.args(), "{\"a\": 6}\n").unwrap();
     let _broker = site.start_broker();
     let args = get_args(&site, "").unwrap();
-    assert_eq!((args.revision, args.json.as_str()), (3, r#"{"a":6}"#));
+    assert_eq!((args.revision, args.json_str().unwrap()), (3, r#"{"a":6}"#));
 }
 
 /// A socket left by a killed broker is stale and replaced; a live broker's socket is not.

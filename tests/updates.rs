@@ -108,7 +108,7 @@ fn set_and_patch_keep_the_document_exact() {
 
     let reply = set(&site, r#"{"only": [1, 2]}"#, Some(2)).unwrap();
     assert_eq!(
-        (reply.revision, reply.json.as_str()),
+        (reply.revision, reply.json_str().unwrap()),
         (3, r#"{"only":[1,2]}"#)
     );
 }
@@ -188,7 +188,7 @@ fn concurrent_writers_lose_nothing() {
         });
         futures_util::future::join_all(writers).await;
     });
-    let doc: serde_json::Value = serde_json::from_str(&current(site).json).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&current(site).json).unwrap();
     let keys = (0..20)
         .filter(|i| doc.get(format!("k{i}")).is_some())
         .count();
@@ -301,7 +301,11 @@ fn conditional_get_says_not_modified() {
     });
     assert!(fresh.not_modified);
     assert_eq!(
-        (fresh.revision, fresh.json.as_str(), fresh.sha256.len()),
+        (
+            fresh.revision,
+            fresh.json_str().unwrap(),
+            fresh.sha256.len()
+        ),
         (1, "", 64)
     );
     assert!(!stale.not_modified);
@@ -346,7 +350,10 @@ fn history_and_rollback() {
             .unwrap()
             .into_inner()
     });
-    assert_eq!((reply.revision, reply.json.as_str()), (5, r#"{"v":2}"#));
+    assert_eq!(
+        (reply.revision, reply.json_str().unwrap()),
+        (5, r#"{"v":2}"#)
+    );
     assert_eq!(reply.sha256, revisions[0].sha256);
 
     let status = grpc(|| async {
@@ -550,9 +557,9 @@ fn kill_9_during_a_write_storm_loses_nothing() {
             "round {round}: revision went back from {max_acked} to {}",
             served.revision
         );
-        name(served.revision, &served.json, &mut named);
+        name(served.revision, served.json_str().unwrap(), &mut named);
         assert_eq!(
-            served_n(&served.json),
+            served_n(served.json_str().unwrap()),
             last_acked_n,
             "round {round}: the restarted broker serves the file"
         );
@@ -563,7 +570,7 @@ fn kill_9_during_a_write_storm_loses_nothing() {
             std::thread::sleep(delay);
             unsafe { libc::kill(pid, libc::SIGKILL) };
         });
-        let base = served_n(&served.json);
+        let base = served_n(served.json_str().unwrap());
         let acked: Vec<(u64, u64, String)> = grpc(|| async {
             let mut acked = Vec::new();
             let Ok(mut c) = argsbroker::client::connect(site.socket()).await else {
@@ -577,7 +584,7 @@ fn kill_9_during_a_write_storm_loses_nothing() {
                 match c.patch_args(request).await {
                     Ok(reply) => {
                         let reply = reply.into_inner();
-                        acked.push((n, reply.revision, reply.json));
+                        acked.push((n, reply.revision, reply.json_str().unwrap().to_owned()));
                     }
                     Err(_) => break,
                 }
