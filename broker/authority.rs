@@ -21,13 +21,15 @@ pub struct AuthorityHint {
 }
 
 impl AuthorityHint {
-    /// The layer, seeing only h2's events at debug and above.
+    /// The layer, seeing only `h2::server`'s events at debug and above: the
+    /// refusal is logged there, and that module logs nothing per frame (h2's
+    /// per-frame debug events live in `h2::codec`, and stay disabled).
     pub fn layer() -> ExtraLayer {
         let hint = Self {
             started: Instant::now(),
             last_warned: AtomicU64::new(0),
         };
-        hint.with_filter(Targets::new().with_target("h2", Level::DEBUG))
+        hint.with_filter(Targets::new().with_target("h2::server", Level::DEBUG))
             .boxed()
     }
 }
