@@ -305,7 +305,10 @@ mod tests {
         );
         // Numbers (held by arbitrary_precision as a one-key map) and equal keys in different objects are fine.
         let doc = Document::parse(br#"{"a": {"a": 1e400}, "b": [{"a": 1}, {"a": 2}]}"#).unwrap();
-        assert_eq!(doc.json_str(), r#"{"a":{"a":1e+400},"b":[{"a":1},{"a":2}]}"#);
+        assert_eq!(
+            doc.json_str(),
+            r#"{"a":{"a":1e+400},"b":[{"a":1},{"a":2}]}"#
+        );
     }
 
     #[test]
