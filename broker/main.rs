@@ -207,6 +207,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
         false => None,
     };
+    let shutdown = shutdown_signal();
     let std_listener = claim.bind(socket::Options {
         mode: args.socket_mode,
         group: args.socket_group,
@@ -235,7 +236,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.reader_gid,
         ),
     };
-    let result = server::run(listener, store, config, shutdown_signal()).await;
+    let result = server::run(listener, store, config, shutdown).await;
     claim.remove_socket();
     drop(claim);
     result?;
@@ -253,18 +254,23 @@ fn default_state_dir(args: &Path) -> PathBuf {
     args.with_file_name(name)
 }
 
-/// Completes on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on the first SIGINT or SIGTERM. The handlers are installed
+/// when this is called, not when the future is first polled, so a signal
+/// that comes right after the socket exists still stops the broker cleanly.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the broker with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop the broker with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
