@@ -14,6 +14,14 @@ use sha2::{Digest, Sha256};
 pub enum DocumentError {
     #[error("the document is empty: expected a JSON object")]
     Empty,
+    #[error(
+        "not UTF-8 at line {line} column {column} (byte 0x{byte:02x}): JSON text must be UTF-8"
+    )]
+    NotUtf8 {
+        line: usize,
+        column: usize,
+        byte: u8,
+    },
     #[error("invalid JSON at line {line} column {column}: {message}")]
     Syntax {
         line: usize,
@@ -95,6 +103,15 @@ pub fn parse_value(text: &[u8]) -> Result<Value, DocumentError> {
     let text = text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(text);
     if text.iter().all(u8::is_ascii_whitespace) {
         return Err(DocumentError::Empty);
+    }
+    if let Err(e) = std::str::from_utf8(text) {
+        let valid = &text[..e.valid_up_to()];
+        let line_start = valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        return Err(DocumentError::NotUtf8 {
+            line: 1 + valid.iter().filter(|b| **b == b'\n').count(),
+            column: 1 + valid.len() - line_start,
+            byte: text[e.valid_up_to()],
+        });
     }
     // A first pass that only looks for repeated keys: serde_json's `Value`
     // keeps the last of them silently, and reading the keys ourselves keeps
@@ -288,6 +305,19 @@ mod tests {
         assert_eq!(
             err("{\n  \"a\": 1,\n  \"b\" 2\n}"),
             "invalid JSON at line 3 column 7: expected `:`"
+        );
+    }
+
+    #[test]
+    fn refuses_text_that_is_not_utf8() {
+        let err = |t: &[u8]| Document::parse(t).unwrap_err().to_string();
+        assert_eq!(
+            err(b"{\n  \"a\": \"\xff\"}"),
+            "not UTF-8 at line 2 column 9 (byte 0xff): JSON text must be UTF-8"
+        );
+        assert_eq!(
+            err(b"\xEF\xBB\xBF{\"\xc3\x28\": 1}"),
+            "not UTF-8 at line 1 column 3 (byte 0xc3): JSON text must be UTF-8"
         );
     }
 
