@@ -277,6 +277,19 @@ fn file_over_the_size_limit() {
     });
 }
 
+/// A file under the limit whose compact form (what is sent) is over it is refused: `1e1` is served as `1e+1`.
+#[test]
+fn file_compact_form_over_the_size_limit() {
+    let text = format!("{{\"a\":[{}]}}", vec!["1e1"; 23].join(","));
+    assert_eq!(text.len(), 99);
+    file_refused(text.as_bytes(), &["--max-args-bytes", "100"], |path| {
+        format!(
+            "the args file {} is 122 bytes as compact JSON, over the limit of 100 (--max-args-bytes)",
+            path.display()
+        )
+    });
+}
+
 /// A directory where the args file should be is named as such, at startup and on reload.
 #[test]
 fn file_is_a_directory() {
