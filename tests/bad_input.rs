@@ -120,7 +120,10 @@ fn file_refused(contents: &[u8], flags: &[&str], message: impl Fn(&Path) -> Stri
         (code, out.as_str(), err.as_str()),
         (1, "", format!("broker: error: {message}\n").as_str())
     );
-    assert!(!exists(&site.socket()), "a socket was left behind");
+    assert!(
+        !exists(&site.socket()) && !exists(&site.path("b.sock.lock")),
+        "a socket or its lock file was left behind"
+    );
 
     std::fs::write(site.args(), DOC).unwrap();
     let mut broker = site.start_broker_with(flags);
@@ -527,6 +530,21 @@ fn patch_args_result_over_the_size_limit() {
         refused(
             Code::ResourceExhausted,
             "the result would be 68 bytes, over the limit of 64 bytes"
+        )
+    );
+    unchanged(&site, &mut broker, &before);
+}
+
+/// A merge patch nested 10,000 deep is refused at level 128, and the broker lives.
+#[test]
+fn patch_args_deep_nesting() {
+    let (site, mut broker, before) = serving(&[]);
+    let deep = format!("{}1{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
+    assert_eq!(
+        patch(&site, &deep, None),
+        refused(
+            Code::InvalidArgument,
+            "invalid JSON at line 1 column 636: recursion limit exceeded"
         )
     );
     unchanged(&site, &mut broker, &before);
