@@ -25,6 +25,26 @@ const FD_RESERVE: u64 = 64;
 /// How long to pause after a failed accept (EMFILE would fail at once again).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// At most one warning of a kind this often, however hard a flood pushes.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Says when a repeated warning may be logged again.
+#[derive(Default)]
+struct Quiet(Option<std::time::Instant>);
+
+impl Quiet {
+    fn ready(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let ready = self
+            .0
+            .is_none_or(|last| now.duration_since(last) >= WARN_EVERY);
+        if ready {
+            self.0 = Some(now);
+        }
+        ready
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
@@ -82,14 +102,17 @@ async fn accept_loop(
     tx: mpsc::Sender<io::Result<Connection>>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let (mut full, mut failing) = (Quiet::default(), Quiet::default());
     loop {
         let permit = match permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                tracing::warn!(
-                    "{} connections are open (--max-connections): new ones wait until one closes",
-                    limits.max_connections
-                );
+                if full.ready() {
+                    tracing::warn!(
+                        "{} connections are open (--max-connections): new ones wait until one closes",
+                        limits.max_connections
+                    );
+                }
                 tokio::select! {
                     permit = permits.clone().acquire_owned() => match permit {
                         Ok(permit) => permit,
@@ -103,7 +126,9 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(err) => {
-                    tracing::warn!(%err, "cannot accept a connection");
+                    if failing.ready() {
+                        tracing::warn!(%err, "cannot accept a connection");
+                    }
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
