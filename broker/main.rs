@@ -1,8 +1,11 @@
 //! `broker`: owns the args file and serves it over gRPC on a Unix socket;
 //! with a subcommand, a command-line client of a running broker.
+mod access;
 mod authority;
 mod cli;
+mod connections;
 mod history;
+mod peer;
 mod reload;
 mod server;
 mod service;
@@ -32,6 +35,8 @@ line on stderr; 2 for a usage error; 3 for a revision conflict
 /// The args file must hold a JSON object. The broker serves it as
 /// argsbroker.v1.ArgsBroker over gRPC on a Unix socket (mode 0600), with
 /// server reflection and grpc.health.v1.Health, until SIGINT or SIGTERM.
+/// Every peer that can open the socket may read; only root, the broker's
+/// own uid and --writer-uid/--writer-gid may write.
 /// With a subcommand (get, set, patch, watch, history, rollback) it is a
 /// client of a running broker instead.
 #[derive(Debug, Parser)]
@@ -108,6 +113,61 @@ struct ServeArgs {
     /// Extra arguments for every worker, after `--` (e.g. -- --cache-file /var/cache/args.json).
     #[arg(last = true, value_name = "WORKER-ARGS")]
     worker_args: Vec<std::ffi::OsString>,
+
+    /// The socket's permission bits, in octal; it is never more open than this, even for an instant.
+    #[arg(long, value_name = "OCTAL", env = "ARGSBROKER_SOCKET_MODE", default_value = "0600", value_parser = socket_mode)]
+    socket_mode: u32,
+
+    /// Give the socket to this group (a name or a gid), e.g. with --socket-mode 0660.
+    #[arg(long, value_name = "GROUP", env = "ARGSBROKER_SOCKET_GROUP", value_parser = access::parse_gid)]
+    socket_group: Option<u32>,
+
+    /// Serve from a socket directory that other users can write (they could replace the socket), with a warning.
+    #[arg(long, env = "ARGSBROKER_ALLOW_UNSAFE_DIR")]
+    allow_unsafe_dir: bool,
+
+    /// Also let this user (a name or a uid) write; repeat for more. Root and the broker's own uid always may.
+    #[arg(long, value_name = "USER", env = "ARGSBROKER_WRITER_UID", value_delimiter = ',', value_parser = access::parse_uid)]
+    writer_uid: Vec<u32>,
+
+    /// Also let members of this group (primary or supplementary) write; repeat for more.
+    #[arg(long, value_name = "GROUP", env = "ARGSBROKER_WRITER_GID", value_delimiter = ',', value_parser = access::parse_gid)]
+    writer_gid: Vec<u32>,
+
+    /// Let only these users (and the writers) read, health and reflection included; repeat for more [default: everyone who can open the socket]
+    #[arg(long, value_name = "USER", env = "ARGSBROKER_READER_UID", value_delimiter = ',', value_parser = access::parse_uid)]
+    reader_uid: Vec<u32>,
+
+    /// Let only members of these groups (and the writers) read; repeat for more.
+    #[arg(long, value_name = "GROUP", env = "ARGSBROKER_READER_GID", value_delimiter = ',', value_parser = access::parse_gid)]
+    reader_gid: Vec<u32>,
+
+    /// The most connections open at once; more wait in the kernel's queue until one closes.
+    #[arg(long, value_name = "N", env = "ARGSBROKER_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+
+    /// Close a connection that has not sent the HTTP/2 preface within this many seconds.
+    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_HANDSHAKE_TIMEOUT", default_value = "10", value_parser = argsbroker::cmdline::seconds)]
+    handshake_timeout: Duration,
+
+    /// Ping a connection after this many seconds without a frame from it; close it if the ping is not answered within as long again.
+    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_KEEPALIVE", default_value = "30", value_parser = argsbroker::cmdline::seconds)]
+    keepalive: Duration,
+}
+
+/// `0660`, `660` or `0o660`: permission bits that keep the owner's read and write.
+fn socket_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode > 0o777 => Err(format!(
+            "{text} is not a permission mode (at most 0777; no setuid, setgid or sticky bits)"
+        )),
+        Ok(mode) if mode & 0o600 != 0o600 => Err(format!(
+            "{text} takes read and write from the socket's owner; keep them (0600 and up)"
+        )),
+        Ok(mode) => Ok(mode),
+        Err(_) => Err(format!("{text} is not an octal mode such as 0660")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -143,6 +203,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let Some(args_path) = args.args else {
         anyhow::bail!("--args FILE is required to serve (or give a subcommand; see --help)");
     };
+    // The socket is claimed first: a broker that loses the race to serve
+    // the path exits before it reads or records anything.
+    let mut claim = socket::claim(&args.socket, args.allow_unsafe_dir)?;
     let state_dir = args
         .state_dir
         .unwrap_or_else(|| default_state_dir(&args_path));
@@ -175,7 +238,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
         false => None,
     };
-    let std_listener = socket::bind(&args.socket)?;
+    let shutdown = argsbroker::cmdline::shutdown_signal();
+    let std_listener = claim.bind(socket::Options {
+        mode: args.socket_mode,
+        group: args.socket_group,
+    })?;
     let listener =
         tokio::net::UnixListener::from_std(std_listener).context("cannot use the bound socket")?;
     tracing::info!(
@@ -184,12 +251,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         revision = store.current().revision,
         read_only = args.read_only,
         watch = args.watch,
+        mode = format!("{:04o}", args.socket_mode),
         "serving"
     );
+    let config = server::Config {
+        limits: connections::Limits {
+            max_connections: connections::fit_to_fd_limit(args.max_connections as usize),
+            handshake_timeout: args.handshake_timeout,
+        },
+        keepalive: args.keepalive,
+        policy: access::Policy::new(
+            args.writer_uid,
+            args.writer_gid,
+            args.reader_uid,
+            args.reader_gid,
+        ),
+    };
     let result = match args.http.filter(|_| args.workers > 0) {
         None => {
             argsbroker::sd_notify::ready();
-            server::run(listener, store, argsbroker::cmdline::shutdown_signal()).await
+            server::run(listener, store, config, shutdown).await
         }
         Some(http) => {
             let plan = supervisor::Plan {
@@ -202,17 +283,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             };
             // Workers stop first, then the broker they were following.
             let (stop_broker, broker_stops) = tokio::sync::oneshot::channel::<()>();
-            let broker = server::run(listener, store, async {
+            let broker = server::run(listener, store, config, async {
                 let _ = broker_stops.await;
             });
             // Joined, not spawned: the supervisor must run on this (the main) thread.
             let workers = async {
-                let result = supervisor::run(
-                    plan,
-                    argsbroker::cmdline::shutdown_signal(),
-                    argsbroker::sd_notify::ready,
-                )
-                .await;
+                let result = supervisor::run(plan, shutdown, argsbroker::sd_notify::ready).await;
                 let _ = stop_broker.send(());
                 result
             };
@@ -220,9 +296,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             workers.and(broker)
         }
     };
-    if let Err(err) = std::fs::remove_file(&args.socket) {
-        tracing::warn!(socket = %args.socket.display(), %err, "could not remove the socket");
-    }
+    claim.remove_socket();
+    drop(claim);
     result?;
     tracing::info!("stopped");
     Ok(())

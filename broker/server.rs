@@ -1,5 +1,7 @@
 //! Serving: the args service, health and reflection on one Unix listener,
-//! until a shutdown signal.
+//! behind one access check, until a shutdown signal.
+use crate::access::{AccessLayer, Policy};
+use crate::connections::{self, Limits};
 use crate::service::Service;
 use crate::store::Store;
 use argsbroker::pb::{self, args_broker_server::ArgsBrokerServer};
@@ -8,8 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::UnixListenerStream;
-use tokio_stream::StreamExt;
 use tonic::transport::Server;
 
 /// Headroom over the document size for the rest of an `Args` message.
@@ -18,11 +18,25 @@ const MESSAGE_OVERHEAD: usize = 64 * 1024;
 /// How long open connections get to finish after the watches end.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Concurrent streams on one connection (SETTINGS_MAX_CONCURRENT_STREAMS):
+/// a worker uses two; clients queue streams beyond this.
+const MAX_STREAMS_PER_CONNECTION: u32 = 100;
+
+/// How the socket is served.
+pub struct Config {
+    pub limits: Limits,
+    /// Ping a connection after this long without a frame from it, and close
+    /// it if the ping is not answered within as long again.
+    pub keepalive: Duration,
+    pub policy: Policy,
+}
+
 /// Serves `store` on `listener` until `shutdown` completes, then ends every
 /// watch and drains connections for a bounded time.
 pub async fn run(
     listener: UnixListener,
     store: Arc<Store>,
+    config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (stopping_tx, stopping) = watch::channel(false);
@@ -38,18 +52,14 @@ pub async fn run(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let incoming = UnixListenerStream::new(listener).map(|conn| {
-        if let Ok(stream) = &conn {
-            match stream.peer_cred() {
-                Ok(cred) => tracing::debug!(pid = ?cred.pid(), uid = cred.uid(), gid = cred.gid(), "connection"),
-                Err(err) => tracing::debug!(%err, "connection with unknown peer"),
-            }
-        }
-        conn
-    });
+    let (incoming, accepting) = connections::incoming(listener, config.limits);
 
     let (drained_tx, drained) = tokio::sync::oneshot::channel::<()>();
     let serve = Server::builder()
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_keepalive_interval(Some(config.keepalive))
+        .http2_keepalive_timeout(Some(config.keepalive))
+        .layer(AccessLayer::new(config.policy))
         .add_service(args)
         .add_service(health)
         .add_service(reflection_v1)
@@ -64,13 +74,15 @@ pub async fn run(
             let _ = drained_tx.send(());
         });
     tokio::pin!(serve);
-    tokio::select! {
-        result = &mut serve => result?,
+    let result = tokio::select! {
+        result = &mut serve => result.map_err(anyhow::Error::from),
         _ = async { let _ = drained.await; tokio::time::sleep(DRAIN_TIMEOUT).await } => {
             tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+            Ok(())
         }
-    }
-    Ok(())
+    };
+    accepting.abort();
+    result
 }
 
 /// Reflection for the args service and health, so `grpcurl list` and `describe` work.

@@ -1,5 +1,7 @@
 //! The `argsbroker.v1.ArgsBroker` gRPC service: the only place where store
 //! results become gRPC `Status` values.
+use crate::access::Refusal;
+use crate::peer::Peer;
 use crate::store::{Store, WriteError};
 use argsbroker::pb::{self, args_broker_server::ArgsBroker};
 use argsbroker::pointer::PointerError;
@@ -9,7 +11,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_stream::{wrappers::WatchStream, Stream};
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 pub struct Service {
@@ -144,10 +145,22 @@ impl ArgsBroker for Service {
     }
 }
 
-/// The uid of the process on the other end of the socket (SO_PEERCRED).
+/// The uid of the process on the other end of the socket, as read when
+/// the connection was accepted (SO_PEERCRED).
 fn peer_uid<T>(request: &Request<T>) -> Option<u32> {
-    let info = request.extensions().get::<UdsConnectInfo>()?;
-    info.peer_cred.map(|cred| cred.uid())
+    request.extensions().get::<Peer>().map(|peer| peer.uid)
+}
+
+/// A request the access policy refused (see `access`).
+pub fn refused(refusal: &Refusal) -> Status {
+    Status::permission_denied(refusal.to_string())
+}
+
+/// A path that names no method of any service on the socket.
+pub fn unknown_method(path: &str) -> Status {
+    Status::unimplemented(format!(
+        "no such method: {path:?} (this socket serves argsbroker.v1.ArgsBroker, grpc.health.v1.Health and server reflection)"
+    ))
 }
 
 fn write_status(err: WriteError) -> Status {

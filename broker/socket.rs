@@ -1,7 +1,12 @@
 //! Binding the broker's Unix socket: clear errors for paths that cannot
-//! work, a stale socket from a killed broker replaced, a live one left alone.
+//! work, a lock file so that exactly one broker serves a path, a directory
+//! that no other user could swap the socket in, and a mode that is never
+//! more open than asked.
+use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -16,17 +21,50 @@ pub enum BindError {
     TooLong { path: PathBuf, len: usize },
     #[error("the socket directory {0} does not exist")]
     NoDirectory(PathBuf),
+    #[error("the socket directory {dir} {why}, who could replace the socket with their own; use a directory only the broker's user can write (or --allow-unsafe-dir)")]
+    UnsafeDirectory { dir: PathBuf, why: String },
     #[error("another broker is serving {0}")]
     InUse(PathBuf),
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
+    #[error("cannot lock {path}: {source}")]
+    Lock { path: PathBuf, source: io::Error },
+    #[error("cannot give the socket {path} to group {gid}: {source}")]
+    Group {
+        path: PathBuf,
+        gid: u32,
+        source: io::Error,
+    },
     #[error("cannot bind {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
 
-/// Binds `path` with mode 0600 from the first instant (the umask is set
-/// around `bind`, so there is no window where the socket is more open).
-pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
+/// How the socket file is made.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Permission bits, 0600 unless asked otherwise.
+    pub mode: u32,
+    /// The group the socket is given to, if any.
+    pub group: Option<u32>,
+}
+
+/// The right to serve on a socket path: `PATH.lock` beside it, locked with
+/// `flock` for as long as this lives. Two brokers started at once both try
+/// to lock it and exactly one succeeds; a broker killed with SIGKILL
+/// releases it with its last file descriptor. Dropping a claim removes the
+/// lock file (it is unlinked while still locked, and a broker that locks a
+/// file checks it is still the one at the path, so this cannot let two in).
+pub struct Claim {
+    path: PathBuf,
+    lock_path: PathBuf,
+    lock: File,
+    /// The socket file this broker made, by device and inode.
+    bound: Option<(u64, u64)>,
+}
+
+/// Checks the path and its directory and takes the lock, before the args
+/// are read, so a broker that loses the race changes nothing.
+pub fn claim(path: &Path, allow_unsafe_dir: bool) -> Result<Claim, BindError> {
     let len = path.as_os_str().len();
     if len > MAX_SOCKET_PATH {
         return Err(BindError::TooLong {
@@ -34,33 +72,201 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
             len,
         });
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.is_dir() {
-            return Err(BindError::NoDirectory(dir.to_path_buf()));
-        }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(BindError::NoDirectory(dir.to_path_buf()));
     }
-    let io_err = |source| BindError::Io {
+    check_directory(dir, allow_unsafe_dir)?;
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let lock = lock(&lock_path, path)?;
+    Ok(Claim {
         path: path.to_path_buf(),
+        lock_path,
+        lock,
+        bound: None,
+    })
+}
+
+/// Refuses (or with `allow` warns about) a directory in which a user other
+/// than the broker's and root could rename or delete the socket: one that
+/// is group- or world-writable without the sticky bit, or that another user
+/// owns. Only the directory itself is checked, not its parents.
+fn check_directory(dir: &Path, allow: bool) -> Result<(), BindError> {
+    let meta = fs::metadata(dir).map_err(|source| BindError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mode = meta.mode() & 0o7777;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let why = if meta.uid() != 0 && meta.uid() != me {
+        format!("belongs to uid {}", meta.uid())
+    } else if mode & 0o1000 == 0 && mode & 0o022 != 0 {
+        let who = if mode & 0o002 != 0 {
+            "every user"
+        } else {
+            "its group"
+        };
+        format!("(mode {mode:04o}, no sticky bit) can be written by {who}")
+    } else {
+        return Ok(());
+    };
+    let err = BindError::UnsafeDirectory {
+        dir: dir.to_path_buf(),
+        why,
+    };
+    if !allow {
+        return Err(err);
+    }
+    tracing::warn!("UNSAFE: {err}; serving anyway because of --allow-unsafe-dir");
+    Ok(())
+}
+
+fn lock(lock_path: &Path, socket: &Path) -> Result<File, BindError> {
+    let lock_err = |source| BindError::Lock {
+        path: lock_path.to_path_buf(),
         source,
     };
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(BindError::NotASocket(path.to_path_buf()));
+    for _ in 0..16 {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(lock_path)
+            .map_err(lock_err)?;
+        let meta = file.metadata().map_err(lock_err)?;
+        if !meta.file_type().is_file() {
+            return Err(lock_err(io::Error::other("it is not a regular file")));
         }
-        match UnixStream::connect(path) {
-            Ok(_) => return Err(BindError::InUse(path.to_path_buf())),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                tracing::info!(path = %path.display(), "replacing a stale socket that nobody serves");
-                std::fs::remove_file(path).map_err(io_err)?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = io::Error::last_os_error();
+            return Err(match err.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => BindError::InUse(socket.to_path_buf()),
+                _ => lock_err(err),
+            });
+        }
+        // The broker that held it may have removed it between our open and
+        // our lock; then the file at the path is another one: start over.
+        match fs::symlink_metadata(lock_path) {
+            Ok(now) if (now.dev(), now.ino()) == (meta.dev(), meta.ino()) => {
+                let _ = file.set_len(0);
+                let _ = io::Write::write_all(
+                    &mut &file,
+                    format!("{}\n", std::process::id()).as_bytes(),
+                );
+                return Ok(file);
             }
-            Err(e) => return Err(io_err(e)),
+            _ => continue,
         }
     }
-    // SAFETY: umask only swaps the process's file-creation mask.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
-    unsafe { libc::umask(old) };
-    let listener = bound.map_err(io_err)?;
-    listener.set_nonblocking(true).map_err(io_err)?;
-    Ok(listener)
+    Err(lock_err(io::Error::other(
+        "it keeps being replaced while we lock it",
+    )))
+}
+
+impl Claim {
+    /// Binds the socket. A socket file left by a broker that was killed is
+    /// replaced once nobody answers on it. The file is created with mode 0600
+    /// (the umask is set around `bind`), given to the group, and only then
+    /// opened up to `mode`: it is never more open than asked.
+    pub fn bind(&mut self, options: Options) -> Result<UnixListener, BindError> {
+        let path = self.path.clone();
+        let io_err = |source| BindError::Io {
+            path: path.clone(),
+            source,
+        };
+        if let Ok(meta) = fs::symlink_metadata(&path) {
+            if !meta.file_type().is_socket() {
+                return Err(BindError::NotASocket(path));
+            }
+            match UnixStream::connect(&path) {
+                // Holding the lock, this is a broker that takes none (an older one).
+                Ok(_) => return Err(BindError::InUse(path)),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(path = %path.display(), "replacing a stale socket that nobody serves");
+                    fs::remove_file(&path).map_err(io_err)?;
+                }
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        // SAFETY: umask only swaps the process's file-creation mask.
+        let old = unsafe { libc::umask(0o177) };
+        let bound = UnixListener::bind(&path);
+        unsafe { libc::umask(old) };
+        let listener = bound.map_err(io_err)?;
+        let meta = fs::symlink_metadata(&path).map_err(io_err)?;
+        self.bound = Some((meta.dev(), meta.ino()));
+        let opened = self.open_up(options);
+        if let Err(err) = opened {
+            self.remove_socket();
+            return Err(err);
+        }
+        listener.set_nonblocking(true).map_err(io_err)?;
+        Ok(listener)
+    }
+
+    fn open_up(&self, options: Options) -> Result<(), BindError> {
+        let path = &self.path;
+        if let Some(gid) = options.group {
+            let c_path =
+                std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| BindError::Io {
+                    path: path.clone(),
+                    source: io::Error::new(io::ErrorKind::InvalidInput, e),
+                })?;
+            // SAFETY: lchown on a NUL-terminated path; -1 keeps the owner.
+            if unsafe { libc::lchown(c_path.as_ptr(), u32::MAX, gid) } != 0 {
+                return Err(BindError::Group {
+                    path: path.clone(),
+                    gid,
+                    source: io::Error::last_os_error(),
+                });
+            }
+        }
+        if options.mode != 0o600 {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(path, fs::Permissions::from_mode(options.mode)).map_err(
+                |source| BindError::Io {
+                    path: path.clone(),
+                    source,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Removes the socket file, if the one at the path is still ours.
+    pub fn remove_socket(&mut self) {
+        let Some(ours) = self.bound.take() else {
+            return;
+        };
+        match fs::symlink_metadata(&self.path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == ours => {
+                if let Err(err) = fs::remove_file(&self.path) {
+                    tracing::warn!(socket = %self.path.display(), %err, "could not remove the socket");
+                }
+            }
+            _ => {
+                tracing::warn!(socket = %self.path.display(), "the socket was replaced by someone else; leaving it")
+            }
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        // Unlinked while still locked; the descriptor closes after this.
+        if let (Ok(now), Ok(ours)) = (fs::symlink_metadata(&self.lock_path), self.lock.metadata()) {
+            if (now.dev(), now.ino()) == (ours.dev(), ours.ino()) {
+                let _ = fs::remove_file(&self.lock_path);
+            }
+        }
+    }
 }

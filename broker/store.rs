@@ -63,6 +63,12 @@ pub enum OpenError {
         size: u64,
         max: usize,
     },
+    #[error("the args file {path} is {size} bytes as compact JSON, over the limit of {max} (--max-args-bytes)")]
+    TooLargeCompact {
+        path: PathBuf,
+        size: usize,
+        max: usize,
+    },
     #[error("the args file {path}: {source}")]
     Invalid {
         path: PathBuf,
@@ -232,7 +238,7 @@ impl Store {
         };
         self.write(expected, origin, true, move |current| {
             let mut value = current.value().clone();
-            merge_patch_into(&mut value, &patch);
+            argsbroker::document::merge_patch(&mut value, &patch);
             Document::from_value(value).map_err(|e| match e {
                 DocumentError::NotAnObject(kind) => WriteError::PatchNotAnObject(kind),
                 other => WriteError::Invalid(other),
@@ -399,10 +405,20 @@ fn read_document(path: &Path, max_bytes: usize) -> Result<Document, OpenError> {
         });
     }
     let bytes = std::fs::read(path).map_err(read_err)?;
-    Document::parse(&bytes).map_err(|source| OpenError::Invalid {
+    let document = Document::parse(&bytes).map_err(|source| OpenError::Invalid {
         path: path.to_path_buf(),
         source,
-    })
+    })?;
+    // The compact text is what is sent, and it can be longer than the file
+    // (`1e5` is served as `1e+5`): the gRPC message limits follow this size.
+    if document.json().len() > max_bytes {
+        return Err(OpenError::TooLargeCompact {
+            path: path.to_path_buf(),
+            size: document.json().len(),
+            max: max_bytes,
+        });
+    }
+    Ok(document)
 }
 
 /// The document as a person would write it: two-space indents, a final newline.
@@ -410,75 +426,4 @@ fn pretty(value: &Value) -> Vec<u8> {
     let mut bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
     bytes.push(b'\n');
     bytes
-}
-
-/// RFC 7386: `null` removes a key, objects merge, anything else replaces.
-/// Existing keys keep their place and new keys are appended (`shift_remove`,
-/// because a plain remove would move the last key into the hole).
-fn merge_patch_into(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(serde_json::Map::new());
-    }
-    if let Value::Object(map) = target {
-        for (key, value) in patch {
-            if value.is_null() {
-                map.shift_remove(key);
-            } else {
-                merge_patch_into(map.entry(key.clone()).or_insert(Value::Null), value);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn merged(doc: &str, patch: &str) -> String {
-        let mut value: Value = serde_json::from_str(doc).unwrap();
-        merge_patch_into(&mut value, &serde_json::from_str(patch).unwrap());
-        value.to_string()
-    }
-
-    #[test]
-    fn merge_patch_follows_rfc7386_examples() {
-        let cases = [
-            (r#"{"a":"b"}"#, r#"{"a":"c"}"#, r#"{"a":"c"}"#),
-            (r#"{"a":"b"}"#, r#"{"b":"c"}"#, r#"{"a":"b","b":"c"}"#),
-            (r#"{"a":"b"}"#, r#"{"a":null}"#, r#"{}"#),
-            (r#"{"a":"b","b":"c"}"#, r#"{"a":null}"#, r#"{"b":"c"}"#),
-            (r#"{"a":["b"]}"#, r#"{"a":"c"}"#, r#"{"a":"c"}"#),
-            (r#"{"a":"c"}"#, r#"{"a":["b"]}"#, r#"{"a":["b"]}"#),
-            (
-                r#"{"a":{"b":"c"}}"#,
-                r#"{"a":{"b":"d","c":null}}"#,
-                r#"{"a":{"b":"d"}}"#,
-            ),
-            (r#"{"a":[{"b":"c"}]}"#, r#"{"a":[1]}"#, r#"{"a":[1]}"#),
-            (r#"{"e":null}"#, r#"{"a":1}"#, r#"{"e":null,"a":1}"#),
-            (
-                r#"{"a":"foo"}"#,
-                r#"{"a":{"bb":{"ccc":null}}}"#,
-                r#"{"a":{"bb":{}}}"#,
-            ),
-        ];
-        for (doc, patch, want) in cases {
-            assert_eq!(merged(doc, patch), want, "{doc} + {patch}");
-        }
-    }
-
-    #[test]
-    fn merge_patch_keeps_key_order_and_exact_numbers() {
-        assert_eq!(
-            merged(
-                r#"{"a":1,"b":2,"c":3,"d":4}"#,
-                r#"{"b":null,"a":123456789012345678901234567890,"e":5}"#
-            ),
-            r#"{"a":123456789012345678901234567890,"c":3,"d":4,"e":5}"#
-        );
-    }
 }

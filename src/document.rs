@@ -14,6 +14,14 @@ use sha2::{Digest, Sha256};
 pub enum DocumentError {
     #[error("the document is empty: expected a JSON object")]
     Empty,
+    #[error(
+        "not UTF-8 at line {line} column {column} (byte 0x{byte:02x}): JSON text must be UTF-8"
+    )]
+    NotUtf8 {
+        line: usize,
+        column: usize,
+        byte: u8,
+    },
     #[error("invalid JSON at line {line} column {column}: {message}")]
     Syntax {
         line: usize,
@@ -22,6 +30,12 @@ pub enum DocumentError {
     },
     #[error("the top level is {0}: expected a JSON object")]
     NotAnObject(&'static str),
+    #[error("duplicate key {key:?} at line {line} column {column}: a key may appear only once in an object")]
+    DuplicateKey {
+        key: String,
+        line: usize,
+        column: usize,
+    },
 }
 
 /// A JSON object with its compact text and content hash, computed once.
@@ -34,8 +48,9 @@ pub struct Document {
 
 impl Document {
     /// Parses `text` as an args document. A leading UTF-8 byte order mark is
-    /// skipped (editors on some systems write one); nesting deeper than 128
-    /// levels is refused by the parser rather than overflowing the stack.
+    /// skipped (editors on some systems write one); an object that repeats a
+    /// key is refused, naming the key; nesting deeper than 128 levels is
+    /// refused by the parser rather than overflowing the stack.
     pub fn parse(text: &[u8]) -> Result<Self, DocumentError> {
         Self::from_value(parse_value(text)?)
     }
@@ -89,11 +104,120 @@ pub fn parse_value(text: &[u8]) -> Result<Value, DocumentError> {
     if text.iter().all(u8::is_ascii_whitespace) {
         return Err(DocumentError::Empty);
     }
-    serde_json::from_slice(text).map_err(|e| DocumentError::Syntax {
+    if let Err(e) = std::str::from_utf8(text) {
+        let valid = &text[..e.valid_up_to()];
+        let line_start = valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        return Err(DocumentError::NotUtf8 {
+            line: 1 + valid.iter().filter(|b| **b == b'\n').count(),
+            column: 1 + valid.len() - line_start,
+            byte: text[e.valid_up_to()],
+        });
+    }
+    // A first pass that only looks for repeated keys: serde_json's `Value`
+    // keeps the last of them silently, and reading the keys ourselves keeps
+    // clear of the private representation `arbitrary_precision` gives numbers.
+    // Its errors are the parser's own, so a syntax error reads the same.
+    serde_json::from_slice::<UniqueKeys>(text).map_err(|e| document_error(&e))?;
+    serde_json::from_slice(text).map_err(|e| document_error(&e))
+}
+
+fn document_error(e: &serde_json::Error) -> DocumentError {
+    let message = syntax_message(e);
+    // The only data error the first pass raises is a repeated key.
+    if e.classify() == serde_json::error::Category::Data {
+        if let Some(key) = message.strip_prefix(DUPLICATE_KEY) {
+            return DocumentError::DuplicateKey {
+                key: key.to_owned(),
+                line: e.line(),
+                column: e.column(),
+            };
+        }
+    }
+    DocumentError::Syntax {
         line: e.line(),
         column: e.column(),
-        message: syntax_message(&e),
-    })
+        message,
+    }
+}
+
+const DUPLICATE_KEY: &str = "duplicate key: ";
+
+/// Any JSON value in which no object repeats a key; holds nothing.
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if seen.contains(&key) {
+                return Err(serde::de::Error::custom(format!("{DUPLICATE_KEY}{key}")));
+            }
+            map.next_value::<UniqueKeys>()?;
+            seen.insert(key);
+        }
+        Ok(UniqueKeys)
+    }
+}
+
+/// Applies an RFC 7386 merge patch: `null` removes a key, objects merge,
+/// anything else replaces. Existing keys keep their place and new keys are
+/// appended (`shift_remove`, because a plain remove would move the last key
+/// into the hole). The result is no deeper than the deeper of the two.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    if let Value::Object(map) = target {
+        for (key, value) in patch {
+            if value.is_null() {
+                map.shift_remove(key);
+            } else {
+                merge_patch(map.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
 }
 
 /// "a number", "an array", ...: how an error names the kind of a value.
@@ -185,9 +309,86 @@ mod tests {
     }
 
     #[test]
+    fn refuses_text_that_is_not_utf8() {
+        let err = |t: &[u8]| Document::parse(t).unwrap_err().to_string();
+        assert_eq!(
+            err(b"{\n  \"a\": \"\xff\"}"),
+            "not UTF-8 at line 2 column 9 (byte 0xff): JSON text must be UTF-8"
+        );
+        assert_eq!(
+            err(b"\xEF\xBB\xBF{\"\xc3\x28\": 1}"),
+            "not UTF-8 at line 1 column 3 (byte 0xc3): JSON text must be UTF-8"
+        );
+    }
+
+    #[test]
+    fn refuses_a_repeated_key_naming_it() {
+        let err = |t: &str| Document::parse(t.as_bytes()).unwrap_err().to_string();
+        assert_eq!(
+            err("{\n  \"a\": 1,\n  \"b\": {\"x\": 1, \"x\": 2}\n}"),
+            r#"duplicate key "x" at line 3 column 19: a key may appear only once in an object"#
+        );
+        // Keys are compared after unescaping.
+        assert_eq!(
+            err(r#"{"a": 1, "\u0061": 2}"#),
+            r#"duplicate key "a" at line 1 column 17: a key may appear only once in an object"#
+        );
+        // Numbers (held by arbitrary_precision as a one-key map) and equal keys in different objects are fine.
+        let doc = Document::parse(br#"{"a": {"a": 1e400}, "b": [{"a": 1}, {"a": 2}]}"#).unwrap();
+        assert_eq!(
+            doc.json_str(),
+            r#"{"a":{"a":1e+400},"b":[{"a":1},{"a":2}]}"#
+        );
+    }
+
+    #[test]
     fn refuses_deep_nesting_without_overflowing() {
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
         let err = Document::parse(deep.as_bytes()).unwrap_err().to_string();
         assert!(err.contains("recursion limit exceeded"), "{err}");
+    }
+
+    fn merged(doc: &str, patch: &str) -> String {
+        let mut value: Value = serde_json::from_str(doc).unwrap();
+        merge_patch(&mut value, &serde_json::from_str(patch).unwrap());
+        value.to_string()
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc7386_examples() {
+        let cases = [
+            (r#"{"a":"b"}"#, r#"{"a":"c"}"#, r#"{"a":"c"}"#),
+            (r#"{"a":"b"}"#, r#"{"b":"c"}"#, r#"{"a":"b","b":"c"}"#),
+            (r#"{"a":"b"}"#, r#"{"a":null}"#, r#"{}"#),
+            (r#"{"a":"b","b":"c"}"#, r#"{"a":null}"#, r#"{"b":"c"}"#),
+            (r#"{"a":["b"]}"#, r#"{"a":"c"}"#, r#"{"a":"c"}"#),
+            (r#"{"a":"c"}"#, r#"{"a":["b"]}"#, r#"{"a":["b"]}"#),
+            (
+                r#"{"a":{"b":"c"}}"#,
+                r#"{"a":{"b":"d","c":null}}"#,
+                r#"{"a":{"b":"d"}}"#,
+            ),
+            (r#"{"a":[{"b":"c"}]}"#, r#"{"a":[1]}"#, r#"{"a":[1]}"#),
+            (r#"{"e":null}"#, r#"{"a":1}"#, r#"{"e":null,"a":1}"#),
+            (
+                r#"{"a":"foo"}"#,
+                r#"{"a":{"bb":{"ccc":null}}}"#,
+                r#"{"a":{"bb":{}}}"#,
+            ),
+        ];
+        for (doc, patch, want) in cases {
+            assert_eq!(merged(doc, patch), want, "{doc} + {patch}");
+        }
+    }
+
+    #[test]
+    fn merge_patch_keeps_key_order_and_exact_numbers() {
+        assert_eq!(
+            merged(
+                r#"{"a":1,"b":2,"c":3,"d":4}"#,
+                r#"{"b":null,"a":123456789012345678901234567890,"e":5}"#
+            ),
+            r#"{"a":123456789012345678901234567890,"c":3,"d":4,"e":5}"#
+        );
     }
 }

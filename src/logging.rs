@@ -12,8 +12,11 @@ pub type ExtraLayer = Box<dyn Layer<Registry> + Send + Sync>;
 /// what the logger was going to print.
 pub fn init(extra: Option<ExtraLayer>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: a log file or journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(false)
         .with_filter(filter);
     let mut layers: Vec<ExtraLayer> = vec![fmt.boxed()];

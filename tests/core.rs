@@ -99,47 +99,6 @@ fn pointers_name_values_inside_the_document() {
     assert_eq!((answer.status, answer.body.as_str()), (200, "\"値 ✓ é\""));
 }
 
-/// A pointer that names nothing is NOT_FOUND (gRPC) and 404 (HTTP); a malformed one is refused.
-#[test]
-fn missing_and_malformed_pointers_are_errors() {
-    let site = Site::new(EXACT);
-    let _broker = site.start_broker();
-    let port = free_port();
-    let _worker = site.start_worker(port, false);
-
-    let status = get_args(&site, "/nested/m~0n/3").unwrap_err();
-    assert_eq!(status.code(), tonic::Code::NotFound);
-    assert_eq!(
-        status.message(),
-        r#"no value at JSON pointer "/nested/m~0n/3" in revision 1"#
-    );
-    let status = get_args(&site, "zeta").unwrap_err();
-    assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert_eq!(
-        status.message(),
-        r#"invalid JSON pointer "zeta": it must be empty or start with '/'"#
-    );
-    let status = get_args(&site, "/a~2").unwrap_err();
-    assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert_eq!(
-        status.message(),
-        r#"invalid JSON pointer "/a~2": '~' must be followed by '0' or '1'"#
-    );
-
-    let answer = get(port, "/args/nested/nope");
-    assert_eq!(answer.status, 404);
-    assert_eq!(
-        answer.body,
-        r#"{"error":"no value at JSON pointer \"/nested/nope\"","pointer":"/nested/nope"}"#
-    );
-    let answer = get(port, "/args/a~2");
-    assert_eq!(answer.status, 400);
-    assert_eq!(
-        answer.body,
-        r#"{"error":"invalid JSON pointer \"/a~2\": '~' must be followed by '0' or '1'","pointer":"/a~2"}"#
-    );
-}
-
 /// Two workers share one port with --reuse-port, a third has its own; all serve the file.
 #[test]
 fn workers_share_a_port_with_reuse_port() {
@@ -160,21 +119,6 @@ fn workers_share_a_port_with_reuse_port() {
     for _ in 0..20 {
         assert_eq!(get(shared, "/args").body, args_body(EXACT_COMPACT));
     }
-}
-
-/// Without --reuse-port, a taken port is one clear line and exit 1.
-#[test]
-fn taken_port_without_reuse_port_is_a_clear_error() {
-    let site = Site::new(EXACT);
-    let _broker = site.start_broker();
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port();
-    let (code, _, stderr) = run(&mut site.worker_cmd(port, false));
-    assert_eq!(code, 1);
-    assert_eq!(
-        stderr.lines().last().unwrap(),
-        format!("worker: error: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98)")
-    );
 }
 
 /// A worker started before its broker accepts nothing until the broker is up, then serves.

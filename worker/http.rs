@@ -1,7 +1,13 @@
 //! The worker's HTTP surface. Every answer about the args is read from the
 //! live cache with one pointer load; `GET /args` hands out a body and headers
 //! prepared once per revision.
+//!
+//! Requests are only ever GETs: no handler reads a body, so one that is sent
+//! is never buffered; other methods get 405. A pointer longer than
+//! `MAX_POINTER_BYTES` gets 414 (hyper answers 414 itself past 64 KiB), and
+//! request data that appears in an answer is in a JSON string, escaped.
 use argsbroker::client::{Live, Snapshot};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -15,6 +21,9 @@ pub const X_ARGS_REVISION: HeaderName = HeaderName::from_static("x-args-revision
 pub const X_ARGS_STALE: HeaderName = HeaderName::from_static("x-args-stale");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache");
+
+/// The longest JSON pointer a request may name, in bytes after decoding.
+pub const MAX_POINTER_BYTES: usize = 8 * 1024;
 
 /// One revision, ready to serve.
 pub struct Prepared {
@@ -89,14 +98,37 @@ async fn whole(State(live): State<Live<Prepared>>, request: HeaderMap) -> Respon
 
 /// `/args/` is the pointer `/`: the key "" at the top level.
 async fn at_pointer_root(live: State<Live<Prepared>>, request: HeaderMap) -> Response {
-    at_pointer(live, Path(String::new()), request).await
+    at_pointer(live, Ok(Path(String::new())), request).await
 }
 
 async fn at_pointer(
     State(live): State<Live<Prepared>>,
-    Path(rest): Path<String>,
+    rest: Result<Path<String>, PathRejection>,
     request: HeaderMap,
 ) -> Response {
+    // axum's own rejection text quotes the request; answer in our words.
+    let Ok(Path(rest)) = rest else {
+        let body = serde_json::json!({
+            "error": "the path is not a JSON pointer: its percent-encoding does not decode to UTF-8"
+        });
+        return (
+            StatusCode::BAD_REQUEST,
+            [(CONTENT_TYPE, JSON)],
+            body.to_string(),
+        )
+            .into_response();
+    };
+    if rest.len() >= MAX_POINTER_BYTES {
+        let body = serde_json::json!({
+            "error": format!("the JSON pointer is {} bytes; at most {MAX_POINTER_BYTES}", rest.len() + 1)
+        });
+        return (
+            StatusCode::URI_TOO_LONG,
+            [(CONTENT_TYPE, JSON)],
+            body.to_string(),
+        )
+            .into_response();
+    }
     let prepared = live.load();
     let pointer = format!("/{rest}");
     let response = match prepared.snapshot.document.get(&pointer) {

@@ -88,7 +88,12 @@ pub struct Site {
 
 impl Site {
     pub fn new(args: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::new_in(&std::env::temp_dir(), args)
+    }
+
+    /// A site under `parent` (e.g. /dev/shm, where fsync costs nothing).
+    pub fn new_in(parent: &Path, args: &str) -> Self {
+        let dir = tempfile::tempdir_in(parent).expect("tempdir");
         std::fs::write(dir.path().join("args.json"), args).expect("write args");
         Self { dir }
     }
@@ -122,6 +127,11 @@ impl Site {
     pub fn start_broker_with(&self, extra: &[&str]) -> Proc {
         let mut cmd = self.broker_cmd();
         cmd.args(extra);
+        self.spawn_broker(cmd)
+    }
+
+    /// Starts `cmd` (a broker on this site's socket) and waits until it answers.
+    pub fn spawn_broker(&self, cmd: Command) -> Proc {
         let mut proc = Proc::spawn(cmd, self.fresh_log("broker"));
         eventually("the broker to answer", || {
             assert!(proc.is_running(), "broker exited: {}", proc.log());
@@ -267,4 +277,123 @@ pub fn args_body(compact: &str) -> String {
 
 pub fn exists(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
+}
+
+/// The whole document, by GetArgs.
+pub fn get_args(socket: &Path) -> argsbroker::pb::Args {
+    grpc(|| async {
+        argsbroker::client::connect(socket)
+            .await
+            .expect("connect")
+            .get_args(argsbroker::pb::GetArgsRequest::default())
+            .await
+            .expect("GetArgs")
+            .into_inner()
+    })
+}
+
+/// Fails the test unless it runs as root: tests that act as another user
+/// (uid 65534) or own files as another user need it, and must not pass by
+/// skipping their checks.
+pub fn require_root(what: &str) {
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "{what}: this test must run as root (it acts as uid {NOBODY} to be refused); CI runs tests/run as root"
+    );
+}
+
+/// The uid (and gid) the tests act as when they need another user.
+pub const NOBODY: u32 = 65534;
+
+/// Connects to `socket` as `uid`/`gid` with supplementary `groups`, so
+/// that the broker's SO_PEERCRED and SO_PEERGROUPS see those. A thread of
+/// its own drops to them with raw syscalls, which on Linux change only the
+/// calling thread's credentials (glibc's wrappers would change every thread
+/// of the test process); the connected socket outlives the thread.
+pub fn connect_as(
+    socket: &Path,
+    uid: u32,
+    gid: u32,
+    groups: &[u32],
+) -> std::io::Result<std::os::unix::net::UnixStream> {
+    require_root("connect_as");
+    let socket = socket.to_path_buf();
+    let groups = groups.to_vec();
+    std::thread::spawn(move || {
+        let check = |rc: libc::c_long| match rc {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        };
+        // SAFETY: raw credential syscalls on this thread only; arguments are plain ids.
+        unsafe {
+            check(libc::syscall(
+                libc::SYS_setgroups,
+                groups.len(),
+                groups.as_ptr(),
+            ))?;
+            check(libc::syscall(libc::SYS_setresgid, gid, gid, gid))?;
+            check(libc::syscall(libc::SYS_setresuid, uid, uid, uid))?;
+        }
+        std::os::unix::net::UnixStream::connect(&socket)
+    })
+    .join()
+    .expect("connect_as thread")
+}
+
+/// A gRPC channel over a socket that is already connected (see [`connect_as`]).
+pub async fn channel_over(stream: std::os::unix::net::UnixStream) -> tonic::transport::Channel {
+    stream.set_nonblocking(true).expect("nonblocking");
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(stream)));
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let stream = slot.lock().expect("slot").take();
+            async move {
+                let stream = stream.ok_or_else(|| std::io::Error::other("one connection only"))?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::from_std(stream)?,
+                ))
+            }
+        }))
+        .await
+        .expect("a channel over the connected socket")
+}
+
+/// Makes a directory and everything under it reachable by other users
+/// (mode 0755), for tests in which another uid connects.
+pub fn open_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+}
+
+/// The resident memory of a process, in KiB (VmRSS in /proc/PID/status).
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Raises this process's soft limit on open files to at least `wanted`.
+pub fn raise_nofile(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < wanted {
+            limit.rlim_cur = wanted.min(limit.rlim_max);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+    assert!(
+        limit.rlim_cur >= wanted,
+        "this test needs {wanted} open files; the hard limit is {}",
+        limit.rlim_max
+    );
 }
