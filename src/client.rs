@@ -85,9 +85,11 @@ pub struct Snapshot {
 
 impl Snapshot {
     fn from_reply(path: &Path, args: pb::Args) -> Result<Self, ClientError> {
-        let document = Document::parse(&args.json).map_err(|source| ClientError::BadDocument {
-            path: path.to_path_buf(),
-            source,
+        let document = Document::from_broker(args.json, args.sha256).map_err(|source| {
+            ClientError::BadDocument {
+                path: path.to_path_buf(),
+                source,
+            }
         })?;
         Ok(Self {
             revision: args.revision,

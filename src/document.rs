@@ -70,6 +70,23 @@ impl Document {
         })
     }
 
+    /// A document as a broker sent it: compact text and its hash, which the
+    /// broker made with [`Document::parse`]. It is parsed once (for pointer
+    /// lookups) but not checked for repeated keys, re-serialized or
+    /// re-hashed, so that following a large document costs one pass per
+    /// revision, not four.
+    pub fn from_broker(json: Bytes, sha256: String) -> Result<Self, DocumentError> {
+        let value: Value = serde_json::from_slice(&json).map_err(|e| document_error(&e))?;
+        if !value.is_object() {
+            return Err(DocumentError::NotAnObject(kind(&value)));
+        }
+        Ok(Self {
+            value,
+            json,
+            sha256,
+        })
+    }
+
     /// The parsed document.
     pub fn value(&self) -> &Value {
         &self.value
@@ -273,6 +290,22 @@ mod tests {
         assert_eq!(
             doc.sha256(),
             "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+        );
+    }
+
+    #[test]
+    fn from_broker_keeps_the_text_and_hash_it_was_sent() {
+        let sent = Document::parse(br#"{ "a": [1, 2.50], "b": "\u00e9" }"#).unwrap();
+        let got = Document::from_broker(sent.json().clone(), sent.sha256().to_owned()).unwrap();
+        assert_eq!(
+            (got.json_str(), got.sha256()),
+            (sent.json_str(), sent.sha256())
+        );
+        assert_eq!(got.value(), sent.value());
+        let err = Document::from_broker(Bytes::from_static(b"[1]"), String::new()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the top level is an array: expected a JSON object"
         );
     }
 

@@ -77,6 +77,8 @@ struct Load {
 struct Failures {
     /// Connections refused: the port was not answering.
     refused: Vec<String>,
+    /// At the first refusal: how many sockets listened on the port (from /proc/net/tcp).
+    listeners_at_first_refusal: Option<usize>,
     /// Connections that were accepted but not answered.
     unanswered: usize,
 }
@@ -92,6 +94,9 @@ impl Load {
                 let stream = match std::net::TcpStream::connect(("127.0.0.1", port)) {
                     Ok(stream) => stream,
                     Err(err) => {
+                        if failures.refused.is_empty() {
+                            failures.listeners_at_first_refusal = Some(listeners(port));
+                        }
                         failures.refused.push(err.to_string());
                         continue;
                     }
@@ -122,6 +127,19 @@ impl Load {
         let failures = self.thread.take().unwrap().join().unwrap();
         (self.answered(), failures)
     }
+}
+
+/// How many TCP sockets listen on 127.0.0.1:`port` right now.
+fn listeners(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let local = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == local && f[3] == "0A"
+        })
+        .count()
 }
 
 /// The supervisor starts N workers on one port, all serving the file's args.
