@@ -53,12 +53,27 @@ struct Cli {
     /// How long in-flight requests get to finish after SIGINT or SIGTERM, in seconds.
     #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_GRACEFUL_TIMEOUT", default_value = "10", value_parser = argsbroker::cmdline::seconds)]
     graceful_timeout: Duration,
+
+    /// Threads serving HTTP in this process. One is best when several workers share a port:
+    /// the kernel already spreads connections across processes, and one thread never hands
+    /// work across cores.
+    #[arg(long, value_name = "N", env = "ARGSBROKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: u16,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     argsbroker::logging::init(None);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match cli.threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.into())
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(err) => return fail(anyhow::Error::new(err).context("cannot start the async runtime")),
     };
