@@ -11,7 +11,6 @@ use arc_swap::ArcSwap;
 use argsbroker::document::{Document, DocumentError};
 use argsbroker::durable;
 use argsbroker::pb;
-use serde_json::Value;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -237,7 +236,7 @@ impl Store {
             uid,
         };
         self.write(expected, origin, true, move |current| {
-            let mut value = current.value().clone();
+            let mut value = current.to_value();
             argsbroker::document::merge_patch(&mut value, &patch);
             Document::from_value(value).map_err(|e| match e {
                 DocumentError::NotAnObject(kind) => WriteError::PatchNotAnObject(kind),
@@ -345,7 +344,7 @@ impl Store {
         }
         let revision = current.revision + 1;
         let record = entry(revision, &document, origin);
-        let pretty_args = save_args.then(|| pretty(document.value()));
+        let pretty_args = save_args.then(|| argsbroker::document::pretty(document.json()));
         let args_path = self.args_path.clone();
         // Blocking file I/O, on this task: the write lock serializes writers
         // anyway, and block_in_place keeps the runtime's other work moving.
@@ -419,11 +418,4 @@ fn read_document(path: &Path, max_bytes: usize) -> Result<Document, OpenError> {
         });
     }
     Ok(document)
-}
-
-/// The document as a person would write it: two-space indents, a final newline.
-fn pretty(value: &Value) -> Vec<u8> {
-    let mut bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
-    bytes.push(b'\n');
-    bytes
 }

@@ -240,6 +240,16 @@ fn check_document(bytes: &[u8]) -> Result<(), TestCaseError> {
                 TestCaseError::fail(format!("accepted what serde_json refuses: {e}"))
             })?;
             prop_assert_eq!(&plain, doc.value());
+            // The args file is written by indenting the compact text, with no
+            // tree: it must match serde_json's pretty printer exactly.
+            let indented = String::from_utf8(argsbroker::document::pretty(doc.json()))
+                .map_err(|e| TestCaseError::fail(format!("pretty text is not UTF-8: {e}")))?;
+            let expected = serde_json::to_string_pretty(doc.value()).unwrap_or_default() + "\n";
+            prop_assert_eq!(indented, expected);
+            // A broker's text, as a client takes it, is the same document.
+            let taken = Document::from_broker(doc.json().clone(), doc.sha256().to_owned())
+                .map_err(|e| TestCaseError::fail(format!("from_broker refused: {e}")))?;
+            prop_assert_eq!(taken.value(), doc.value());
         }
         Err(err) => {
             let message = err.to_string();
