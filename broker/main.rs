@@ -229,6 +229,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let store = Arc::new(store::Store::open(&args_path, &state_dir, limits)?);
+    store::release_freed_memory();
     // Reloads are set up before the socket exists: once a client can
     // connect, a SIGHUP or a change to the file is never missed.
     reload::on_sighup(store.clone()).context("cannot handle SIGHUP")?;

@@ -361,6 +361,7 @@ impl Store {
         let snapshot = Arc::new(Snapshot::new(revision, document));
         self.current.store(snapshot.clone());
         self.watch.send_replace(snapshot.clone());
+        release_freed_memory();
         tracing::info!(
             revision,
             source = origin.source.as_str(),
@@ -368,6 +369,19 @@ impl Store {
             "new revision"
         );
         Ok(snapshot)
+    }
+}
+
+/// Hands memory freed by building a snapshot back to the OS. Parsing a
+/// document briefly takes about 15 times its size, and glibc keeps freed
+/// memory in its arenas: without this the broker's resident size would
+/// track its largest parse, not what it holds (for a 1 MiB document, 20 MiB
+/// instead of 7).
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only gives the free pages of glibc's heaps back to the OS.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
