@@ -346,8 +346,13 @@ fn file_without_read_permission() {
     require_root("file_without_read_permission");
     let site = Site::new(DOC);
     std::os::unix::fs::chown(site.dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    let broker_copy = site.broker_copy();
     let as_nobody = || {
-        let mut cmd = site.broker_cmd();
+        let mut cmd = std::process::Command::new(&broker_copy);
+        cmd.arg("--args")
+            .arg(site.args())
+            .arg("--socket")
+            .arg(site.socket());
         cmd.uid(NOBODY).gid(NOBODY);
         cmd
     };

@@ -302,7 +302,7 @@ fn other_users_may_read_but_not_write() {
 fn command_line_client_shows_the_refusal() {
     use std::os::unix::process::CommandExt;
     let (site, _broker) = open_site(r#"{"a": 1}"#, &[]);
-    let mut cmd = Command::new(BROKER);
+    let mut cmd = Command::new(site.broker_copy());
     cmd.args(["patch", "--socket"])
         .arg(site.socket())
         .arg(r#"{"a": 2}"#)

@@ -110,6 +110,20 @@ impl Site {
         self.path("b.sock")
     }
 
+    /// A copy of the broker binary inside this site, for running it as
+    /// another user: CI may clone the checkout under a directory only root
+    /// can enter. The site's directory must be open to that user.
+    pub fn broker_copy(&self) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let copy = self.path("broker-bin");
+        if !copy.exists() {
+            std::fs::copy(BROKER, &copy).expect("copy the broker binary");
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod the copy");
+        }
+        copy
+    }
+
     pub fn broker_cmd(&self) -> Command {
         let mut cmd = Command::new(BROKER);
         cmd.arg("--args")
