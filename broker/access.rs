@@ -229,9 +229,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path().to_owned();
+        // A refcounted copy of the URI, not a String: the path is read again
+        // only if tonic answers UNIMPLEMENTED.
+        let uri = request.uri().clone();
         let peer = request.extensions().get::<Peer>();
-        if let Err(refusal) = self.policy.check(peer, &path) {
+        if let Err(refusal) = self.policy.check(peer, uri.path()) {
             tracing::warn!(
                 uid = peer.map(|p| p.uid),
                 gid = peer.map(|p| p.gid),
@@ -246,7 +248,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let reply = inner.call(request).await?;
-            Ok(name_unknown_method(reply, &path))
+            Ok(name_unknown_method(reply, uri.path()))
         })
     }
 }
