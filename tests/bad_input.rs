@@ -130,13 +130,7 @@ fn file_refused(contents: &[u8], flags: &[&str], message: impl Fn(&Path) -> Stri
     let before = get_args(&site.socket());
     std::fs::write(site.args(), contents).unwrap();
     broker.signal(libc::SIGHUP);
-    let line = eventually("the reload error in the log", || {
-        broker
-            .log()
-            .lines()
-            .find(|l| l.contains("not reloaded"))
-            .map(str::to_owned)
-    });
+    let line = broker.log_line("not reloaded");
     assert!(
         line.ends_with(&format!(
             "not reloaded, still serving revision 1: {message}"

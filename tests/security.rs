@@ -459,13 +459,7 @@ fn peer_credentials_are_logged_at_debug() {
             .await
             .unwrap()
     });
-    let line = eventually("the connection's debug line", || {
-        broker
-            .log()
-            .lines()
-            .find(|l| l.contains("uid=65534"))
-            .map(str::to_owned)
-    });
+    let line = broker.log_line("uid=65534");
     assert!(
         line.contains("DEBUG")
             && line.contains("gid=65534")

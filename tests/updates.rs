@@ -385,13 +385,7 @@ fn sighup_reloads_and_an_invalid_file_keeps_the_old_revision() {
 
     std::fs::write(site.args(), "{\n  \"v\": 3,\n}\n").unwrap();
     broker.signal(libc::SIGHUP);
-    let line = eventually("the reload error in the log", || {
-        broker
-            .log()
-            .lines()
-            .find(|l| l.contains("not reloaded"))
-            .map(str::to_owned)
-    });
+    let line = broker.log_line("not reloaded");
     assert!(
         line.ends_with(&format!(
             "not reloaded, still serving revision 2: the args file {}: invalid JSON at line 3 column 1: trailing comma",

@@ -70,6 +70,16 @@ impl Proc {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits for the first line of the log that contains `needle`, and returns it.
+    pub fn log_line(&self, needle: &str) -> String {
+        eventually(&format!("a log line with {needle:?}"), || {
+            self.log()
+                .lines()
+                .find(|l| l.contains(needle))
+                .map(str::to_owned)
+        })
+    }
 }
 
 impl Drop for Proc {
