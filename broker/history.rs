@@ -157,7 +157,8 @@ impl History {
         self.entries.front().map(|e| e.revision)
     }
 
-    /// Writes `entry` durably, then retains it and prunes the oldest.
+    /// Writes `entry` durably, then retains it and prunes the oldest. Its
+    /// revision is the newest + 1: the store hands out revisions in order.
     pub fn append(&mut self, entry: Entry) -> io::Result<()> {
         let document = std::str::from_utf8(&entry.json).map_err(io::Error::other)?;
         let record = Record {
@@ -171,17 +172,6 @@ impl History {
         let mut bytes = serde_json::to_vec(&record).map_err(io::Error::other)?;
         bytes.push(b'\n');
         durable::write_atomic(&self.path_of(entry.revision), &bytes)?;
-        // An entry at or above this revision is a leftover of a write that
-        // crashed before its commit; it was never served.
-        while self
-            .entries
-            .back()
-            .is_some_and(|e| e.revision >= entry.revision)
-        {
-            if let Some(stale) = self.entries.pop_back() {
-                self.bytes -= stale.json.len();
-            }
-        }
         self.bytes += entry.json.len();
         self.entries.push_back(entry);
         self.prune();
@@ -271,20 +261,6 @@ mod tests {
             1,
             "the newest stays even over the size bound"
         );
-    }
-
-    #[test]
-    fn a_crashed_writes_leftover_is_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut history = History::open(dir.path(), 10, 1000).unwrap();
-        history.append(entry(1, "{}")).unwrap();
-        history.append(entry(2, r#"{"lost":1}"#)).unwrap();
-        history.append(entry(2, r#"{"kept":1}"#)).unwrap();
-        let all: Vec<(u64, &[u8])> = history
-            .entries()
-            .map(|e| (e.revision, &e.json[..]))
-            .collect();
-        assert_eq!(all, [(1, &b"{}"[..]), (2, &b"{\"kept\":1}"[..])]);
     }
 
     #[test]
