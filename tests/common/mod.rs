@@ -130,6 +130,16 @@ impl Site {
             std::fs::copy(BROKER, &copy).expect("copy the broker binary");
             std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
                 .expect("chmod the copy");
+            // A child another test forked while the copy was open for
+            // writing holds it open until that child execs: running the copy
+            // meanwhile fails with ETXTBSY ("Text file busy").
+            eventually("the broker copy to be runnable", || {
+                match Command::new(&copy).arg("--version").output() {
+                    Err(err) if err.raw_os_error() == Some(libc::ETXTBSY) => None,
+                    Err(err) => panic!("run the broker copy: {err}"),
+                    Ok(_) => Some(()),
+                }
+            });
         }
         copy
     }
