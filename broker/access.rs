@@ -215,14 +215,11 @@ type Reply = http::Response<tonic::body::Body>;
 
 impl<S, B> Service<http::Request<B>> for AccessService<S>
 where
-    S: Service<http::Request<B>, Response = Reply> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Send + 'static,
+    S: Service<http::Request<B>, Response = Reply>,
 {
     type Response = Reply;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Reply, S::Error>> + Send>>;
+    type Future = AccessFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -241,15 +238,41 @@ where
                 "refused: {refusal}"
             );
             let reply = crate::service::refused(&refusal).into_http();
-            return Box::pin(std::future::ready(Ok(reply)));
+            return AccessFuture::Refused { reply: Some(reply) };
         }
-        // The clone that was made ready is the one that serves this call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let reply = inner.call(request).await?;
-            Ok(name_unknown_method(reply, uri.path()))
-        })
+        AccessFuture::Allowed {
+            inner: self.inner.call(request),
+            uri,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The reply to one request: the refusal, or what the inner service
+    /// answers (with an unknown method named).
+    #[project = AccessFutureProj]
+    pub enum AccessFuture<F> {
+        Refused { reply: Option<Reply> },
+        Allowed { #[pin] inner: F, uri: http::Uri },
+    }
+}
+
+impl<F, E> Future for AccessFuture<F>
+where
+    F: Future<Output = Result<Reply, E>>,
+{
+    type Output = Result<Reply, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AccessFutureProj::Refused { reply } => match reply.take() {
+                Some(reply) => Poll::Ready(Ok(reply)),
+                None => Poll::Pending,
+            },
+            AccessFutureProj::Allowed { inner, uri } => inner
+                .poll(cx)
+                .map_ok(|reply| name_unknown_method(reply, uri.path())),
+        }
     }
 }
 
