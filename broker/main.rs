@@ -6,6 +6,7 @@ mod cli;
 mod connections;
 mod history;
 mod peer;
+mod prepared;
 mod reload;
 mod server;
 mod service;

@@ -2,7 +2,7 @@
 //! results become gRPC `Status` values.
 use crate::access::Refusal;
 use crate::peer::Peer;
-use crate::store::{Store, WriteError};
+use crate::store::{Snapshot, Store, WriteError};
 use argsbroker::pb::{self, args_broker_server::ArgsBroker};
 use argsbroker::pointer::PointerError;
 use bytes::Bytes;
@@ -33,34 +33,12 @@ impl ArgsBroker for Service {
         &self,
         request: Request<pb::GetArgsRequest>,
     ) -> Result<Response<pb::Args>, Status> {
-        let request = request.into_inner();
-        let snapshot = self.store.current();
-        if request.if_none_match == Some(snapshot.revision) {
-            return Ok(Response::new(pb::Args {
-                revision: snapshot.revision,
-                json: Bytes::new(),
-                sha256: snapshot.reply.sha256.clone(),
-                not_modified: true,
-            }));
-        }
-        if request.pointer.is_empty() {
-            return Ok(Response::new(snapshot.reply.clone()));
-        }
-        match snapshot.document.get(&request.pointer) {
-            Ok(Some(value)) => Ok(Response::new(pb::Args {
-                revision: snapshot.revision,
-                json: Bytes::from(value.to_string()),
-                sha256: snapshot.reply.sha256.clone(),
-                not_modified: false,
-            })),
-            Ok(None) => Err(Status::not_found(format!(
-                "no value at JSON pointer {:?} in revision {}",
-                request.pointer, snapshot.revision
-            ))),
-            Err(err @ (PointerError::NoLeadingSlash(_) | PointerError::BadEscape(_))) => {
-                Err(Status::invalid_argument(err.to_string()))
-            }
-        }
+        Ok(Response::new(
+            match get_args(&self.store, request.into_inner())? {
+                GetArgsReply::Whole(snapshot) => snapshot.reply.clone(),
+                GetArgsReply::Made(args) => args,
+            },
+        ))
     }
 
     type WatchArgsStream = ArgsStream;
@@ -142,6 +120,44 @@ impl ArgsBroker for Service {
             .await
             .map_err(write_status)?;
         Ok(Response::new(snapshot.reply.clone()))
+    }
+}
+
+/// What GetArgs answers: the snapshot's own whole-document reply, or one
+/// made for this request (a pointer's value, or "not modified").
+pub enum GetArgsReply {
+    Whole(Arc<Snapshot>),
+    Made(pb::Args),
+}
+
+/// GetArgs, for tonic's handler and for the prepared path (`prepared`).
+pub fn get_args(store: &Store, request: pb::GetArgsRequest) -> Result<GetArgsReply, Status> {
+    let snapshot = store.current();
+    if request.if_none_match == Some(snapshot.revision) {
+        return Ok(GetArgsReply::Made(pb::Args {
+            revision: snapshot.revision,
+            json: Bytes::new(),
+            sha256: snapshot.reply.sha256.clone(),
+            not_modified: true,
+        }));
+    }
+    if request.pointer.is_empty() {
+        return Ok(GetArgsReply::Whole(arc_swap::Guard::into_inner(snapshot)));
+    }
+    match snapshot.document.get(&request.pointer) {
+        Ok(Some(value)) => Ok(GetArgsReply::Made(pb::Args {
+            revision: snapshot.revision,
+            json: Bytes::from(value.to_string()),
+            sha256: snapshot.reply.sha256.clone(),
+            not_modified: false,
+        })),
+        Ok(None) => Err(Status::not_found(format!(
+            "no value at JSON pointer {:?} in revision {}",
+            request.pointer, snapshot.revision
+        ))),
+        Err(err @ (PointerError::NoLeadingSlash(_) | PointerError::BadEscape(_))) => {
+            Err(Status::invalid_argument(err.to_string()))
+        }
     }
 }
 

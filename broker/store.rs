@@ -7,6 +7,7 @@
 //! take a lock, check the expected revision, make the new document durable
 //! (the args file, then its history entry), and only then publish it.
 use crate::history::{Entry, History, HistoryError, Source};
+use crate::prepared::Frame;
 use arc_swap::ArcSwap;
 use argsbroker::document::{Document, DocumentError};
 use argsbroker::durable;
@@ -24,6 +25,8 @@ pub struct Snapshot {
     pub document: Document,
     /// The whole-document `Args`, built once per revision.
     pub reply: pb::Args,
+    /// The same reply as GetArgs sends it (see `prepared`).
+    pub frame: Frame,
 }
 
 impl Snapshot {
@@ -37,6 +40,7 @@ impl Snapshot {
         Self {
             revision,
             document,
+            frame: Frame::new(&reply),
             reply,
         }
     }

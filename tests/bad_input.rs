@@ -717,6 +717,151 @@ fn unknown_method() {
     unchanged(&site, &mut broker, &before);
 }
 
+/// Sends `body` as the whole body of a GetArgs call on a raw HTTP/2
+/// connection; returns the gRPC status and the reply bytes.
+fn raw_get_args(site: &Site, body: Vec<u8>) -> (Code, String, Vec<u8>) {
+    grpc(|| async {
+        let stream = tokio::net::UnixStream::connect(site.socket())
+            .await
+            .unwrap();
+        let (mut h2, connection) = h2::client::handshake(stream).await.unwrap();
+        let connection = tokio::spawn(connection);
+        let request = tonic::codegen::http::Request::post(
+            "http://localhost/argsbroker.v1.ArgsBroker/GetArgs",
+        )
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+        let (response, mut send) = h2.send_request(request, body.is_empty()).unwrap();
+        if !body.is_empty() {
+            send.send_data(body.into(), true).unwrap();
+        }
+        let response = response.await.unwrap();
+        let mut status = tonic::Status::from_header_map(response.headers());
+        let mut reply = Vec::new();
+        let mut incoming = response.into_body();
+        if status.is_none() {
+            while let Some(data) = incoming.data().await {
+                let data = data.unwrap();
+                let _ = incoming.flow_control().release_capacity(data.len());
+                reply.extend_from_slice(&data);
+            }
+            let trailers = incoming.trailers().await.unwrap().expect("trailers");
+            status = tonic::Status::from_header_map(&trailers);
+        }
+        connection.abort();
+        let status = status.expect("a grpc-status");
+        (status.code(), status.message().to_owned(), reply)
+    })
+}
+
+/// A gRPC message frame: uncompressed, then its length.
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
+/// The well-formed call, for contrast: OK and the whole document.
+#[test]
+fn get_args_raw_request_is_answered() {
+    let (site, mut broker, before) = serving(&[]);
+    let (code, _, reply) = raw_get_args(&site, grpc_frame(&[]));
+    assert_eq!(code, Code::Ok);
+    assert_eq!(reply[0], 0);
+    let args = <pb::Args as prost::Message>::decode(&reply[5..]).unwrap();
+    assert_eq!(args, before);
+    unchanged(&site, &mut broker, &before);
+}
+
+/// A GetArgs call with no request message is INVALID_ARGUMENT.
+#[test]
+fn get_args_without_a_message() {
+    let (site, mut broker, before) = serving(&[]);
+    let (code, message, _) = raw_get_args(&site, Vec::new());
+    assert_eq!(
+        (code, message.as_str()),
+        (
+            Code::InvalidArgument,
+            "a GetArgs call needs one request message"
+        )
+    );
+    unchanged(&site, &mut broker, &before);
+}
+
+/// Two request messages in one unary call is INVALID_ARGUMENT.
+#[test]
+fn get_args_with_two_messages() {
+    let (site, mut broker, before) = serving(&[]);
+    let mut body = grpc_frame(&[]);
+    body.extend(grpc_frame(&[]));
+    let (code, message, _) = raw_get_args(&site, body);
+    assert_eq!(
+        (code, message.as_str()),
+        (
+            Code::InvalidArgument,
+            "a GetArgs call carries exactly one request message"
+        )
+    );
+    unchanged(&site, &mut broker, &before);
+}
+
+/// A compressed request message is UNIMPLEMENTED, and says what to do.
+#[test]
+fn get_args_compressed() {
+    let (site, mut broker, before) = serving(&[]);
+    let mut body = grpc_frame(&[]);
+    body[0] = 1;
+    let (code, message, _) = raw_get_args(&site, body);
+    assert_eq!(
+        (code, message.as_str()),
+        (
+            Code::Unimplemented,
+            "compressed messages are not supported; send GetArgs uncompressed"
+        )
+    );
+    unchanged(&site, &mut broker, &before);
+}
+
+/// Bytes that are not a GetArgsRequest are INTERNAL, as tonic answers a
+/// message it cannot decode.
+#[test]
+fn get_args_not_a_request_message() {
+    let (site, mut broker, before) = serving(&[]);
+    // Field 1 (pointer) announced as 100 bytes long, with 2 present.
+    let (code, message, _) = raw_get_args(&site, grpc_frame(&[0x0a, 100, b'/', b'a']));
+    assert_eq!(code, Code::Internal);
+    assert!(
+        message.starts_with("cannot decode the GetArgs request: "),
+        "{message}"
+    );
+    unchanged(&site, &mut broker, &before);
+}
+
+/// A request over the message limit is RESOURCE_EXHAUSTED.
+#[test]
+fn get_args_request_over_the_limit() {
+    let (site, mut broker, before) = serving(&["--max-args-bytes", "1024"]);
+    // The limit is the document limit plus 64 KiB for the rest of a message.
+    let limit = 1024 + 64 * 1024;
+    let request = pb::GetArgsRequest {
+        pointer: format!("/{}", "a".repeat(limit)),
+        ..Default::default()
+    };
+    let (code, message, _) =
+        raw_get_args(&site, grpc_frame(&prost::Message::encode_to_vec(&request)));
+    assert_eq!(
+        (code, message),
+        (
+            Code::ResourceExhausted,
+            format!("the GetArgs request is over the limit of {limit} bytes")
+        )
+    );
+    unchanged(&site, &mut broker, &before);
+}
+
 // ---------------------------------------------------------------- transport
 
 /// Reads what the broker sends on `stream` until it closes it; fails after `PATIENCE`.
