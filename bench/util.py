@@ -228,6 +228,14 @@ def report(results, versions_path, cmd, quick):
               f"1 MiB: {num(R.med('X.get.1m', 'p50_us') / 1e3)} ms, {num(R.med('X.write.1m', 'p50_us') / 1e3)} ms, "
               f"{num(m1 * kb)} MiB", f"{g:.0f}× / {w:.0f}× (64× = linear)", "works, linear",
               "works" if R.med("X.worker.64m", "n") else "**failed**")
+        cpu = R.med("X.get.64m", "server_cpu_us") / R.med("X.get.1m", "server_cpu_us")
+        if "X.floor.64m" in rows and "X.floor.1m" in rows:
+            fg = R.med("X.floor.64m", "p50_us") / R.med("X.floor.1m", "p50_us")
+            fcpu = R.med("X.floor.64m", "server_cpu_us") / R.med("X.floor.1m", "server_cpu_us")
+            R.add("64 MiB vs 1 MiB GetArgs: p50 and server CPU per request",
+                  f"{g:.0f}×, CPU {cpu:.0f}× ({num(R.med('X.get.64m', 'server_cpu_us') / 1e3)} ms)",
+                  f"bare tonic {fg:.0f}×, CPU {fcpu:.0f}× ({num(R.med('X.floor.64m', 'server_cpu_us') / 1e3)} ms)",
+                  f"{g / fg:.2f}×", "linear (64×)", "(info)")
 
     out = []
     p = out.append
