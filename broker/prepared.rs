@@ -23,7 +23,7 @@ use tonic::codegen::http::{self, HeaderMap, HeaderValue};
 use tonic::Status;
 use tower::{BoxError, Layer, Service};
 
-pub const GET_ARGS_PATH: &str = "/argsbroker.v1.ArgsBroker/GetArgs";
+const GET_ARGS_PATH: &str = "/argsbroker.v1.ArgsBroker/GetArgs";
 
 /// Documents up to this size are copied into the frame, so the reply is one
 /// buffer (one HTTP/2 DATA frame); larger ones are sent from the snapshot's
@@ -52,32 +52,29 @@ impl Frame {
             sha256: args.sha256.clone(),
             not_modified: args.not_modified,
         };
-        let json_len = args.json.len() as u64;
         let mut json_key = BytesMut::with_capacity(16);
-        if json_len > 0 {
+        if !args.json.is_empty() {
             encode_key(2, WireType::LengthDelimited, &mut json_key);
-            encode_varint(json_len, &mut json_key);
+            encode_varint(args.json.len() as u64, &mut json_key);
         }
         let message_len = fields.encoded_len() + json_key.len() + args.json.len();
-        let inline = args.json.len() <= INLINE_MAX;
-        let mut head = BytesMut::with_capacity(
-            PREFIX_LEN + message_len - if inline { 0 } else { args.json.len() },
-        );
+        let json = if args.json.len() <= INLINE_MAX {
+            Bytes::new()
+        } else {
+            args.json.clone()
+        };
+        let mut head = BytesMut::with_capacity(PREFIX_LEN + message_len - json.len());
         head.put_u8(0);
-        // The store's size limit keeps documents far below 4 GiB.
+        // --max-args-bytes keeps every message under 4 GiB.
         head.put_u32(message_len as u32);
         fields.encode_raw(&mut head);
         head.put_slice(&json_key);
-        if inline {
+        if json.is_empty() {
             head.put_slice(&args.json);
-            return Self {
-                head: head.freeze(),
-                json: Bytes::new(),
-            };
         }
         Self {
             head: head.freeze(),
-            json: args.json.clone(),
+            json,
         }
     }
 }
@@ -244,10 +241,6 @@ where
         let store = self.store.clone();
         let limit = self.limit;
         let body = request.into_body();
-        if body.is_end_stream() {
-            let status = Status::invalid_argument("a GetArgs call needs one request message");
-            return Either::Left(Box::pin(std::future::ready(Ok(status.into_http()))));
-        }
         Either::Left(Box::pin(
             async move { Ok(answer(store, body, limit).await) },
         ))
