@@ -31,6 +31,10 @@ Exit status: 0 on success or a clean shutdown; 1 on any error, described in one
 line on stderr; 2 for a usage error; 3 for a revision conflict
 (--expected-revision is not current); 4 when a pointer or revision names nothing.";
 
+/// A gRPC message is at most 4 GiB (its length is 32 bits); 64 KiB of that
+/// is kept for the rest of the `Args` message around the document.
+const MAX_ARGS_BYTES: u64 = u32::MAX as u64 - server::MESSAGE_OVERHEAD as u64;
+
 /// Serve one shared, live, exact set of args to every worker process on this host.
 ///
 /// The args file must hold a JSON object. The broker serves it as
@@ -64,9 +68,9 @@ struct ServeArgs {
     #[arg(long, value_name = "DIR", env = "ARGSBROKER_STATE_DIR")]
     state_dir: Option<PathBuf>,
 
-    /// The largest document accepted, in bytes (the file and every write).
-    #[arg(long, value_name = "BYTES", env = "ARGSBROKER_MAX_ARGS_BYTES", default_value_t = 16 * 1024 * 1024)]
-    max_args_bytes: usize,
+    /// The largest document accepted, in bytes (the file and every write); under 4 GiB, a gRPC message's limit.
+    #[arg(long, value_name = "BYTES", env = "ARGSBROKER_MAX_ARGS_BYTES", default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=MAX_ARGS_BYTES))]
+    max_args_bytes: u64,
 
     /// How many revisions to retain for history, rollback and watch replays (at least 1).
     #[arg(
@@ -211,7 +215,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .state_dir
         .unwrap_or_else(|| default_state_dir(&args_path));
     let limits = store::Limits {
-        max_args_bytes: args.max_args_bytes,
+        max_args_bytes: args.max_args_bytes as usize,
         history: args.history,
         history_bytes: args.history_bytes,
         read_only: args.read_only,

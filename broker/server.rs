@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tonic::transport::Server;
 
 /// Headroom over the document size for the rest of an `Args` message.
-const MESSAGE_OVERHEAD: usize = 64 * 1024;
+pub const MESSAGE_OVERHEAD: usize = 64 * 1024;
 
 /// How long open connections get to finish after the watches end.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);

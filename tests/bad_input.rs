@@ -1153,6 +1153,23 @@ fn unknown_flags() {
     );
 }
 
+/// A --max-args-bytes of zero, or one no gRPC message could carry (4 GiB), is a usage error.
+#[test]
+fn max_args_bytes_out_of_range() {
+    let site = Site::new(DOC);
+    let line = |bytes: &str| first_line(site.broker_cmd().args(["--max-args-bytes", bytes]));
+    assert_eq!(
+        line("0"),
+        (
+            2,
+            "error: invalid value '0' for '--max-args-bytes <BYTES>': 0 is not in 1..=4294901759"
+                .to_owned()
+        )
+    );
+    assert_eq!(line("5000000000"), (2, "error: invalid value '5000000000' for '--max-args-bytes <BYTES>': 5000000000 is not in 1..=4294901759".to_owned()));
+    assert!(!exists(&site.socket()));
+}
+
 /// A --socket-mode that is not octal, too wide, or that locks the owner out is a usage error.
 #[test]
 fn bad_socket_mode() {
