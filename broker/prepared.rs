@@ -1,17 +1,20 @@
-//! GetArgs answered from bytes prepared once per revision.
+//! GetArgs and WatchArgs answered from bytes prepared once per revision.
 //!
-//! tonic encodes every reply into a fresh buffer: for GetArgs, a copy of
-//! the whole document per request, and with many requests in flight as many
-//! document-sized buffers. GetArgs is the hot path, so this layer answers it
-//! in front of tonic's router: the whole-document reply is a gRPC message
-//! frame built when the revision is made ([`Frame`]) and handed out by
-//! reference count; only a reply to a pointer or to `if_none_match` is
-//! encoded per request. Every other path goes on to tonic unchanged.
+//! tonic encodes every message into a fresh buffer: a copy of the whole
+//! document per GetArgs request and per watcher on every change, and with
+//! many requests in flight as many document-sized buffers. These are the
+//! hot paths, so this layer answers them in front of tonic's router: the
+//! whole-document message is a gRPC frame built when the revision is made
+//! ([`Frame`]) and handed out by reference count; only a reply to a pointer
+//! or to `if_none_match`, or a revision replayed from the history, is
+//! encoded per request. Every other path goes on to tonic unchanged, and
+//! tonic's own handlers (in `service`) share the logic.
 use crate::service;
 use crate::store::Store;
 use argsbroker::pb;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::future::{BoxFuture, Either};
+use futures_util::stream::{self, Stream, StreamExt};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use prost::encoding::{encode_key, encode_varint, WireType};
 use prost::Message;
@@ -19,11 +22,13 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use tokio::sync::watch;
 use tonic::codegen::http::{self, HeaderMap, HeaderValue};
 use tonic::Status;
 use tower::{BoxError, Layer, Service};
 
 const GET_ARGS_PATH: &str = "/argsbroker.v1.ArgsBroker/GetArgs";
+const WATCH_ARGS_PATH: &str = "/argsbroker.v1.ArgsBroker/WatchArgs";
 
 /// Documents up to this size are copied into the frame, so the reply is one
 /// buffer (one HTTP/2 DATA frame); larger ones are sent from the snapshot's
@@ -79,51 +84,59 @@ impl Frame {
     }
 }
 
-/// A unary reply's body: the frame, then the trailers saying OK.
-struct ReplyBody {
-    head: Option<Bytes>,
-    json: Option<Bytes>,
-    trailers: bool,
-}
-
-impl ReplyBody {
-    fn new(frame: Frame) -> Self {
-        Self {
-            head: Some(frame.head),
-            json: (!frame.json.is_empty()).then_some(frame.json),
-            trailers: true,
-        }
+pin_project_lite::pin_project! {
+    /// A reply body: each frame's bytes as they come, then the trailers
+    /// saying OK when the frames end (at once for a unary call; at shutdown
+    /// for a watch).
+    struct FrameBody<S> {
+        #[pin]
+        frames: S,
+        // The large JSON that follows the head just sent, if any.
+        json: Option<Bytes>,
+        ended: bool,
     }
 }
 
-impl http_body::Body for ReplyBody {
+impl<S: Stream<Item = Frame>> http_body::Body for FrameBody<S> {
     type Data = Bytes;
     type Error = Infallible;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-        if let Some(data) = self.head.take().or_else(|| self.json.take()) {
-            return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+        let this = self.project();
+        if let Some(json) = this.json.take() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(json))));
         }
-        if std::mem::take(&mut self.trailers) {
-            let mut trailers = HeaderMap::with_capacity(1);
-            trailers.insert(Status::GRPC_STATUS, HeaderValue::from_static("0"));
-            return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+        if *this.ended {
+            return Poll::Ready(None);
         }
-        Poll::Ready(None)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.head.is_none() && self.json.is_none() && !self.trailers
+        match this.frames.poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(frame)) => {
+                *this.json = (!frame.json.is_empty()).then_some(frame.json);
+                Poll::Ready(Some(Ok(http_body::Frame::data(frame.head))))
+            }
+            Poll::Ready(None) => {
+                *this.ended = true;
+                let mut trailers = HeaderMap::with_capacity(1);
+                trailers.insert(Status::GRPC_STATUS, HeaderValue::from_static("0"));
+                Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+            }
+        }
     }
 }
 
 type Reply = http::Response<tonic::body::Body>;
 
-fn ok(frame: Frame) -> Reply {
-    let mut reply = http::Response::new(tonic::body::Body::new(ReplyBody::new(frame)));
+fn ok(frames: impl Stream<Item = Frame> + Send + 'static) -> Reply {
+    let body = FrameBody {
+        frames,
+        json: None,
+        ended: false,
+    };
+    let mut reply = http::Response::new(tonic::body::Body::new(body));
     reply.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
@@ -131,9 +144,11 @@ fn ok(frame: Frame) -> Reply {
     reply
 }
 
-/// Reads the one `GetArgsRequest` a unary call carries.
-async fn read_request<B>(body: B, limit: usize) -> Result<pb::GetArgsRequest, Status>
+/// Reads the one request message a call carries (`method` names the call
+/// in errors).
+async fn read_request<M, B>(body: B, limit: usize, method: &str) -> Result<M, Status>
 where
+    M: Message + Default,
     B: http_body::Body<Data = Bytes> + Send,
     B::Error: Into<BoxError>,
 {
@@ -144,82 +159,108 @@ where
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.is::<LengthLimitError>() => {
             return Err(Status::resource_exhausted(format!(
-                "the GetArgs request is over the limit of {limit} bytes"
+                "the {method} request is over the limit of {limit} bytes"
             )))
         }
         Err(err) => return Err(Status::cancelled(format!("reading the request: {err}"))),
     };
     let Some((prefix, message)) = bytes.split_first_chunk::<PREFIX_LEN>() else {
-        return Err(Status::invalid_argument(
-            "a GetArgs call needs one request message",
-        ));
+        return Err(Status::invalid_argument(format!(
+            "a {method} call needs one request message"
+        )));
     };
     if prefix[0] != 0 {
-        return Err(Status::unimplemented(
-            "compressed messages are not supported; send GetArgs uncompressed",
-        ));
+        return Err(Status::unimplemented(format!(
+            "compressed messages are not supported; send {method} uncompressed"
+        )));
     }
     let declared = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
     if declared != message.len() {
-        return Err(Status::invalid_argument(
-            "a GetArgs call carries exactly one request message",
-        ));
+        return Err(Status::invalid_argument(format!(
+            "a {method} call carries exactly one request message"
+        )));
     }
-    pb::GetArgsRequest::decode(message)
-        .map_err(|err| Status::internal(format!("cannot decode the GetArgs request: {err}")))
+    M::decode(message)
+        .map_err(|err| Status::internal(format!("cannot decode the {method} request: {err}")))
 }
 
-async fn answer<B>(store: Arc<Store>, body: B, limit: usize) -> Reply
+async fn get_args<B>(store: Arc<Store>, body: B, limit: usize) -> Reply
 where
     B: http_body::Body<Data = Bytes> + Send,
     B::Error: Into<BoxError>,
 {
-    let reply = match read_request(body, limit).await {
+    let reply = match read_request(body, limit, "GetArgs").await {
         Ok(request) => service::get_args(&store, request),
         Err(status) => Err(status),
     };
-    match reply {
-        Ok(service::GetArgsReply::Whole(snapshot)) => ok(snapshot.frame.clone()),
-        Ok(service::GetArgsReply::Made(args)) => ok(Frame::new(&args)),
-        Err(status) => status.into_http(),
-    }
+    let frame = match reply {
+        Ok(service::GetArgsReply::Whole(snapshot)) => snapshot.frame.clone(),
+        Ok(service::GetArgsReply::Made(args)) => Frame::new(&args),
+        Err(status) => return status.into_http(),
+    };
+    ok(stream::once(std::future::ready(frame)))
 }
 
-/// Puts [`PreparedGetArgs`] in front of a service.
-#[derive(Clone)]
-pub struct PreparedGetArgsLayer {
+async fn watch_args<B>(
     store: Arc<Store>,
+    shutdown: watch::Receiver<bool>,
+    body: B,
+    limit: usize,
+) -> Reply
+where
+    B: http_body::Body<Data = Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+    let request: pb::WatchArgsRequest = match read_request(body, limit, "WatchArgs").await {
+        Ok(request) => request,
+        Err(status) => return status.into_http(),
+    };
+    let updates = service::watch_args(&store, shutdown, request.start_revision);
+    ok(updates.map(|update| match update {
+        service::Update::Replayed(args) => Frame::new(&args),
+        service::Update::Live(snapshot) => snapshot.frame.clone(),
+    }))
+}
+
+/// Puts [`Prepared`] in front of a service.
+#[derive(Clone)]
+pub struct PreparedLayer {
+    store: Arc<Store>,
+    /// Flips to true when the broker shuts down, ending every watch.
+    shutdown: watch::Receiver<bool>,
     /// The largest request message accepted.
     limit: usize,
 }
 
-impl PreparedGetArgsLayer {
-    pub fn new(store: Arc<Store>, limit: usize) -> Self {
-        Self { store, limit }
-    }
-}
-
-impl<S> Layer<S> for PreparedGetArgsLayer {
-    type Service = PreparedGetArgs<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        PreparedGetArgs {
-            inner,
-            store: self.store.clone(),
-            limit: self.limit,
+impl PreparedLayer {
+    pub fn new(store: Arc<Store>, shutdown: watch::Receiver<bool>, limit: usize) -> Self {
+        Self {
+            store,
+            shutdown,
+            limit,
         }
     }
 }
 
-/// Answers GetArgs itself; passes every other request to `inner`.
-#[derive(Clone)]
-pub struct PreparedGetArgs<S> {
-    inner: S,
-    store: Arc<Store>,
-    limit: usize,
+impl<S> Layer<S> for PreparedLayer {
+    type Service = Prepared<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Prepared {
+            inner,
+            layer: self.clone(),
+        }
+    }
 }
 
-impl<S, B> Service<http::Request<B>> for PreparedGetArgs<S>
+/// Answers GetArgs and WatchArgs itself; passes every other request to `inner`.
+#[derive(Clone)]
+pub struct Prepared<S> {
+    inner: S,
+    layer: PreparedLayer,
+}
+
+impl<S, B> Service<http::Request<B>> for Prepared<S>
 where
     S: Service<http::Request<B>, Response = Reply>,
     S::Error: Send + 'static,
@@ -235,15 +276,28 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if request.uri().path() != GET_ARGS_PATH {
-            return Either::Right(self.inner.call(request));
+        let PreparedLayer {
+            store,
+            shutdown,
+            limit,
+        } = &self.layer;
+        let (store, limit) = (store.clone(), *limit);
+        match request.uri().path() {
+            GET_ARGS_PATH => {
+                let body = request.into_body();
+                Either::Left(Box::pin(
+                    async move { Ok(get_args(store, body, limit).await) },
+                ))
+            }
+            WATCH_ARGS_PATH => {
+                let shutdown = shutdown.clone();
+                let body = request.into_body();
+                Either::Left(Box::pin(async move {
+                    Ok(watch_args(store, shutdown, body, limit).await)
+                }))
+            }
+            _ => Either::Right(self.inner.call(request)),
         }
-        let store = self.store.clone();
-        let limit = self.limit;
-        let body = request.into_body();
-        Either::Left(Box::pin(
-            async move { Ok(answer(store, body, limit).await) },
-        ))
     }
 }
 

@@ -2,7 +2,7 @@
 //! behind one access check, until a shutdown signal.
 use crate::access::{AccessLayer, Policy};
 use crate::connections::{self, Limits};
-use crate::prepared::PreparedGetArgsLayer;
+use crate::prepared::PreparedLayer;
 use crate::service::Service;
 use crate::store::Store;
 use argsbroker::pb::{self, args_broker_server::ArgsBrokerServer};
@@ -42,7 +42,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (stopping_tx, stopping) = watch::channel(false);
     let message_limit = store.max_args_bytes().saturating_add(MESSAGE_OVERHEAD);
-    let prepared = PreparedGetArgsLayer::new(store.clone(), message_limit);
+    let prepared = PreparedLayer::new(store.clone(), stopping.clone(), message_limit);
     let args = ArgsBrokerServer::new(Service::new(store, stopping))
         .max_decoding_message_size(message_limit)
         .max_encoding_message_size(message_limit);

@@ -47,28 +47,18 @@ impl ArgsBroker for Service {
         &self,
         request: Request<pb::WatchArgsRequest>,
     ) -> Result<Response<ArgsStream>, Status> {
-        let mut shutdown = self.shutdown.clone();
-        // Subscribe before reading the history, so no revision falls between.
-        let updates = self.store.subscribe();
-        let replay = match request.into_inner().start_revision {
-            Some(after) => self.store.revisions_after(after).unwrap_or_default(),
-            None => Vec::new(),
-        };
-        let mut last_sent = replay.last().map_or(0, |args| args.revision);
-        // The watch channel holds only the newest snapshot: a slow reader
-        // skips to it and the broker never queues revisions per watcher.
-        let follow = WatchStream::new(updates).filter_map(move |snapshot| {
-            let newer = snapshot.revision > last_sent;
-            last_sent = last_sent.max(snapshot.revision);
-            std::future::ready(newer.then(|| snapshot.reply.clone()))
+        let updates = watch_args(
+            &self.store,
+            self.shutdown.clone(),
+            request.into_inner().start_revision,
+        )
+        .map(|update| {
+            Ok(match update {
+                Update::Replayed(args) => args,
+                Update::Live(snapshot) => snapshot.reply.clone(),
+            })
         });
-        let stream = tokio_stream::iter(replay)
-            .chain(follow)
-            .map(Ok)
-            .take_until(async move {
-                let _ = shutdown.wait_for(|stopping| *stopping).await;
-            });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(updates)))
     }
 
     async fn set_args(
@@ -159,6 +149,42 @@ pub fn get_args(store: &Store, request: pb::GetArgsRequest) -> Result<GetArgsRep
             Err(Status::invalid_argument(err.to_string()))
         }
     }
+}
+
+/// One message of a WatchArgs stream: a retained revision replayed from
+/// the history, or a snapshot as it is published.
+pub enum Update {
+    Replayed(pb::Args),
+    Live(Arc<Snapshot>),
+}
+
+/// WatchArgs, for tonic's handler and for the prepared path: the revisions
+/// after `start_revision` (if given and still retained), then every newer
+/// snapshot, until the broker shuts down.
+pub fn watch_args(
+    store: &Store,
+    mut shutdown: watch::Receiver<bool>,
+    start_revision: Option<u64>,
+) -> impl Stream<Item = Update> + Send + 'static {
+    // Subscribe before reading the history, so no revision falls between.
+    let updates = store.subscribe();
+    let replay = match start_revision {
+        Some(after) => store.revisions_after(after).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let mut last_sent = replay.last().map_or(0, |args| args.revision);
+    // The watch channel holds only the newest snapshot: a slow reader
+    // skips to it and the broker never queues revisions per watcher.
+    let follow = WatchStream::new(updates).filter_map(move |snapshot| {
+        let newer = snapshot.revision > last_sent;
+        last_sent = last_sent.max(snapshot.revision);
+        std::future::ready(newer.then_some(Update::Live(snapshot)))
+    });
+    tokio_stream::iter(replay.into_iter().map(Update::Replayed))
+        .chain(follow)
+        .take_until(async move {
+            let _ = shutdown.wait_for(|stopping| *stopping).await;
+        })
 }
 
 /// The uid of the process on the other end of the socket, as read when

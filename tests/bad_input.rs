@@ -720,15 +720,21 @@ fn unknown_method() {
 /// Sends `body` as the whole body of a GetArgs call on a raw HTTP/2
 /// connection; returns the gRPC status and the reply bytes.
 fn raw_get_args(site: &Site, body: Vec<u8>) -> (Code, String, Vec<u8>) {
+    raw_call(site, "GetArgs", body)
+}
+
+/// Sends `body` as the whole body of a call of `method` of the args service
+/// on a raw HTTP/2 connection; returns the gRPC status and the reply bytes.
+fn raw_call(site: &Site, method: &str, body: Vec<u8>) -> (Code, String, Vec<u8>) {
     grpc(|| async {
         let stream = tokio::net::UnixStream::connect(site.socket())
             .await
             .unwrap();
         let (mut h2, connection) = h2::client::handshake(stream).await.unwrap();
         let connection = tokio::spawn(connection);
-        let request = tonic::codegen::http::Request::post(
-            "http://localhost/argsbroker.v1.ArgsBroker/GetArgs",
-        )
+        let request = tonic::codegen::http::Request::post(format!(
+            "http://localhost/argsbroker.v1.ArgsBroker/{method}"
+        ))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(())
@@ -786,6 +792,21 @@ fn get_args_without_a_message() {
         (
             Code::InvalidArgument,
             "a GetArgs call needs one request message"
+        )
+    );
+    unchanged(&site, &mut broker, &before);
+}
+
+/// WatchArgs reads its request the same way: none is INVALID_ARGUMENT.
+#[test]
+fn watch_args_without_a_message() {
+    let (site, mut broker, before) = serving(&[]);
+    let (code, message, _) = raw_call(&site, "WatchArgs", Vec::new());
+    assert_eq!(
+        (code, message.as_str()),
+        (
+            Code::InvalidArgument,
+            "a WatchArgs call needs one request message"
         )
     );
     unchanged(&site, &mut broker, &before);

@@ -266,6 +266,56 @@ fn watch_sends_the_current_snapshot_then_changes() {
     });
 }
 
+/// A document of several HTTP/2 frames (200 KiB; the broker sends large
+/// documents from the snapshot's own bytes) arrives whole by GetArgs, by
+/// WatchArgs, before and after a change, and at a worker.
+#[test]
+fn a_large_document_arrives_whole_everywhere() {
+    let big = |tag: &str| format!(r#"{{"blob":"{}","tag":"{tag}"}}"#, "x".repeat(200 * 1024));
+    let site = Site::new(&big("one"));
+    let _broker = site.start_broker();
+    let port = free_port();
+    let _worker = site.start_worker(port, false);
+    assert_eq!(get_args(&site, "").unwrap().json, big("one"));
+    grpc(|| async {
+        let mut client = argsbroker::client::connect(site.socket()).await.unwrap();
+        let mut stream = client
+            .watch_args(pb::WatchArgsRequest {
+                start_revision: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        assert_eq!(
+            (first.revision, first.json_str().unwrap()),
+            (1, big("one").as_str())
+        );
+        client
+            .patch_args(pb::PatchArgsRequest {
+                merge_patch: r#"{"tag": "two"}"#.into(),
+                expected_revision: None,
+            })
+            .await
+            .unwrap();
+        let second = stream.message().await.unwrap().unwrap();
+        assert_eq!(
+            (second.revision, second.json_str().unwrap()),
+            (2, big("two").as_str())
+        );
+        let now = client
+            .get_args(pb::GetArgsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((now.revision, now.sha256), (2, second.sha256));
+    });
+    let answer = eventually("the worker to serve revision 2", || {
+        Some(get(port, "/args")).filter(|a| a.header("x-args-revision") == Some("2"))
+    });
+    assert_eq!(answer.body, args_body(&big("two")));
+}
+
 /// Workers follow changes live.
 #[test]
 fn workers_follow_changes() {
