@@ -116,7 +116,8 @@ impl ArgsBroker for Service {
 /// What GetArgs answers: the snapshot's own whole-document reply, or one
 /// made for this request (a pointer's value, or "not modified").
 pub enum GetArgsReply {
-    Whole(Arc<Snapshot>),
+    /// The current snapshot, as loaded: no reference count is taken.
+    Whole(arc_swap::Guard<Arc<Snapshot>>),
     Made(pb::Args),
 }
 
@@ -132,7 +133,7 @@ pub fn get_args(store: &Store, request: pb::GetArgsRequest) -> Result<GetArgsRep
         }));
     }
     if request.pointer.is_empty() {
-        return Ok(GetArgsReply::Whole(arc_swap::Guard::into_inner(snapshot)));
+        return Ok(GetArgsReply::Whole(snapshot));
     }
     match snapshot.document.get(&request.pointer) {
         Ok(Some(value)) => Ok(GetArgsReply::Made(pb::Args {
