@@ -717,12 +717,6 @@ fn unknown_method() {
     unchanged(&site, &mut broker, &before);
 }
 
-/// Sends `body` as the whole body of a GetArgs call on a raw HTTP/2
-/// connection; returns the gRPC status and the reply bytes.
-fn raw_get_args(site: &Site, body: Vec<u8>) -> (Code, String, Vec<u8>) {
-    raw_call(site, "GetArgs", body)
-}
-
 /// Sends `body` as the whole body of a call of `method` of the args service
 /// on a raw HTTP/2 connection; returns the gRPC status and the reply bytes.
 fn raw_call(site: &Site, method: &str, body: Vec<u8>) -> (Code, String, Vec<u8>) {
@@ -770,11 +764,20 @@ fn grpc_frame(message: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// Sends `body` as a call of `method` to a broker started with `flags`;
+/// returns the status it answered, after checking the args are unchanged.
+fn raw_call_refused(flags: &[&str], method: &str, body: Vec<u8>) -> (Code, String) {
+    let (site, mut broker, before) = serving(flags);
+    let (code, message, _) = raw_call(&site, method, body);
+    unchanged(&site, &mut broker, &before);
+    (code, message)
+}
+
 /// The well-formed call, for contrast: OK and the whole document.
 #[test]
 fn get_args_raw_request_is_answered() {
     let (site, mut broker, before) = serving(&[]);
-    let (code, _, reply) = raw_get_args(&site, grpc_frame(&[]));
+    let (code, _, reply) = raw_call(&site, "GetArgs", grpc_frame(&[]));
     assert_eq!(code, Code::Ok);
     assert_eq!(reply[0], 0);
     let args = <pb::Args as prost::Message>::decode(&reply[5..]).unwrap();
@@ -785,102 +788,85 @@ fn get_args_raw_request_is_answered() {
 /// A GetArgs call with no request message is INVALID_ARGUMENT.
 #[test]
 fn get_args_without_a_message() {
-    let (site, mut broker, before) = serving(&[]);
-    let (code, message, _) = raw_get_args(&site, Vec::new());
     assert_eq!(
-        (code, message.as_str()),
+        raw_call_refused(&[], "GetArgs", Vec::new()),
         (
             Code::InvalidArgument,
-            "a GetArgs call needs one request message"
+            "a GetArgs call needs one request message".to_owned()
         )
     );
-    unchanged(&site, &mut broker, &before);
 }
 
 /// WatchArgs reads its request the same way: none is INVALID_ARGUMENT.
 #[test]
 fn watch_args_without_a_message() {
-    let (site, mut broker, before) = serving(&[]);
-    let (code, message, _) = raw_call(&site, "WatchArgs", Vec::new());
     assert_eq!(
-        (code, message.as_str()),
+        raw_call_refused(&[], "WatchArgs", Vec::new()),
         (
             Code::InvalidArgument,
-            "a WatchArgs call needs one request message"
+            "a WatchArgs call needs one request message".to_owned()
         )
     );
-    unchanged(&site, &mut broker, &before);
 }
 
 /// Two request messages in one unary call is INVALID_ARGUMENT.
 #[test]
 fn get_args_with_two_messages() {
-    let (site, mut broker, before) = serving(&[]);
     let mut body = grpc_frame(&[]);
     body.extend(grpc_frame(&[]));
-    let (code, message, _) = raw_get_args(&site, body);
     assert_eq!(
-        (code, message.as_str()),
+        raw_call_refused(&[], "GetArgs", body),
         (
             Code::InvalidArgument,
-            "a GetArgs call carries exactly one request message"
+            "a GetArgs call carries exactly one request message".to_owned()
         )
     );
-    unchanged(&site, &mut broker, &before);
 }
 
 /// A compressed request message is UNIMPLEMENTED, and says what to do.
 #[test]
 fn get_args_compressed() {
-    let (site, mut broker, before) = serving(&[]);
     let mut body = grpc_frame(&[]);
     body[0] = 1;
-    let (code, message, _) = raw_get_args(&site, body);
     assert_eq!(
-        (code, message.as_str()),
+        raw_call_refused(&[], "GetArgs", body),
         (
             Code::Unimplemented,
-            "compressed messages are not supported; send GetArgs uncompressed"
+            "compressed messages are not supported; send GetArgs uncompressed".to_owned()
         )
     );
-    unchanged(&site, &mut broker, &before);
 }
 
 /// Bytes that are not a GetArgsRequest are INTERNAL, as tonic answers a
 /// message it cannot decode.
 #[test]
 fn get_args_not_a_request_message() {
-    let (site, mut broker, before) = serving(&[]);
     // Field 1 (pointer) announced as 100 bytes long, with 2 present.
-    let (code, message, _) = raw_get_args(&site, grpc_frame(&[0x0a, 100, b'/', b'a']));
+    let (code, message) = raw_call_refused(&[], "GetArgs", grpc_frame(&[0x0a, 100, b'/', b'a']));
     assert_eq!(code, Code::Internal);
     assert!(
         message.starts_with("cannot decode the GetArgs request: "),
         "{message}"
     );
-    unchanged(&site, &mut broker, &before);
 }
 
 /// A request over the message limit is RESOURCE_EXHAUSTED.
 #[test]
 fn get_args_request_over_the_limit() {
-    let (site, mut broker, before) = serving(&["--max-args-bytes", "1024"]);
     // The limit is the document limit plus 64 KiB for the rest of a message.
     let limit = 1024 + 64 * 1024;
     let request = pb::GetArgsRequest {
         pointer: format!("/{}", "a".repeat(limit)),
         ..Default::default()
     };
-    let (code, message, _) =
-        raw_get_args(&site, grpc_frame(&prost::Message::encode_to_vec(&request)));
+    let body = grpc_frame(&prost::Message::encode_to_vec(&request));
     assert_eq!(
-        (code, message),
+        raw_call_refused(&["--max-args-bytes", "1024"], "GetArgs", body),
         (
             Code::ResourceExhausted,
             format!("the GetArgs request is over the limit of {limit} bytes")
         )
     );
-    unchanged(&site, &mut broker, &before);
 }
 
 // ---------------------------------------------------------------- transport

@@ -232,11 +232,9 @@ fn health_and_readiness() {
     assert_eq!(get(port, "/nothing-here").status, 404);
 }
 
-/// WatchArgs sends the current snapshot first, then each newer revision.
-#[test]
-fn watch_sends_the_current_snapshot_then_changes() {
-    let site = Site::new(r#"{"a": 1}"#);
-    let _broker = site.start_broker();
+/// Opens a watch, applies `merge_patch`, and returns the first two
+/// messages the watch sent: the snapshot, then the patched revision.
+fn watch_across_a_patch(site: &Site, merge_patch: &str) -> (pb::Args, pb::Args) {
     grpc(|| async {
         let mut client = argsbroker::client::connect(site.socket()).await.unwrap();
         let mut stream = client
@@ -247,23 +245,32 @@ fn watch_sends_the_current_snapshot_then_changes() {
             .unwrap()
             .into_inner();
         let first = stream.message().await.unwrap().unwrap();
-        assert_eq!(
-            (first.revision, first.json_str().unwrap()),
-            (1, r#"{"a":1}"#)
-        );
         client
             .patch_args(pb::PatchArgsRequest {
-                merge_patch: r#"{"b": [true]}"#.into(),
+                merge_patch: merge_patch.into(),
                 expected_revision: None,
             })
             .await
             .unwrap();
         let second = stream.message().await.unwrap().unwrap();
-        assert_eq!(
-            (second.revision, second.json_str().unwrap()),
-            (2, r#"{"a":1,"b":[true]}"#)
-        );
-    });
+        (first, second)
+    })
+}
+
+/// WatchArgs sends the current snapshot first, then each newer revision.
+#[test]
+fn watch_sends_the_current_snapshot_then_changes() {
+    let site = Site::new(r#"{"a": 1}"#);
+    let _broker = site.start_broker();
+    let (first, second) = watch_across_a_patch(&site, r#"{"b": [true]}"#);
+    assert_eq!(
+        (first.revision, first.json_str().unwrap()),
+        (1, r#"{"a":1}"#)
+    );
+    assert_eq!(
+        (second.revision, second.json_str().unwrap()),
+        (2, r#"{"a":1,"b":[true]}"#)
+    );
 }
 
 /// A document of several HTTP/2 frames (200 KiB; the broker sends large
@@ -277,39 +284,17 @@ fn a_large_document_arrives_whole_everywhere() {
     let port = free_port();
     let _worker = site.start_worker(port, false);
     assert_eq!(get_args(&site, "").unwrap().json, big("one"));
-    grpc(|| async {
-        let mut client = argsbroker::client::connect(site.socket()).await.unwrap();
-        let mut stream = client
-            .watch_args(pb::WatchArgsRequest {
-                start_revision: None,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let first = stream.message().await.unwrap().unwrap();
-        assert_eq!(
-            (first.revision, first.json_str().unwrap()),
-            (1, big("one").as_str())
-        );
-        client
-            .patch_args(pb::PatchArgsRequest {
-                merge_patch: r#"{"tag": "two"}"#.into(),
-                expected_revision: None,
-            })
-            .await
-            .unwrap();
-        let second = stream.message().await.unwrap().unwrap();
-        assert_eq!(
-            (second.revision, second.json_str().unwrap()),
-            (2, big("two").as_str())
-        );
-        let now = client
-            .get_args(pb::GetArgsRequest::default())
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!((now.revision, now.sha256), (2, second.sha256));
-    });
+    let (first, second) = watch_across_a_patch(&site, r#"{"tag": "two"}"#);
+    assert_eq!(
+        (first.revision, first.json_str().unwrap()),
+        (1, big("one").as_str())
+    );
+    assert_eq!(
+        (second.revision, second.json_str().unwrap()),
+        (2, big("two").as_str())
+    );
+    let now = get_args(&site, "").unwrap();
+    assert_eq!((now.revision, now.sha256), (2, second.sha256));
     let answer = eventually("the worker to serve revision 2", || {
         Some(get(port, "/args")).filter(|a| a.header("x-args-revision") == Some("2"))
     });
