@@ -717,23 +717,39 @@ fn unknown_method() {
     unchanged(&site, &mut broker, &before);
 }
 
+/// A call of `method` of the args service on a raw HTTP/2 connection of its
+/// own, with or without a request body to come: the response to be, the
+/// body's sender, and the connection's task (abort it to hang up).
+async fn start_raw_call(
+    site: &Site,
+    method: &str,
+    end_of_stream: bool,
+) -> (
+    h2::client::ResponseFuture,
+    h2::SendStream<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let stream = tokio::net::UnixStream::connect(site.socket())
+        .await
+        .unwrap();
+    let (mut h2, connection) = h2::client::handshake(stream).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let request = tonic::codegen::http::Request::post(format!(
+        "http://localhost/argsbroker.v1.ArgsBroker/{method}"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (response, send) = h2.send_request(request, end_of_stream).unwrap();
+    (response, send, connection)
+}
+
 /// Sends `body` as the whole body of a call of `method` of the args service
 /// on a raw HTTP/2 connection; returns the gRPC status and the reply bytes.
 fn raw_call(site: &Site, method: &str, body: Vec<u8>) -> (Code, String, Vec<u8>) {
     grpc(|| async {
-        let stream = tokio::net::UnixStream::connect(site.socket())
-            .await
-            .unwrap();
-        let (mut h2, connection) = h2::client::handshake(stream).await.unwrap();
-        let connection = tokio::spawn(connection);
-        let request = tonic::codegen::http::Request::post(format!(
-            "http://localhost/argsbroker.v1.ArgsBroker/{method}"
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-        let (response, mut send) = h2.send_request(request, body.is_empty()).unwrap();
+        let (response, mut send, connection) = start_raw_call(site, method, body.is_empty()).await;
         if !body.is_empty() {
             send.send_data(body.into(), true).unwrap();
         }
@@ -1056,19 +1072,7 @@ fn watcher_that_never_reads() {
 fn client_disconnects_mid_request() {
     let (site, mut broker, before) = serving(&[]);
     grpc(|| async {
-        let stream = tokio::net::UnixStream::connect(site.socket())
-            .await
-            .unwrap();
-        let (mut h2, connection) = h2::client::handshake(stream).await.unwrap();
-        let connection = tokio::spawn(connection);
-        let request = tonic::codegen::http::Request::post(
-            "http://localhost/argsbroker.v1.ArgsBroker/SetArgs",
-        )
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-        let (_response, mut body) = h2.send_request(request, false).unwrap();
+        let (_response, mut body, connection) = start_raw_call(&site, "SetArgs", false).await;
         // A gRPC frame that announces 1,000 bytes, and the first 20 of them.
         let mut frame = vec![0u8, 0, 0, 0x03, 0xe8, 0x0a, 0xe6, 0x07];
         frame.extend_from_slice(b"{\"a\": 999, \"b\"");
