@@ -281,20 +281,15 @@ where
             shutdown,
             limit,
         } = &self.layer;
-        let (store, limit) = (store.clone(), *limit);
         match request.uri().path() {
             GET_ARGS_PATH => {
-                let body = request.into_body();
-                Either::Left(Box::pin(
-                    async move { Ok(get_args(store, body, limit).await) },
-                ))
+                let reply = get_args(store.clone(), request.into_body(), *limit);
+                Either::Left(Box::pin(async move { Ok(reply.await) }))
             }
             WATCH_ARGS_PATH => {
-                let shutdown = shutdown.clone();
-                let body = request.into_body();
-                Either::Left(Box::pin(async move {
-                    Ok(watch_args(store, shutdown, body, limit).await)
-                }))
+                let reply =
+                    watch_args(store.clone(), shutdown.clone(), request.into_body(), *limit);
+                Either::Left(Box::pin(async move { Ok(reply.await) }))
             }
             _ => Either::Right(self.inner.call(request)),
         }
