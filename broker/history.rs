@@ -58,13 +58,14 @@ impl Entry {
         }
     }
 
-    /// The entry as a whole-document `Args`, for replaying a watch.
-    pub fn to_args(&self) -> pb::Args {
+    /// The entry as a whole-document `Args` of `lineage`, for replaying a watch.
+    pub fn to_args(&self, lineage: &str) -> pb::Args {
         pb::Args {
             revision: self.revision,
             json: self.json.clone(),
             sha256: self.sha256.clone(),
             not_modified: false,
+            lineage: lineage.to_owned(),
         }
     }
 }

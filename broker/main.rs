@@ -5,6 +5,7 @@ mod authority;
 mod cli;
 mod connections;
 mod history;
+mod lineage;
 mod peer;
 mod prepared;
 mod reload;

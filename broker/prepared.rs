@@ -56,6 +56,7 @@ impl Frame {
             json: Bytes::new(),
             sha256: args.sha256.clone(),
             not_modified: args.not_modified,
+            lineage: args.lineage.clone(),
         };
         let mut json_key = BytesMut::with_capacity(16);
         if !args.json.is_empty() {
@@ -306,6 +307,7 @@ mod tests {
             json,
             sha256: "ab".repeat(32),
             not_modified: false,
+            lineage: "0123456789abcdef".into(),
         }
     }
 

@@ -130,6 +130,7 @@ pub fn get_args(store: &Store, request: pb::GetArgsRequest) -> Result<GetArgsRep
             json: Bytes::new(),
             sha256: snapshot.reply.sha256.clone(),
             not_modified: true,
+            lineage: snapshot.reply.lineage.clone(),
         }));
     }
     if request.pointer.is_empty() {
@@ -141,6 +142,7 @@ pub fn get_args(store: &Store, request: pb::GetArgsRequest) -> Result<GetArgsRep
             json: Bytes::from(value.to_string()),
             sha256: snapshot.reply.sha256.clone(),
             not_modified: false,
+            lineage: snapshot.reply.lineage.clone(),
         })),
         Ok(None) => Err(Status::not_found(format!(
             "no value at JSON pointer {:?} in revision {}",

@@ -30,12 +30,13 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn new(revision: u64, document: Document) -> Self {
+    fn new(revision: u64, document: Document, lineage: &str) -> Self {
         let reply = pb::Args {
             revision,
             json: document.json().clone(),
             sha256: document.sha256().to_owned(),
             not_modified: false,
+            lineage: lineage.to_owned(),
         };
         Self {
             revision,
@@ -79,6 +80,12 @@ pub enum OpenError {
     },
     #[error(transparent)]
     History(#[from] HistoryError),
+    #[error(
+        "cannot create the state directory {path}: {source} (choose another with --state-dir)"
+    )]
+    StateDir { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Lineage(#[from] crate::lineage::LineageError),
     #[error("cannot record the revision in {path}: {source}")]
     Record { path: PathBuf, source: io::Error },
 }
@@ -121,6 +128,8 @@ pub struct Limits {
 }
 
 pub struct Store {
+    /// The id of this state's revisions (see `lineage`).
+    lineage: String,
     current: ArcSwap<Snapshot>,
     watch: watch::Sender<Arc<Snapshot>>,
     /// Touched by writers, ListRevisions and watch replays; never by GetArgs.
@@ -136,6 +145,11 @@ impl Store {
     /// the broker was down (so a revision never names two documents).
     pub fn open(args_path: &Path, state_dir: &Path, limits: Limits) -> Result<Self, OpenError> {
         let document = read_document(args_path, limits.max_args_bytes)?;
+        create_private_dir(state_dir).map_err(|source| OpenError::StateDir {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        let lineage = crate::lineage::load_or_create(state_dir)?;
         let history_dir = state_dir.join("history");
         let mut history = History::open(&history_dir, limits.history, limits.history_bytes)?;
         let revision = match history.newest() {
@@ -155,8 +169,9 @@ impl Store {
                     source,
                 })?;
         }
-        let snapshot = Arc::new(Snapshot::new(revision, document));
+        let snapshot = Arc::new(Snapshot::new(revision, document, &lineage));
         Ok(Self {
+            lineage,
             current: ArcSwap::new(snapshot.clone()),
             watch: watch::Sender::new(snapshot),
             history: std::sync::Mutex::new(history),
@@ -197,7 +212,7 @@ impl Store {
             history
                 .entries()
                 .filter(|e| e.revision > revision)
-                .map(Entry::to_args)
+                .map(|e| e.to_args(&self.lineage))
                 .collect(),
         )
     }
@@ -362,7 +377,7 @@ impl Store {
             self.history().append(record)
         })
         .map_err(WriteError::Io)?;
-        let snapshot = Arc::new(Snapshot::new(revision, document));
+        let snapshot = Arc::new(Snapshot::new(revision, document, &self.lineage));
         self.current.store(snapshot.clone());
         self.watch.send_replace(snapshot.clone());
         release_freed_memory();
@@ -436,4 +451,14 @@ fn read_document(path: &Path, max_bytes: usize) -> Result<Document, OpenError> {
         });
     }
     Ok(document)
+}
+
+/// Creates `dir` and its missing parents with mode 0700: the state holds
+/// every retained document, which only the broker's user may read.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }

@@ -21,6 +21,8 @@ pub struct Args {
     pub sha256: String,
     #[prost(bool, tag = "4")]
     pub not_modified: bool,
+    #[prost(string, tag = "5")]
+    pub lineage: String,
 }
 
 impl Args {
@@ -46,6 +48,8 @@ mod tests {
         sha256: String,
         #[prost(bool, tag = "4")]
         not_modified: bool,
+        #[prost(string, tag = "5")]
+        lineage: String,
     }
 
     #[test]
@@ -55,12 +59,14 @@ mod tests {
             json: Bytes::from_static("{\"é\":1}".as_bytes()),
             sha256: "ab".into(),
             not_modified: true,
+            lineage: "l1".into(),
         };
         let theirs = AsInProto {
             revision: 7,
             json: "{\"é\":1}".into(),
             sha256: "ab".into(),
             not_modified: true,
+            lineage: "l1".into(),
         };
         assert_eq!(ours.encode_to_vec(), theirs.encode_to_vec());
         assert_eq!(Args::decode(&theirs.encode_to_vec()[..]).unwrap(), ours);
