@@ -25,6 +25,13 @@ const FD_RESERVE: u64 = 64;
 /// How long to pause after a failed accept (EMFILE would fail at once again).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How often the socket file is checked for having been deleted.
+const SOCKET_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Checks that the socket file is still at its path; returns a new listener
+/// when it had to be bound again (someone deleted the file).
+pub type Rebind = Box<dyn FnMut() -> Option<std::os::unix::net::UnixListener> + Send>;
+
 /// At most one warning of a kind this often, however hard a flood pushes.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -90,17 +97,21 @@ pub fn fit_to_fd_limit(max_connections: usize) -> usize {
 pub fn incoming(
     listener: UnixListener,
     limits: Limits,
+    rebind: Option<Rebind>,
 ) -> (ReceiverStream<io::Result<Connection>>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64);
-    let task = tokio::spawn(accept_loop(listener, limits, tx));
+    let task = tokio::spawn(accept_loop(listener, limits, rebind, tx));
     (ReceiverStream::new(rx), task)
 }
 
 async fn accept_loop(
-    listener: UnixListener,
+    mut listener: UnixListener,
     limits: Limits,
+    mut rebind: Option<Rebind>,
     tx: mpsc::Sender<io::Result<Connection>>,
 ) {
+    let mut socket_check = tokio::time::interval(SOCKET_CHECK_EVERY);
+    socket_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (mut full, mut failing) = (Quiet::default(), Quiet::default());
     loop {
@@ -133,6 +144,13 @@ async fn accept_loop(
                     continue;
                 }
             },
+            _ = socket_check.tick(), if rebind.is_some() => {
+                let new = rebind.as_mut().and_then(|check| check());
+                if let Some(new) = new.and_then(|l| UnixListener::from_std(l).ok()) {
+                    listener = new;
+                }
+                continue;
+            }
             _ = tx.closed() => return,
         };
         let peer = match Peer::of(&stream) {

@@ -92,6 +92,14 @@ pub enum HistoryError {
     Damaged { path: PathBuf, message: String },
 }
 
+/// A file that could not be written, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {}", path.display(), argsbroker::durable::reason(error))]
+pub struct SaveError {
+    pub path: PathBuf,
+    pub error: io::Error,
+}
+
 pub struct History {
     dir: PathBuf,
     entries: VecDeque<Entry>,
@@ -107,10 +115,15 @@ impl History {
             path: dir.to_path_buf(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(read_dir_err)?;
+        crate::store::create_private_dir(dir).map_err(read_dir_err)?;
         let mut found = Vec::new();
         for item in std::fs::read_dir(dir).map_err(read_dir_err)? {
             let path = item.map_err(read_dir_err)?.path();
+            if is_leftover_temp(&path) {
+                // Left by a broker killed in the middle of a write.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
             let Some(revision) = entry_revision(&path) else {
                 continue;
             };
@@ -158,9 +171,30 @@ impl History {
         self.entries.front().map(|e| e.revision)
     }
 
-    /// Writes `entry` durably, then retains it and prunes the oldest. Its
-    /// revision is the newest + 1: the store hands out revisions in order.
-    pub fn append(&mut self, entry: Entry) -> io::Result<()> {
+    /// Writes `entry` durably, then retains it and prunes the oldest.
+    pub fn append(&mut self, entry: Entry) -> Result<(), SaveError> {
+        self.write(&entry)?.finish();
+        self.retain(entry);
+        Ok(())
+    }
+
+    /// Writes `entry`'s file durably (mode 0600 from its creation), not yet
+    /// retained: the caller finishes or undoes it, then [`History::retain`]s it.
+    pub fn write(&self, entry: &Entry) -> Result<durable::Replaced, SaveError> {
+        let path = self.path_of(entry.revision);
+        let saved = Self::encode(entry).and_then(|bytes| durable::replace(&path, &bytes, None));
+        saved.map_err(|error| SaveError { path, error })
+    }
+
+    /// Keeps `entry` (whose file is written) as the newest; prunes the oldest.
+    /// Its revision is the newest + 1: the store hands out revisions in order.
+    pub fn retain(&mut self, entry: Entry) {
+        self.bytes += entry.json.len();
+        self.entries.push_back(entry);
+        self.prune();
+    }
+
+    fn encode(entry: &Entry) -> io::Result<Vec<u8>> {
         let document = std::str::from_utf8(&entry.json).map_err(io::Error::other)?;
         let record = Record {
             revision: entry.revision,
@@ -172,11 +206,7 @@ impl History {
         };
         let mut bytes = serde_json::to_vec(&record).map_err(io::Error::other)?;
         bytes.push(b'\n');
-        durable::write_atomic(&self.path_of(entry.revision), &bytes)?;
-        self.bytes += entry.json.len();
-        self.entries.push_back(entry);
-        self.prune();
-        Ok(())
+        Ok(bytes)
     }
 
     /// Drops the oldest entries beyond the count and size bounds, in memory
@@ -207,6 +237,13 @@ fn damaged(path: &Path, message: String) -> HistoryError {
         path: path.to_path_buf(),
         message,
     }
+}
+
+/// `.00000000000000000042.json.PID.N.tmp`: a temp file of `durable`.
+fn is_leftover_temp(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"))
 }
 
 /// `00000000000000000042.json` → 42; anything else is not an entry.

@@ -6,6 +6,7 @@ mod cli;
 mod connections;
 mod history;
 mod lineage;
+mod lockfile;
 mod peer;
 mod prepared;
 mod reload;
@@ -234,6 +235,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             worker_bin.display()
         );
     }
+    // One broker per args file and per state directory: two would both
+    // call their next write the same revision.
+    let _owner = own_state(&args_path, &state_dir, &args.socket, args.read_only)?;
     let store = Arc::new(store::Store::open(&args_path, &state_dir, limits)?);
     store::release_freed_memory();
     // Reloads are set up before the socket exists: once a client can
@@ -252,6 +256,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     let listener =
         tokio::net::UnixListener::from_std(std_listener).context("cannot use the bound socket")?;
+    // Shared with the accept loop, which binds the path again if the file is deleted.
+    let claim = Arc::new(std::sync::Mutex::new(claim));
+    let watched = claim.clone();
     tracing::info!(
         socket = %args.socket.display(),
         args = %args_path.display(),
@@ -273,6 +280,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.reader_uid,
             args.reader_gid,
         ),
+        rebind: Some(Box::new(move || {
+            let mut claim = watched.lock().unwrap_or_else(|p| p.into_inner());
+            claim.rebind_if_deleted()
+        })),
     };
     let result = match args.http.filter(|_| args.workers > 0) {
         None => {
@@ -303,11 +314,57 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             workers.and(broker)
         }
     };
+    let mut claim = claim
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     claim.remove_socket();
-    drop(claim);
     result?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Locks the state directory (`DIR/lock`) and, unless read-only, the args
+/// file (`.NAME.lock` beside it), each for the broker's whole life: a second
+/// broker on either refuses to start before it reads or writes anything.
+fn own_state(
+    args: &Path,
+    state_dir: &Path,
+    socket: &Path,
+    read_only: bool,
+) -> anyhow::Result<Vec<lockfile::LockFile>> {
+    store::create_private_dir(state_dir).with_context(|| {
+        format!(
+            "cannot create the state directory {} (choose another with --state-dir)",
+            state_dir.display()
+        )
+    })?;
+    let mut locks = vec![lock(&state_dir.join("lock"), socket, || {
+        format!("the state directory {}", state_dir.display())
+    })?];
+    if !read_only {
+        let target = std::fs::canonicalize(args).unwrap_or_else(|_| args.to_path_buf());
+        let mut name = std::ffi::OsString::from(".");
+        name.push(target.file_name().unwrap_or_default());
+        name.push(".lock");
+        locks.push(lock(&target.with_file_name(name), socket, || {
+            args.display().to_string()
+        })?);
+    }
+    Ok(locks)
+}
+
+fn lock(
+    path: &Path,
+    socket: &Path,
+    what: impl Fn() -> String,
+) -> anyhow::Result<lockfile::LockFile> {
+    match lockfile::LockFile::acquire(path, socket) {
+        Ok(lock) => Ok(lock),
+        Err(lockfile::LockError::Held { holder, .. }) => {
+            anyhow::bail!("{holder} owns {}", what())
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// `args.json` keeps its revisions in `args.json.state/`.

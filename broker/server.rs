@@ -30,6 +30,8 @@ pub struct Config {
     /// it if the ping is not answered within as long again.
     pub keepalive: Duration,
     pub policy: Policy,
+    /// Binds the socket again if its file is deleted while serving.
+    pub rebind: Option<connections::Rebind>,
 }
 
 /// Serves `store` on `listener` until `shutdown` completes, then ends every
@@ -54,7 +56,7 @@ pub async fn run(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let (incoming, accepting) = connections::incoming(listener, config.limits);
+    let (incoming, accepting) = connections::incoming(listener, config.limits, config.rebind);
 
     let (drained_tx, drained) = tokio::sync::oneshot::channel::<()>();
     let serve = Server::builder()

@@ -217,7 +217,11 @@ fn write_status(err: WriteError) -> Status {
             Status::invalid_argument(message)
         }
         WriteError::TooLarge { .. } => Status::resource_exhausted(message),
-        WriteError::Io(_) => {
+        WriteError::OutsideEdit(..) => {
+            tracing::warn!(%message, "write refused");
+            Status::failed_precondition(message)
+        }
+        WriteError::Save(_) => {
             tracing::error!(%message, "write failed");
             Status::internal(message)
         }

@@ -2,11 +2,11 @@
 //! work, a lock file so that exactly one broker serves a path, a directory
 //! that no other user could swap the socket in, and a mode that is never
 //! more open than asked.
-use std::fs::{self, File, OpenOptions};
+use crate::lockfile::{LockError, LockFile};
+use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -56,10 +56,14 @@ pub struct Options {
 /// file checks it is still the one at the path, so this cannot let two in).
 pub struct Claim {
     path: PathBuf,
-    lock_path: PathBuf,
-    lock: File,
+    /// Removed (while still locked) when the claim is dropped.
+    _lock: LockFile,
     /// The socket file this broker made, by device and inode.
     bound: Option<(u64, u64)>,
+    /// How it was made, to make it again the same way.
+    options: Option<Options>,
+    /// Whether a replaced (or unbindable) socket was already reported.
+    told_replaced: bool,
 }
 
 /// Checks the path and its directory and takes the lock, before the args
@@ -83,12 +87,16 @@ pub fn claim(path: &Path, allow_unsafe_dir: bool) -> Result<Claim, BindError> {
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
-    let lock = lock(&lock_path, path)?;
+    let lock = LockFile::acquire(&lock_path, path).map_err(|err| match err {
+        LockError::Held { .. } => BindError::InUse(path.to_path_buf()),
+        LockError::Io { path, source } => BindError::Lock { path, source },
+    })?;
     Ok(Claim {
         path: path.to_path_buf(),
-        lock_path,
-        lock,
+        _lock: lock,
         bound: None,
+        options: None,
+        told_replaced: false,
     })
 }
 
@@ -127,51 +135,6 @@ fn check_directory(dir: &Path, allow: bool) -> Result<(), BindError> {
     Ok(())
 }
 
-fn lock(lock_path: &Path, socket: &Path) -> Result<File, BindError> {
-    let lock_err = |source| BindError::Lock {
-        path: lock_path.to_path_buf(),
-        source,
-    };
-    for _ in 0..16 {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(lock_path)
-            .map_err(lock_err)?;
-        let meta = file.metadata().map_err(lock_err)?;
-        if !meta.file_type().is_file() {
-            return Err(lock_err(io::Error::other("it is not a regular file")));
-        }
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let err = io::Error::last_os_error();
-            return Err(match err.raw_os_error() {
-                Some(libc::EWOULDBLOCK) => BindError::InUse(socket.to_path_buf()),
-                _ => lock_err(err),
-            });
-        }
-        // The broker that held it may have removed it between our open and
-        // our lock; then the file at the path is another one: start over.
-        match fs::symlink_metadata(lock_path) {
-            Ok(now) if (now.dev(), now.ino()) == (meta.dev(), meta.ino()) => {
-                let _ = file.set_len(0);
-                let _ = io::Write::write_all(
-                    &mut &file,
-                    format!("{}\n", std::process::id()).as_bytes(),
-                );
-                return Ok(file);
-            }
-            _ => continue,
-        }
-    }
-    Err(lock_err(io::Error::other(
-        "it keeps being replaced while we lock it",
-    )))
-}
-
 impl Claim {
     /// Binds the socket. A socket file left by a broker that was killed is
     /// replaced once nobody answers on it. The file is created with mode 0600
@@ -204,6 +167,7 @@ impl Claim {
         let listener = bound.map_err(io_err)?;
         let meta = fs::symlink_metadata(&path).map_err(io_err)?;
         self.bound = Some((meta.dev(), meta.ino()));
+        self.options = Some(options);
         let opened = self.open_up(options);
         if let Err(err) = opened {
             self.remove_socket();
@@ -242,6 +206,42 @@ impl Claim {
         Ok(())
     }
 
+    /// If the socket file this broker made was deleted, binds the path again
+    /// (the lock proves it is still this broker's to serve) and returns the
+    /// new listener. A path now holding something else is left alone and
+    /// reported once.
+    pub fn rebind_if_deleted(&mut self) -> Option<UnixListener> {
+        let (ours, options) = (self.bound?, self.options?);
+        match fs::symlink_metadata(&self.path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == ours => None,
+            Ok(_) => {
+                if !self.told_replaced {
+                    self.told_replaced = true;
+                    tracing::error!(socket = %self.path.display(), "the socket file was replaced by someone else; clients that open the path no longer reach this broker");
+                }
+                None
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                self.bound = None;
+                match self.bind(options) {
+                    Ok(listener) => {
+                        self.told_replaced = false;
+                        tracing::warn!(socket = %self.path.display(), "the socket file was deleted; bound it again");
+                        Some(listener)
+                    }
+                    Err(err) => {
+                        self.bound = Some(ours);
+                        if !std::mem::replace(&mut self.told_replaced, true) {
+                            tracing::error!("the socket file was deleted and cannot be bound again (retrying every second): {err}");
+                        }
+                        None
+                    }
+                }
+            }
+            Err(_) => None,
+        }
+    }
+
     /// Removes the socket file, if the one at the path is still ours.
     pub fn remove_socket(&mut self) {
         let Some(ours) = self.bound.take() else {
@@ -255,17 +255,6 @@ impl Claim {
             }
             _ => {
                 tracing::warn!(socket = %self.path.display(), "the socket was replaced by someone else; leaving it")
-            }
-        }
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        // Unlinked while still locked; the descriptor closes after this.
-        if let (Ok(now), Ok(ours)) = (fs::symlink_metadata(&self.lock_path), self.lock.metadata()) {
-            if (now.dev(), now.ino()) == (ours.dev(), ours.ino()) {
-                let _ = fs::remove_file(&self.lock_path);
             }
         }
     }

@@ -3,16 +3,24 @@
 //!
 //! Readers load the current snapshot with one atomic pointer load; watchers
 //! follow a `watch` channel that holds only the newest snapshot, so a slow
-//! watcher skips revisions instead of making the broker buffer them. Writers
-//! take a lock, check the expected revision, make the new document durable
-//! (the args file, then its history entry), and only then publish it.
-use crate::history::{Entry, History, HistoryError, Source};
+//! watcher skips revisions instead of making the broker buffer them.
+//!
+//! Every change, a write or a reload of the args file, runs under one lock
+//! that also guards what the broker knows of the args file ([`FileSeen`]):
+//! it checks the expected revision, makes the new document durable (the args
+//! file, then its history entry, the commit record; a failed step undoes
+//! the earlier ones, so a refused write leaves every file as it was), and
+//! only then publishes it. The file's content is compared with what the
+//! broker itself last wrote or read there: only a change someone else made
+//! becomes a `source=file` revision, and never over a newer acknowledged one.
+use crate::history::{Entry, History, HistoryError, SaveError, Source};
 use crate::prepared::Frame;
 use arc_swap::ArcSwap;
 use argsbroker::document::{Document, DocumentError};
-use argsbroker::durable;
+use argsbroker::durable::{self, Keep};
 use argsbroker::pb;
-use std::io;
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -61,6 +69,8 @@ pub enum OpenError {
     Read { path: PathBuf, source: io::Error },
     #[error("the args file {path} is a directory, not a file")]
     IsDirectory { path: PathBuf },
+    #[error("the args file {path} is not a regular file (it is {kind})")]
+    NotRegular { path: PathBuf, kind: &'static str },
     #[error("the args file {path} is {size} bytes, over the limit of {max} (--max-args-bytes)")]
     TooLarge {
         path: PathBuf,
@@ -86,8 +96,21 @@ pub enum OpenError {
     StateDir { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Lineage(#[from] crate::lineage::LineageError),
-    #[error("cannot record the revision in {path}: {source}")]
-    Record { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Save(#[from] SaveFailed),
+}
+
+/// A change that could not be made durable. Every step that had been done
+/// was undone, so nothing changed (unless `undo` says otherwise).
+#[derive(Debug, thiserror::Error)]
+#[error("could not save revision {revision}: {error}; {}", match undo {
+    None => "nothing was changed".to_owned(),
+    Some(undo) => format!("undoing the args file failed too ({}), so it may hold the refused document until the next write", durable::reason(undo)),
+})]
+pub struct SaveFailed {
+    pub revision: u64,
+    pub error: SaveError,
+    pub undo: Option<io::Error>,
 }
 
 /// Why a write was refused. Nothing changed.
@@ -116,8 +139,11 @@ pub enum WriteError {
         oldest: u64,
         newest: u64,
     },
-    #[error("could not save the args to disk: {0}")]
-    Io(io::Error),
+    #[error(transparent)]
+    Save(#[from] SaveFailed),
+    /// Someone else changed the args file, and what they wrote is not valid.
+    #[error("the args file was changed by someone else and cannot be loaded ({0}); fix or restore it (the broker serves revision {1}), then write again")]
+    OutsideEdit(Box<OpenError>, u64),
 }
 
 pub struct Limits {
@@ -136,7 +162,36 @@ pub struct Store {
     history: std::sync::Mutex<History>,
     args_path: PathBuf,
     limits: Limits,
-    write_lock: Mutex<()>,
+    /// Held by every change; what the broker last saw in the args file.
+    file: Mutex<FileSeen>,
+}
+
+/// What the args file held when the broker last wrote or read it.
+#[derive(Debug)]
+struct FileSeen {
+    stamp: Option<Stamp>,
+    sha256: String,
+}
+
+/// Which file, and which version of it: another inode, size or mtime means
+/// someone may have changed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        }
+    }
 }
 
 impl Store {
@@ -144,7 +199,7 @@ impl Store {
     /// entry's if the content is unchanged, the next one if it changed while
     /// the broker was down (so a revision never names two documents).
     pub fn open(args_path: &Path, state_dir: &Path, limits: Limits) -> Result<Self, OpenError> {
-        let document = read_document(args_path, limits.max_args_bytes)?;
+        let (document, stamp) = read_document(args_path, limits.max_args_bytes)?;
         create_private_dir(state_dir).map_err(|source| OpenError::StateDir {
             path: state_dir.to_path_buf(),
             source,
@@ -164,11 +219,17 @@ impl Store {
             };
             history
                 .append(entry(revision, &document, origin))
-                .map_err(|source| OpenError::Record {
-                    path: history_dir.clone(),
-                    source,
+                .map_err(|error| SaveFailed {
+                    revision,
+                    error,
+                    undo: None,
                 })?;
         }
+        remove_leftover_temp_files(args_path);
+        let seen = FileSeen {
+            stamp: Some(stamp),
+            sha256: document.sha256().to_owned(),
+        };
         let snapshot = Arc::new(Snapshot::new(revision, document, &lineage));
         Ok(Self {
             lineage,
@@ -177,7 +238,7 @@ impl Store {
             history: std::sync::Mutex::new(history),
             args_path: args_path.to_path_buf(),
             limits,
-            write_lock: Mutex::new(()),
+            file: Mutex::new(seen),
         })
     }
 
@@ -237,7 +298,7 @@ impl Store {
             source: Source::Set,
             uid,
         };
-        self.write(expected, origin, true, move |_| Ok(next)).await
+        self.write(expected, origin, move |_| Ok(next)).await
     }
 
     /// Applies an RFC 7386 merge patch to the document.
@@ -254,7 +315,7 @@ impl Store {
             source: Source::Patch,
             uid,
         };
-        self.write(expected, origin, true, move |current| {
+        self.write(expected, origin, move |current| {
             let mut value = current.to_value();
             argsbroker::document::merge_patch(&mut value, &patch);
             Document::from_value(value).map_err(|e| match e {
@@ -291,31 +352,17 @@ impl Store {
             source: Source::Rollback,
             uid,
         };
-        self.write(expected, origin, true, move |_| Ok(next)).await
+        self.write(expected, origin, move |_| Ok(next)).await
     }
 
-    /// Re-reads the args file (SIGHUP, --watch). `Ok(None)` if its content
-    /// is the current document; on error nothing changes.
+    /// Re-reads the args file (SIGHUP, --watch), in turn with writes.
+    /// `Ok(None)` if it holds what the broker last wrote or read there (its
+    /// own write is never a new revision) or the current document; on error
+    /// nothing changes.
     pub async fn reload(&self) -> Result<Option<Arc<Snapshot>>, OpenError> {
-        let document = read_document(&self.args_path, self.limits.max_args_bytes)?;
-        if document.sha256() == self.current().document.sha256() {
-            return Ok(None);
-        }
-        let origin = Origin {
-            source: Source::File,
-            uid: None,
-        };
-        match self.write(None, origin, false, move |_| Ok(document)).await {
-            Ok(snapshot) => Ok(Some(snapshot)),
-            Err(WriteError::Io(source)) => Err(OpenError::Record {
-                path: self.args_path.clone(),
-                source,
-            }),
-            Err(other) => Err(OpenError::Record {
-                path: self.args_path.clone(),
-                source: io::Error::other(other),
-            }),
-        }
+        let mut file = self.file.lock().await;
+        let current = self.current.load_full();
+        tokio::task::block_in_place(|| self.take_outside_edit(&mut file, &current, true))
     }
 
     fn check_writable(&self, what: &'static str, size: usize) -> Result<(), WriteError> {
@@ -338,45 +385,146 @@ impl Store {
 
     /// Checks the expected revision, makes the next document durable, then
     /// publishes it. A result equal to the current document is not a new
-    /// revision. `save_args` is false when the args file is the source.
+    /// revision. An outside change to the args file not loaded yet becomes a
+    /// revision first, so this write neither loses it nor is lost to it.
     async fn write(
         &self,
         expected: Option<u64>,
         origin: Origin,
-        save_args: bool,
         next: impl FnOnce(&Document) -> Result<Document, WriteError>,
     ) -> Result<Arc<Snapshot>, WriteError> {
-        let _writer = self.write_lock.lock().await;
-        let current = self.current.load_full();
-        if let Some(expected) = expected {
-            if expected != current.revision {
-                return Err(WriteError::Conflict {
-                    expected,
-                    current: current.revision,
-                });
-            }
-        }
-        let document = next(&current.document)?;
-        self.check_size("the result would be", document.json().len())?;
-        if document.sha256() == current.document.sha256() {
-            return Ok(current);
-        }
-        let revision = current.revision + 1;
-        let record = entry(revision, &document, origin);
-        let pretty_args = save_args.then(|| argsbroker::document::pretty(document.json()));
-        let args_path = self.args_path.clone();
-        // Blocking file I/O, on this task: the write lock serializes writers
+        let mut file = self.file.lock().await;
+        // Blocking file I/O, on this task: the lock serializes changes
         // anyway, and block_in_place keeps the runtime's other work moving.
-        tokio::task::block_in_place(|| -> io::Result<()> {
-            // The args file first, then its history entry: after a crash
-            // between the two, the next start sees new content and gives it
-            // this same revision, which no reader has seen yet.
-            if let Some(bytes) = &pretty_args {
-                durable::write_atomic(&args_path, bytes)?;
+        tokio::task::block_in_place(|| {
+            let mut current = self.current.load_full();
+            if let Some(taken) = self
+                .take_outside_edit(&mut file, &current, false)
+                .map_err(|err| WriteError::OutsideEdit(Box::new(err), current.revision))?
+            {
+                current = taken;
             }
-            self.history().append(record)
+            if let Some(expected) = expected {
+                if expected != current.revision {
+                    return Err(WriteError::Conflict {
+                        expected,
+                        current: current.revision,
+                    });
+                }
+            }
+            let document = next(&current.document)?;
+            self.check_size("the result would be", document.json().len())?;
+            if document.sha256() == current.document.sha256() {
+                return Ok(current);
+            }
+            let pretty = argsbroker::document::pretty(document.json());
+            Ok(self.commit(
+                &mut file,
+                current.revision + 1,
+                document,
+                origin,
+                Some(&pretty),
+            )?)
         })
-        .map_err(WriteError::Io)?;
+    }
+
+    /// If the args file changed since the broker last wrote or read it, and
+    /// holds a document other than the current one, makes that a new
+    /// revision (`source=file`). A missing file is not a change: the next
+    /// write makes it again. Unless `always_read` (a reload, where a file that
+    /// cannot be read must be reported), an unchanged stamp skips reading.
+    fn take_outside_edit(
+        &self,
+        file: &mut FileSeen,
+        current: &Snapshot,
+        always_read: bool,
+    ) -> Result<Option<Arc<Snapshot>>, OpenError> {
+        let stamp = match std::fs::metadata(&self.args_path) {
+            Ok(meta) => Stamp::of(&meta),
+            Err(err) if err.kind() == io::ErrorKind::NotFound && !always_read => return Ok(None),
+            Err(source) => {
+                return Err(OpenError::Read {
+                    path: self.args_path.clone(),
+                    source,
+                })
+            }
+        };
+        if file.stamp == Some(stamp) && !always_read {
+            return Ok(None);
+        }
+        let (document, stamp) = read_document(&self.args_path, self.limits.max_args_bytes)?;
+        if document.sha256() == file.sha256 || document.sha256() == current.document.sha256() {
+            *file = FileSeen {
+                stamp: Some(stamp),
+                sha256: document.sha256().to_owned(),
+            };
+            return Ok(None);
+        }
+        tracing::info!(
+            args = %self.args_path.display(),
+            "the args file was changed by someone else; loading it as a new revision"
+        );
+        let origin = Origin {
+            source: Source::File,
+            uid: None,
+        };
+        let snapshot = self.commit(file, current.revision + 1, document, origin, None)?;
+        file.stamp = Some(stamp);
+        Ok(Some(snapshot))
+    }
+
+    /// Makes `document` revision `revision`: the args file first (when
+    /// `args_text` is given), then the history entry, which commits it; a
+    /// failed step undoes the ones before it. Then publishes it.
+    fn commit(
+        &self,
+        file: &mut FileSeen,
+        revision: u64,
+        document: Document,
+        origin: Origin,
+        args_text: Option<&[u8]>,
+    ) -> Result<Arc<Snapshot>, SaveFailed> {
+        let record = entry(revision, &document, origin);
+        let failed = |error, undo| SaveFailed {
+            revision,
+            error,
+            undo,
+        };
+        let args = match args_text {
+            None => None,
+            Some(text) => {
+                // Through a symlink (a deploy's `args.json -> releases/v3/args.json`):
+                // the target is replaced in its own directory; the link stays.
+                let target = std::fs::canonicalize(&self.args_path)
+                    .unwrap_or_else(|_| self.args_path.clone());
+                let keep = std::fs::metadata(&target).ok().map(|m| Keep::of(&m));
+                let replaced = durable::replace(&target, text, keep).map_err(|error| {
+                    failed(
+                        SaveError {
+                            path: self.args_path.clone(),
+                            error,
+                        },
+                        None,
+                    )
+                })?;
+                Some(replaced)
+            }
+        };
+        let written = self.history().write(&record);
+        let entry_file = match written {
+            Ok(entry_file) => entry_file,
+            Err(error) => {
+                let undo = args.and_then(|a| a.undo().err());
+                return Err(failed(error, undo));
+            }
+        };
+        entry_file.finish();
+        if let Some(args) = args {
+            file.stamp = Some(Stamp::of(args.new_file()));
+            file.sha256 = document.sha256().to_owned();
+            args.finish();
+        }
+        self.history().retain(record);
         let snapshot = Arc::new(Snapshot::new(revision, document, &self.lineage));
         self.current.store(snapshot.clone());
         self.watch.send_replace(snapshot.clone());
@@ -418,25 +566,60 @@ fn entry(revision: u64, document: &Document, origin: Origin) -> Entry {
     }
 }
 
-fn read_document(path: &Path, max_bytes: usize) -> Result<Document, OpenError> {
+/// Reads and parses the args file, refusing what is not a regular file and
+/// reading at most `max_bytes` + 1 whatever its size claims; returns the
+/// document and the stamp of the file it was read from.
+fn read_document(path: &Path, max_bytes: usize) -> Result<(Document, Stamp), OpenError> {
     let read_err = |source| OpenError::Read {
         path: path.to_path_buf(),
         source,
     };
-    let meta = std::fs::metadata(path).map_err(read_err)?;
-    if meta.is_dir() {
+    // O_NONBLOCK: opening a FIFO must not wait for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    let kind = meta.file_type();
+    if kind.is_dir() {
         return Err(OpenError::IsDirectory {
             path: path.to_path_buf(),
         });
     }
-    if meta.len() > max_bytes as u64 {
-        return Err(OpenError::TooLarge {
+    if !kind.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() {
+            "a character device"
+        } else if kind.is_block_device() {
+            "a block device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a file"
+        };
+        return Err(OpenError::NotRegular {
             path: path.to_path_buf(),
-            size: meta.len(),
-            max: max_bytes,
+            kind,
         });
     }
-    let bytes = std::fs::read(path).map_err(read_err)?;
+    let too_large = |size| OpenError::TooLarge {
+        path: path.to_path_buf(),
+        size,
+        max: max_bytes,
+    };
+    if meta.len() > max_bytes as u64 {
+        return Err(too_large(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max_bytes as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() > max_bytes {
+        return Err(too_large(bytes.len() as u64));
+    }
     let document = Document::parse(&bytes).map_err(|source| OpenError::Invalid {
         path: path.to_path_buf(),
         source,
@@ -450,7 +633,29 @@ fn read_document(path: &Path, max_bytes: usize) -> Result<Document, OpenError> {
             max: max_bytes,
         });
     }
-    Ok(document)
+    Ok((document, Stamp::of(&meta)))
+}
+
+/// Removes what a broker killed in the middle of a write left beside the
+/// args file (`.args.json.PID.N.tmp`, never a document being served).
+fn remove_leftover_temp_files(args_path: &Path) {
+    let target = std::fs::canonicalize(args_path).unwrap_or_else(|_| args_path.to_path_buf());
+    let Some(name) = target.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    let Ok(items) = std::fs::read_dir(durable::parent_or_dot(&target)) else {
+        return;
+    };
+    for item in items.flatten() {
+        let file_name = item.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        if file_name.starts_with(&prefix) && file_name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(item.path());
+        }
+    }
 }
 
 /// Creates `dir` and its missing parents with mode 0700: the state holds

@@ -1,48 +1,254 @@
 //! Durable file writes: a reader (or a broker restarted after kill -9) sees
-//! either the old complete file or the new complete file, never a torn one.
+//! either the old complete file or the new complete file, never a torn one;
+//! and a replacement can be undone until it is finished, so a write whose
+//! later step fails leaves every file as it was.
+//!
+//! Temp files are created with mode 0600 (`O_EXCL`, never loosened after
+//! content is in them) in the target's own directory, so the rename that
+//! publishes them is atomic.
+use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Writes `contents` to a temp file in the same directory, fsyncs it, renames
-/// it over `path` and fsyncs the directory, so the rename itself is on disk.
-/// An existing file's permission bits are kept.
+/// Writes `contents` to a new temp file beside `path`, fsyncs it, renames it
+/// over `path` and fsyncs the directory. On error nothing is left behind and
+/// `path` is as it was. The new file has mode 0600 (for the worker's cache
+/// and the broker's history entries).
 pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        if let Ok(meta) = fs::metadata(path) {
-            file.set_permissions(fs::Permissions::from_mode(meta.permissions().mode()))?;
+    replace(path, contents, None)?.finish();
+    Ok(())
+}
+
+/// The permission bits and owner a replaced file keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Keep {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Keep {
+    /// The mode and owner of the file at `path` now.
+    pub fn of(meta: &fs::Metadata) -> Self {
+        Self {
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
         }
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        sync_dir(path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
     }
-    result
+}
+
+/// A file replaced by [`replace`], not yet final: [`Replaced::undo`] puts
+/// the old file back, [`Replaced::finish`] drops it.
+#[must_use = "finish() or undo() a replacement"]
+pub struct Replaced {
+    path: PathBuf,
+    /// Where the old file is now (swapped out with RENAME_EXCHANGE), if there was one.
+    old: Option<PathBuf>,
+    /// The new file's metadata, as it was when written.
+    new: fs::Metadata,
+}
+
+/// Replaces `path` with `contents`, durably: temp file written and fsynced,
+/// then atomically exchanged with the old file (which stays under the temp
+/// name until [`Replaced::finish`]), then the directory fsynced. With `keep`
+/// the new file gets that owner and mode before any content is in it. On
+/// error every step is undone and `path` is as it was.
+pub fn replace(path: &Path, contents: &[u8], keep: Option<Keep>) -> io::Result<Replaced> {
+    let tmp = temp_path(path);
+    let new = match write_temp(&tmp, contents, keep) {
+        Ok(meta) => meta,
+        Err(err) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(err);
+        }
+    };
+    let old = match exchange(&tmp, path) {
+        Ok(true) => Some(tmp.clone()),
+        Ok(false) => None,
+        Err(err) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(err);
+        }
+    };
+    let replaced = Replaced {
+        path: path.to_path_buf(),
+        old,
+        new,
+    };
+    if let Err(err) = sync_dir(path) {
+        if let Err(undo) = replaced.undo() {
+            tracing::error!(path = %path.display(), %undo, "could not undo a failed replacement");
+        }
+        return Err(err);
+    }
+    Ok(replaced)
+}
+
+impl Replaced {
+    /// The new file's metadata (device, inode, size, mtime), taken from the
+    /// file written, not from whatever is at the path now.
+    pub fn new_file(&self) -> &fs::Metadata {
+        &self.new
+    }
+
+    /// Makes the replacement final: the old file is removed.
+    pub fn finish(self) {
+        if let Some(old) = &self.old {
+            if let Err(err) = fs::remove_file(old) {
+                tracing::warn!(path = %old.display(), %err, "could not remove a replaced file");
+            }
+        }
+    }
+
+    /// Puts the old file back (or removes the new one if there was none).
+    pub fn undo(self) -> io::Result<()> {
+        match &self.old {
+            Some(old) => {
+                exchange(old, &self.path)?;
+                let _ = fs::remove_file(old);
+            }
+            None => fs::remove_file(&self.path)?,
+        }
+        sync_dir(&self.path)
+    }
+}
+
+/// An I/O error's reason without the `(os error N)` suffix:
+/// `No space left on device`.
+pub fn reason(err: &io::Error) -> String {
+    let text = err.to_string();
+    match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => text[..at].to_owned(),
+        _ => text,
+    }
 }
 
 /// Fsyncs the directory holding `path`, so that a rename or a new name in it is on disk.
 pub fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = match path.parent() {
+    File::open(parent_or_dot(path))?.sync_all()
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+pub fn parent_or_dot(path: &Path) -> &Path {
+    match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
+    }
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    parent_or_dot(path).join(format!(".{name}.{}.{seq}.tmp", std::process::id()))
+}
+
+fn write_temp(tmp: &Path, contents: &[u8], keep: Option<Keep>) -> io::Result<fs::Metadata> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(tmp)?;
+    if let Some(keep) = keep {
+        let meta = file.metadata()?;
+        if (meta.uid(), meta.gid()) != (keep.uid, keep.gid) {
+            // Owner first: chown clears setuid and setgid bits.
+            if let Err(err) = std::os::unix::fs::fchown(&file, Some(keep.uid), Some(keep.gid)) {
+                tracing::warn!(
+                    path = %tmp.display(),
+                    %err,
+                    "cannot give the rewritten file its owner back (uid {}, gid {}); it will belong to the broker's user",
+                    keep.uid,
+                    keep.gid
+                );
+            }
+        }
+        file.set_permissions(fs::Permissions::from_mode(keep.mode))?;
+    }
+    file.write_all(contents)?;
+    file.sync_all()?;
+    file.metadata()
+}
+
+/// Atomically swaps `from` and `to` (renameat2 RENAME_EXCHANGE); `Ok(true)`
+/// if `to` existed and is now at `from`. If `to` does not exist, or the
+/// file system cannot exchange, `from` is renamed over `to` (`Ok(false)`:
+/// the old file, if any, is gone and cannot be put back).
+fn exchange(from: &Path, to: &Path) -> io::Result<bool> {
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
     };
-    File::open(dir)?.sync_all()
+    let (c_from, c_to) = (c(from)?, c(to)?);
+    // SAFETY: renameat2 with two NUL-terminated paths relative to the cwd.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            c_from.as_ptr(),
+            libc::AT_FDCWD,
+            c_to.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENOENT) if from.exists() => fs::rename(from, to).map(|()| false),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
+            fs::rename(from, to).map(|()| false)
+        }
+        _ => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_then_undo_restores_the_old_file_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.json");
+        fs::write(&path, "old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        let keep = Keep::of(&fs::metadata(&path).unwrap());
+        let replaced = replace(&path, b"new", Some(keep)).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new");
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o640);
+        replaced.undo().unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "old");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn replace_then_finish_keeps_the_new_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.json");
+        fs::write(&path, "old").unwrap();
+        replace(&path, b"new", None).unwrap().finish();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_new_file_is_0600_and_undo_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("7.json");
+        let replaced = replace(&path, b"x", None).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        replaced.undo().unwrap();
+        assert!(!path.exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 }
