@@ -19,7 +19,12 @@ pub fn on_sighup(store: Arc<Store>) -> anyhow::Result<()> {
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the args file");
-            reload(&store).await;
+            if reload(&store).await {
+                tracing::info!(
+                    "the args file holds what the broker serves (revision {}); nothing to reload",
+                    store.current().revision
+                );
+            }
         }
     });
     Ok(())
@@ -68,16 +73,25 @@ pub fn watch_file(store: Arc<Store>, args: &Path) -> anyhow::Result<notify::Reco
     Ok(watcher)
 }
 
-async fn reload(store: &Store) {
+/// Reloads once; true if the file held nothing new (the broker's own last
+/// write, or the current document).
+async fn reload(store: &Store) -> bool {
     match store.reload().await {
         Ok(Some(snapshot)) => {
-            tracing::info!(revision = snapshot.revision, "reloaded the args file")
+            tracing::info!(revision = snapshot.revision, "reloaded the args file");
+            false
         }
-        Ok(None) => tracing::debug!("the args file is unchanged"),
-        Err(err) => tracing::error!(
-            "not reloaded, still serving revision {}: {}",
-            store.current().revision,
-            argsbroker::one_line(&err)
-        ),
+        Ok(None) => {
+            tracing::debug!("the args file is unchanged");
+            true
+        }
+        Err(err) => {
+            tracing::error!(
+                "not reloaded, still serving revision {}: {}",
+                store.current().revision,
+                argsbroker::one_line(&err)
+            );
+            false
+        }
     }
 }

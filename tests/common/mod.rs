@@ -431,3 +431,64 @@ pub fn raise_nofile(wanted: u64) {
         limit.rlim_max
     );
 }
+
+/// A gRPC call's outcome as a test compares it: the reply, or the status code and message.
+pub type Outcome = Result<argsbroker::pb::Args, (tonic::Code, String)>;
+
+/// PatchArgs on a fresh connection.
+pub fn patch_args(socket: &Path, merge_patch: &str) -> Outcome {
+    let request = argsbroker::pb::PatchArgsRequest {
+        merge_patch: merge_patch.to_owned(),
+        expected_revision: None,
+    };
+    grpc(|| async {
+        let mut client = argsbroker::client::connect(socket).await.expect("connect");
+        client
+            .patch_args(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| (status.code(), status.message().to_owned()))
+    })
+}
+
+/// A tmpfs of `size` bytes mounted at `dir` (created) for as long as this
+/// lives: a disk that really fills. Needs root.
+pub struct Tmpfs {
+    pub dir: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Self {
+        require_root("Tmpfs::mount");
+        std::fs::create_dir_all(dir).expect("create the mount point");
+        let (code, _, err) = run(Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir));
+        assert_eq!(code, 0, "mount a tmpfs at {}: {err}", dir.display());
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Fills the file system with `path` until a write fails with ENOSPC.
+    pub fn fill(&self, name: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        let mut file = File::create(&path).expect("create the filler");
+        let block = [0u8; 512];
+        while file.write_all(&block).is_ok() {}
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
