@@ -141,7 +141,7 @@ fn a_symlinked_args_file_is_written_through_and_stays_a_link() {
     std::fs::create_dir_all(&release).unwrap();
     std::fs::rename(site.args(), release.join("args.json")).unwrap();
     std::os::unix::fs::symlink("releases/v3/args.json", site.args()).unwrap();
-    let mut broker = site.start_broker();
+    let broker = site.start_broker();
 
     let patched = patch_args(&site.socket(), r#"{"n": 2}"#).unwrap();
     assert_eq!(
