@@ -52,8 +52,9 @@ pub struct LockFile {
 
 impl LockFile {
     /// Locks `path` (created with mode 0600 if missing) and writes this
-    /// process's pid and `socket` into it.
-    pub fn acquire(path: &Path, socket: &Path) -> Result<Self, LockError> {
+    /// process's pid into it, then `socket` if given (a pid file's tools
+    /// read the first line).
+    pub fn acquire(path: &Path, socket: Option<&Path>) -> Result<Self, LockError> {
         let io_err = |source| LockError::Io {
             path: path.to_path_buf(),
             source,
@@ -86,7 +87,10 @@ impl LockFile {
             // our lock; then the file at the path is another one: start over.
             match fs::symlink_metadata(path) {
                 Ok(now) if (now.dev(), now.ino()) == (meta.dev(), meta.ino()) => {
-                    let text = format!("{}\n{}\n", std::process::id(), socket.display());
+                    let mut text = format!("{}\n", std::process::id());
+                    if let Some(socket) = socket {
+                        text.push_str(&format!("{}\n", socket.display()));
+                    }
                     let _ = file.set_len(0);
                     let _ = file.write_all(text.as_bytes());
                     return Ok(Self {
@@ -133,8 +137,8 @@ mod tests {
     fn a_second_lock_names_the_holder_and_the_first_drop_frees_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lock");
-        let first = LockFile::acquire(&path, Path::new("/run/a.sock")).unwrap();
-        match LockFile::acquire(&path, Path::new("/run/b.sock")) {
+        let first = LockFile::acquire(&path, Some(Path::new("/run/a.sock"))).unwrap();
+        match LockFile::acquire(&path, Some(Path::new("/run/b.sock"))) {
             Err(LockError::Held { holder, .. }) => assert_eq!(
                 holder.to_string(),
                 format!(
@@ -146,6 +150,6 @@ mod tests {
         }
         drop(first);
         assert!(!path.exists());
-        LockFile::acquire(&path, Path::new("/run/b.sock")).unwrap();
+        LockFile::acquire(&path, Some(Path::new("/run/b.sock"))).unwrap();
     }
 }

@@ -358,7 +358,7 @@ fn lock(
     socket: &Path,
     what: impl Fn() -> String,
 ) -> anyhow::Result<lockfile::LockFile> {
-    match lockfile::LockFile::acquire(path, socket) {
+    match lockfile::LockFile::acquire(path, Some(socket)) {
         Ok(lock) => Ok(lock),
         Err(lockfile::LockError::Held { holder, .. }) => {
             anyhow::bail!("{holder} owns {}", what())

@@ -87,7 +87,7 @@ pub fn claim(path: &Path, allow_unsafe_dir: bool) -> Result<Claim, BindError> {
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
-    let lock = LockFile::acquire(&lock_path, path).map_err(|err| match err {
+    let lock = LockFile::acquire(&lock_path, None).map_err(|err| match err {
         LockError::Held { .. } => BindError::InUse(path.to_path_buf()),
         LockError::Io { path, source } => BindError::Lock { path, source },
     })?;

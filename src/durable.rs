@@ -47,10 +47,21 @@ impl Keep {
 #[must_use = "finish() or undo() a replacement"]
 pub struct Replaced {
     path: PathBuf,
-    /// Where the old file is now (swapped out with RENAME_EXCHANGE), if there was one.
-    old: Option<PathBuf>,
+    /// What was at the path before.
+    old: Old,
     /// The new file's metadata, as it was when written.
     new: fs::Metadata,
+}
+
+/// What was at a replaced path before, and where it is now.
+enum Old {
+    /// Nothing: undoing removes the new file.
+    None,
+    /// Kept under this name (swapped out, or linked before the rename).
+    Kept(PathBuf),
+    /// A file that could not be kept (no exchange, no hard link on this
+    /// file system): the replacement cannot be undone.
+    Lost,
 }
 
 /// Replaces `path` with `contents`, durably: temp file written and fsynced,
@@ -68,8 +79,7 @@ pub fn replace(path: &Path, contents: &[u8], keep: Option<Keep>) -> io::Result<R
         }
     };
     let old = match exchange(&tmp, path) {
-        Ok(true) => Some(tmp.clone()),
-        Ok(false) => None,
+        Ok(old) => old,
         Err(err) => {
             let _ = fs::remove_file(&tmp);
             return Err(err);
@@ -98,7 +108,7 @@ impl Replaced {
 
     /// Makes the replacement final: the old file is removed.
     pub fn finish(self) {
-        if let Some(old) = &self.old {
+        if let Old::Kept(old) = &self.old {
             if let Err(err) = fs::remove_file(old) {
                 tracing::warn!(path = %old.display(), %err, "could not remove a replaced file");
             }
@@ -108,11 +118,16 @@ impl Replaced {
     /// Puts the old file back (or removes the new one if there was none).
     pub fn undo(self) -> io::Result<()> {
         match &self.old {
-            Some(old) => {
-                exchange(old, &self.path)?;
-                let _ = fs::remove_file(old);
+            Old::Kept(old) => {
+                // The old file's own name back: no new bytes, so no space needed.
+                fs::rename(old, &self.path)?;
             }
-            None => fs::remove_file(&self.path)?,
+            Old::None => fs::remove_file(&self.path)?,
+            Old::Lost => {
+                return Err(io::Error::other(
+                    "the file system could neither exchange nor link the old file to keep it",
+                ))
+            }
         }
         sync_dir(&self.path)
     }
@@ -179,11 +194,10 @@ fn write_temp(tmp: &Path, contents: &[u8], keep: Option<Keep>) -> io::Result<fs:
     file.metadata()
 }
 
-/// Atomically swaps `from` and `to` (renameat2 RENAME_EXCHANGE); `Ok(true)`
-/// if `to` existed and is now at `from`. If `to` does not exist, or the
-/// file system cannot exchange, `from` is renamed over `to` (`Ok(false)`:
-/// the old file, if any, is gone and cannot be put back).
-fn exchange(from: &Path, to: &Path) -> io::Result<bool> {
+/// Puts `from` at `to`, keeping what was at `to`: atomically swapped to
+/// `from`'s name (renameat2 RENAME_EXCHANGE), or, where the file system
+/// cannot exchange, hard-linked to a backup name before the rename.
+fn exchange(from: &Path, to: &Path) -> io::Result<Old> {
     let c = |p: &Path| {
         CString::new(p.as_os_str().as_bytes())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
@@ -200,13 +214,26 @@ fn exchange(from: &Path, to: &Path) -> io::Result<bool> {
         )
     };
     if rc == 0 {
-        return Ok(true);
+        return Ok(Old::Kept(from.to_path_buf()));
     }
     let err = io::Error::last_os_error();
     match err.raw_os_error() {
-        Some(libc::ENOENT) if from.exists() => fs::rename(from, to).map(|()| false),
+        Some(libc::ENOENT) if fs::symlink_metadata(to).is_err() => {
+            fs::rename(from, to).map(|()| Old::None)
+        }
         Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
-            fs::rename(from, to).map(|()| false)
+            let backup = temp_path(to);
+            let old = match fs::hard_link(to, &backup) {
+                Ok(()) => Old::Kept(backup.clone()),
+                Err(_) => Old::Lost,
+            };
+            match fs::rename(from, to) {
+                Ok(()) => Ok(old),
+                Err(err) => {
+                    let _ = fs::remove_file(&backup);
+                    Err(err)
+                }
+            }
         }
         _ => Err(err),
     }
