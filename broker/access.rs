@@ -226,34 +226,29 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        // A refcounted copy of the URI, not a String: the path is read again
-        // only if tonic answers UNIMPLEMENTED.
-        let uri = request.uri().clone();
         let peer = request.extensions().get::<Peer>();
-        if let Err(refusal) = self.policy.check(peer, uri.path()) {
+        if let Err(refusal) = self.policy.check(peer, request.uri().path()) {
             tracing::warn!(
                 uid = peer.map(|p| p.uid),
                 gid = peer.map(|p| p.gid),
                 pid = peer.and_then(|p| p.pid),
                 "refused: {refusal}"
             );
-            let reply = crate::service::refused(&refusal).into_http();
+            let reply = tonic::Status::permission_denied(refusal.to_string()).into_http();
             return AccessFuture::Refused { reply: Some(reply) };
         }
         AccessFuture::Allowed {
             inner: self.inner.call(request),
-            uri,
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The reply to one request: the refusal, or what the inner service
-    /// answers (with an unknown method named).
+    /// The reply to one request: the refusal, or what the inner service answers.
     #[project = AccessFutureProj]
     pub enum AccessFuture<F> {
         Refused { reply: Option<Reply> },
-        Allowed { #[pin] inner: F, uri: http::Uri },
+        Allowed { #[pin] inner: F },
     }
 }
 
@@ -269,24 +264,9 @@ where
                 Some(reply) => Poll::Ready(Ok(reply)),
                 None => Poll::Pending,
             },
-            AccessFutureProj::Allowed { inner, uri } => inner
-                .poll(cx)
-                .map_ok(|reply| name_unknown_method(reply, uri.path())),
+            AccessFutureProj::Allowed { inner } => inner.poll(cx),
         }
     }
-}
-
-/// tonic answers a path that names no method with UNIMPLEMENTED and no
-/// message at all; say which path it was.
-fn name_unknown_method(reply: Reply, path: &str) -> Reply {
-    let headers = reply.headers();
-    let unimplemented = headers
-        .get("grpc-status")
-        .is_some_and(|s| s.as_bytes() == b"12");
-    if unimplemented && !headers.contains_key("grpc-message") {
-        return crate::service::unknown_method(path).into_http();
-    }
-    reply
 }
 
 #[cfg(test)]

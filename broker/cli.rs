@@ -96,7 +96,11 @@ impl From<client::ClientError> for Failure {
 
 fn rpc_failure(status: tonic::Status) -> Failure {
     let code = match status.code() {
-        tonic::Code::FailedPrecondition if status.message().starts_with("revision conflict") => {
+        tonic::Code::FailedPrecondition
+            if status
+                .metadata()
+                .contains_key(argsbroker::CONFLICT_METADATA) =>
+        {
             EXIT_CONFLICT
         }
         tonic::Code::NotFound => EXIT_NOT_FOUND,

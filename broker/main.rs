@@ -8,7 +8,6 @@ mod history;
 mod lineage;
 mod lockfile;
 mod peer;
-mod prepared;
 mod reload;
 mod server;
 mod service;

@@ -2,16 +2,18 @@
 //! behind one access check, until a shutdown signal.
 use crate::access::{AccessLayer, Policy};
 use crate::connections::{self, Limits};
-use crate::prepared::PreparedLayer;
-use crate::service::Service;
+use crate::service::{self, ArgsService};
 use crate::store::Store;
-use argsbroker::pb::{self, args_broker_server::ArgsBrokerServer};
+use argsbroker::pb;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
+use tonic::codegen::http;
+use tonic::service::Routes;
 use tonic::transport::Server;
+use tonic_health::ServingStatus;
 
 /// Headroom over the document size for the rest of an `Args` message.
 pub const MESSAGE_OVERHEAD: usize = 64 * 1024;
@@ -44,17 +46,21 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (stopping_tx, stopping) = watch::channel(false);
     let message_limit = store.max_args_bytes().saturating_add(MESSAGE_OVERHEAD);
-    let prepared = PreparedLayer::new(store.clone(), stopping.clone(), message_limit);
-    let args = ArgsBrokerServer::new(Service::new(store, stopping))
-        .max_decoding_message_size(message_limit)
-        .max_encoding_message_size(message_limit);
-
+    let args = ArgsService::new(store, stopping.clone(), message_limit);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<ArgsBrokerServer<Service>>()
+        .set_service_status(service::NAME, ServingStatus::Serving)
         .await;
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let mut routes = Routes::new(args)
+        .add_service(health)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
+    // tonic answers a path that names no service with UNIMPLEMENTED and no
+    // message at all; say which path it was.
+    let router = std::mem::take(routes.axum_router_mut());
+    *routes.axum_router_mut() = router.fallback(|uri: http::Uri| async move {
+        service::unknown_method(uri.path()).into_http::<tonic::body::Body>()
+    });
 
     let (incoming, accepting) = connections::incoming(listener, config.limits, config.rebind);
 
@@ -63,17 +69,14 @@ pub async fn run(
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(config.keepalive))
         .http2_keepalive_timeout(Some(config.keepalive))
+        // Around every service, so that none slips past the check.
         .layer(AccessLayer::new(config.policy))
-        .layer(prepared)
-        .add_service(args)
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_routes(routes.prepare())
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             tracing::info!("shutting down");
             health_reporter
-                .set_not_serving::<ArgsBrokerServer<Service>>()
+                .set_service_status(service::NAME, ServingStatus::NotServing)
                 .await;
             let _ = stopping_tx.send(true);
             let _ = drained_tx.send(());

@@ -1,116 +1,247 @@
-//! The `argsbroker.v1.ArgsBroker` gRPC service: the only place where store
-//! results become gRPC `Status` values.
-use crate::access::Refusal;
+//! The `argsbroker.v1.ArgsBroker` gRPC service: every method, in one place,
+//! and the only place where store results become `Status` values.
+//!
+//! Requests are decoded with tonic's own decoder (`Streaming`), so every
+//! method reports a missing, doubled, compressed, undecodable or oversized
+//! request the same way. Replies are [`Frame`]s: the whole document is the
+//! snapshot's frame, encoded once per revision and shared by reference count
+//! (no copy per GetArgs call or per watcher, which tonic's generated server
+//! would make); anything else is encoded per call. GetArgs and WatchArgs are
+//! the hot paths, and this is why the service is routed here rather than by
+//! tonic's generated `ArgsBrokerServer`.
 use crate::peer::Peer;
 use crate::store::{Snapshot, Store, WriteError};
-use argsbroker::pb::{self, args_broker_server::ArgsBroker};
+use argsbroker::frame::Frame;
+use argsbroker::pb;
 use argsbroker::pointer::PointerError;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, Either};
+use futures_util::stream::{self, BoxStream, Stream, StreamExt};
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tokio::sync::watch;
-use tokio_stream::{wrappers::WatchStream, Stream};
-use tonic::{Request, Response, Status};
+use tokio_stream::wrappers::WatchStream;
+use tonic::codec::{Codec, Streaming};
+use tonic::codegen::http::{self, HeaderMap, HeaderValue};
+use tonic::server::NamedService;
+use tonic::{Code, Status};
+use tower::BoxError;
 
-pub struct Service {
+/// The service's gRPC name, as routed and as health reports it.
+pub const NAME: &str = "argsbroker.v1.ArgsBroker";
+
+/// The methods, by the last part of their gRPC path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    GetArgs,
+    WatchArgs,
+    SetArgs,
+    PatchArgs,
+    ListRevisions,
+    Rollback,
+}
+
+impl Method {
+    fn of_path(path: &str) -> Option<Self> {
+        let name = path
+            .strip_prefix('/')?
+            .strip_prefix(NAME)?
+            .strip_prefix('/')?;
+        Some(match name {
+            "GetArgs" => Self::GetArgs,
+            "WatchArgs" => Self::WatchArgs,
+            "SetArgs" => Self::SetArgs,
+            "PatchArgs" => Self::PatchArgs,
+            "ListRevisions" => Self::ListRevisions,
+            "Rollback" => Self::Rollback,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::GetArgs => "GetArgs",
+            Self::WatchArgs => "WatchArgs",
+            Self::SetArgs => "SetArgs",
+            Self::PatchArgs => "PatchArgs",
+            Self::ListRevisions => "ListRevisions",
+            Self::Rollback => "Rollback",
+        }
+    }
+}
+
+/// The args service, cloned per connection by tonic's router.
+#[derive(Clone)]
+pub struct ArgsService {
     store: Arc<Store>,
     /// Flips to true when the broker shuts down, ending every watch.
     shutdown: watch::Receiver<bool>,
+    /// The largest request message accepted.
+    limit: usize,
 }
 
-impl Service {
-    pub fn new(store: Arc<Store>, shutdown: watch::Receiver<bool>) -> Self {
-        Self { store, shutdown }
+impl ArgsService {
+    pub fn new(store: Arc<Store>, shutdown: watch::Receiver<bool>, limit: usize) -> Self {
+        Self {
+            store,
+            shutdown,
+            limit,
+        }
     }
 }
 
-type ArgsStream = Pin<Box<dyn Stream<Item = Result<pb::Args, Status>> + Send>>;
+impl NamedService for ArgsService {
+    const NAME: &'static str = NAME;
+}
 
-#[tonic::async_trait]
-impl ArgsBroker for Service {
-    async fn get_args(
-        &self,
-        request: Request<pb::GetArgsRequest>,
-    ) -> Result<Response<pb::Args>, Status> {
-        Ok(Response::new(
-            match get_args(&self.store, request.into_inner())? {
-                GetArgsReply::Whole(snapshot) => snapshot.reply.clone(),
-                GetArgsReply::Made(args) => args,
-            },
-        ))
+type Reply = http::Response<tonic::body::Body>;
+
+impl<B> tower::Service<http::Request<B>> for ArgsService
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError> + Send,
+{
+    type Response = Reply;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Reply, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
-    type WatchArgsStream = ArgsStream;
-
-    async fn watch_args(
-        &self,
-        request: Request<pb::WatchArgsRequest>,
-    ) -> Result<Response<ArgsStream>, Status> {
-        let updates = watch_args(
-            &self.store,
-            self.shutdown.clone(),
-            request.into_inner().start_revision,
-        )
-        .map(|update| {
-            Ok(match update {
-                Update::Replayed(args) => args,
-                Update::Live(snapshot) => snapshot.reply.clone(),
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let service = self.clone();
+        Box::pin(async move {
+            Ok(match service.answer(request).await {
+                Ok(frames) => ok(frames),
+                Err(status) => status.into_http(),
             })
-        });
-        Ok(Response::new(Box::pin(updates)))
+        })
+    }
+}
+
+/// What a call answers: one frame, or (WatchArgs) one per revision.
+type Frames = Either<stream::Once<std::future::Ready<Frame>>, BoxStream<'static, Frame>>;
+
+fn one(frame: Frame) -> Frames {
+    Either::Left(stream::once(std::future::ready(frame)))
+}
+
+impl ArgsService {
+    async fn answer<B>(&self, request: http::Request<B>) -> Result<Frames, Status>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError> + Send,
+    {
+        let Some(method) = Method::of_path(request.uri().path()) else {
+            return Err(unknown_method(request.uri().path()));
+        };
+        if let Some(encoding) = request.headers().get("grpc-encoding") {
+            if encoding != "identity" {
+                return Err(compressed(method));
+            }
+        }
+        let uid = request.extensions().get::<Peer>().map(|peer| peer.uid);
+        let body = request.into_body();
+        let store = &self.store;
+        Ok(match method {
+            Method::GetArgs => {
+                let request = self.decode(body, method).await?;
+                one(match get_args(store, request)? {
+                    GetArgsReply::Whole(snapshot) => snapshot.frame.clone(),
+                    GetArgsReply::Made(args) => Frame::new(&args),
+                })
+            }
+            Method::WatchArgs => {
+                let request: pb::WatchArgsRequest = self.decode(body, method).await?;
+                let updates = watch_args(store, self.shutdown.clone(), request.start_revision);
+                Either::Right(Box::pin(updates))
+            }
+            Method::SetArgs => {
+                let request: pb::SetArgsRequest = self.decode(body, method).await?;
+                let written = store.set(&request.json, request.expected_revision, uid);
+                one(written.await.map_err(write_status)?.frame.clone())
+            }
+            Method::PatchArgs => {
+                let request: pb::PatchArgsRequest = self.decode(body, method).await?;
+                let written = store.patch(&request.merge_patch, request.expected_revision, uid);
+                one(written.await.map_err(write_status)?.frame.clone())
+            }
+            Method::Rollback => {
+                let request: pb::RollbackRequest = self.decode(body, method).await?;
+                let written = store.rollback(request.to_revision, request.expected_revision, uid);
+                one(written.await.map_err(write_status)?.frame.clone())
+            }
+            Method::ListRevisions => {
+                let _: pb::ListRevisionsRequest = self.decode(body, method).await?;
+                one(Frame::message(&pb::ListRevisionsResponse {
+                    revisions: store.revisions(),
+                }))
+            }
+        })
     }
 
-    async fn set_args(
-        &self,
-        request: Request<pb::SetArgsRequest>,
-    ) -> Result<Response<pb::Args>, Status> {
-        let uid = peer_uid(&request);
-        let request = request.into_inner();
-        let snapshot = self
-            .store
-            .set(&request.json, request.expected_revision, uid)
-            .await
-            .map_err(write_status)?;
-        Ok(Response::new(snapshot.reply.clone()))
+    /// The one request message of a call, decoded by tonic's decoder.
+    async fn decode<M, B>(&self, body: B, method: Method) -> Result<M, Status>
+    where
+        M: prost::Message + Default + Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError> + Send,
+    {
+        let decoder = tonic_prost::ProstCodec::<(), M>::default().decoder();
+        let mut messages = Streaming::new_request(decoder, body, None, Some(self.limit));
+        let refused = |status| decode_error(status, method, self.limit);
+        let Some(message) = messages.message().await.map_err(refused)? else {
+            return Err(Status::invalid_argument(format!(
+                "a {} call needs one request message",
+                method.name()
+            )));
+        };
+        match messages.message().await.map_err(refused)? {
+            None => Ok(message),
+            Some(_) => Err(Status::invalid_argument(format!(
+                "a {} call carries exactly one request message",
+                method.name()
+            ))),
+        }
     }
+}
 
-    async fn patch_args(
-        &self,
-        request: Request<pb::PatchArgsRequest>,
-    ) -> Result<Response<pb::Args>, Status> {
-        let uid = peer_uid(&request);
-        let request = request.into_inner();
-        let snapshot = self
-            .store
-            .patch(&request.merge_patch, request.expected_revision, uid)
-            .await
-            .map_err(write_status)?;
-        Ok(Response::new(snapshot.reply.clone()))
+/// tonic's decoding errors, said the same way for every method.
+fn decode_error(status: Status, method: Method, limit: usize) -> Status {
+    let method_name = method.name();
+    match status.code() {
+        Code::OutOfRange => Status::resource_exhausted(format!(
+            "the {method_name} request is over the limit of {limit} bytes"
+        )),
+        Code::Internal if status.message().contains("compressed-flag") => compressed(method),
+        Code::Internal if status.message().starts_with("Unexpected EOF") => {
+            Status::invalid_argument(format!(
+                "the {method_name} request ends in the middle of a message"
+            ))
+        }
+        Code::Internal => Status::internal(format!(
+            "cannot decode the {method_name} request: {}",
+            status.message()
+        )),
+        _ => status,
     }
+}
 
-    async fn list_revisions(
-        &self,
-        _request: Request<pb::ListRevisionsRequest>,
-    ) -> Result<Response<pb::ListRevisionsResponse>, Status> {
-        Ok(Response::new(pb::ListRevisionsResponse {
-            revisions: self.store.revisions(),
-        }))
-    }
+fn compressed(method: Method) -> Status {
+    Status::unimplemented(format!(
+        "compressed messages are not supported; send {} uncompressed",
+        method.name()
+    ))
+}
 
-    async fn rollback(
-        &self,
-        request: Request<pb::RollbackRequest>,
-    ) -> Result<Response<pb::Args>, Status> {
-        let uid = peer_uid(&request);
-        let request = request.into_inner();
-        let snapshot = self
-            .store
-            .rollback(request.to_revision, request.expected_revision, uid)
-            .await
-            .map_err(write_status)?;
-        Ok(Response::new(snapshot.reply.clone()))
-    }
+/// A path that names no method of any service on the socket.
+pub fn unknown_method(path: &str) -> Status {
+    Status::unimplemented(format!(
+        "no such method: {path:?} (this socket serves argsbroker.v1.ArgsBroker, grpc.health.v1.Health and server reflection)"
+    ))
 }
 
 /// What GetArgs answers: the snapshot's own whole-document reply, or one
@@ -121,7 +252,6 @@ pub enum GetArgsReply {
     Made(pb::Args),
 }
 
-/// GetArgs, for tonic's handler and for the prepared path (`prepared`).
 pub fn get_args(store: &Store, request: pb::GetArgsRequest) -> Result<GetArgsReply, Status> {
     let snapshot = store.current();
     if request.if_none_match == Some(snapshot.revision) {
@@ -154,21 +284,15 @@ pub fn get_args(store: &Store, request: pb::GetArgsRequest) -> Result<GetArgsRep
     }
 }
 
-/// One message of a WatchArgs stream: a retained revision replayed from
-/// the history, or a snapshot as it is published.
-pub enum Update {
-    Replayed(pb::Args),
-    Live(Arc<Snapshot>),
-}
-
-/// WatchArgs, for tonic's handler and for the prepared path: the revisions
-/// after `start_revision` (if given and still retained), then every newer
-/// snapshot, until the broker shuts down.
+/// WatchArgs: the revisions after `start_revision` (if given and still
+/// retained), then every newer snapshot, until the broker shuts down. The
+/// watch channel holds only the newest snapshot: a slow reader skips to it
+/// and the broker never queues revisions per watcher.
 pub fn watch_args(
     store: &Store,
     mut shutdown: watch::Receiver<bool>,
     start_revision: Option<u64>,
-) -> impl Stream<Item = Update> + Send + 'static {
+) -> impl Stream<Item = Frame> + Send + 'static {
     // Subscribe before reading the history, so no revision falls between.
     let updates = store.subscribe();
     let replay = match start_revision {
@@ -176,42 +300,30 @@ pub fn watch_args(
         None => Vec::new(),
     };
     let mut last_sent = replay.last().map_or(0, |args| args.revision);
-    // The watch channel holds only the newest snapshot: a slow reader
-    // skips to it and the broker never queues revisions per watcher.
     let follow = WatchStream::new(updates).filter_map(move |snapshot| {
         let newer = snapshot.revision > last_sent;
         last_sent = last_sent.max(snapshot.revision);
-        std::future::ready(newer.then_some(Update::Live(snapshot)))
+        std::future::ready(newer.then(|| snapshot.frame.clone()))
     });
-    tokio_stream::iter(replay.into_iter().map(Update::Replayed))
+    tokio_stream::iter(replay.into_iter().map(|args| Frame::new(&args)))
         .chain(follow)
         .take_until(async move {
             let _ = shutdown.wait_for(|stopping| *stopping).await;
         })
 }
 
-/// The uid of the process on the other end of the socket, as read when
-/// the connection was accepted (SO_PEERCRED).
-fn peer_uid<T>(request: &Request<T>) -> Option<u32> {
-    request.extensions().get::<Peer>().map(|peer| peer.uid)
-}
-
-/// A request the access policy refused (see `access`).
-pub fn refused(refusal: &Refusal) -> Status {
-    Status::permission_denied(refusal.to_string())
-}
-
-/// A path that names no method of any service on the socket.
-pub fn unknown_method(path: &str) -> Status {
-    Status::unimplemented(format!(
-        "no such method: {path:?} (this socket serves argsbroker.v1.ArgsBroker, grpc.health.v1.Health and server reflection)"
-    ))
-}
-
 fn write_status(err: WriteError) -> Status {
     let message = err.to_string();
     match err {
-        WriteError::Conflict { .. } | WriteError::ReadOnly => Status::failed_precondition(message),
+        WriteError::Conflict { current, .. } => {
+            let mut status = Status::failed_precondition(message);
+            // Machine-readable, so clients need not parse the message.
+            if let Ok(value) = current.to_string().parse() {
+                status.metadata_mut().insert(CURRENT_REVISION, value);
+            }
+            status
+        }
+        WriteError::ReadOnly => Status::failed_precondition(message),
         WriteError::NotRetained { .. } => Status::not_found(message),
         WriteError::Invalid(_) | WriteError::PatchNotAnObject(_) => {
             Status::invalid_argument(message)
@@ -226,4 +338,70 @@ fn write_status(err: WriteError) -> Status {
             Status::internal(message)
         }
     }
+}
+
+/// Set on a revision conflict (FAILED_PRECONDITION): the current revision.
+pub const CURRENT_REVISION: &str = argsbroker::CONFLICT_METADATA;
+
+pin_project_lite::pin_project! {
+    /// A reply body: each frame's bytes as they come, then the trailers
+    /// saying OK when the frames end (at once for a unary call; at shutdown
+    /// for a watch).
+    struct FrameBody<S> {
+        #[pin]
+        frames: S,
+        // What follows the head just sent, for a large document: its JSON
+        // and the fields after it (last first, for `pop`).
+        rest: Vec<Bytes>,
+        ended: bool,
+    }
+}
+
+impl<S: Stream<Item = Frame>> http_body::Body for FrameBody<S> {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let this = self.project();
+        if let Some(part) = this.rest.pop() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(part))));
+        }
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        match this.frames.poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(frame)) => {
+                let [head, json, tail] = frame.into_parts();
+                if !json.is_empty() {
+                    this.rest
+                        .extend([tail, json].into_iter().filter(|b| !b.is_empty()));
+                }
+                Poll::Ready(Some(Ok(http_body::Frame::data(head))))
+            }
+            Poll::Ready(None) => {
+                *this.ended = true;
+                let mut trailers = HeaderMap::with_capacity(1);
+                trailers.insert(Status::GRPC_STATUS, HeaderValue::from_static("0"));
+                Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+            }
+        }
+    }
+}
+
+fn ok(frames: impl Stream<Item = Frame> + Send + 'static) -> Reply {
+    let body = FrameBody {
+        frames,
+        rest: Vec::new(),
+        ended: false,
+    };
+    let mut reply = http::Response::new(tonic::body::Body::new(body));
+    reply.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    reply
 }

@@ -14,10 +14,10 @@
 //! broker itself last wrote or read there: only a change someone else made
 //! becomes a `source=file` revision, and never over a newer acknowledged one.
 use crate::history::{Entry, History, HistoryError, SaveError, Source};
-use crate::prepared::Frame;
 use arc_swap::ArcSwap;
 use argsbroker::document::{Document, DocumentError};
 use argsbroker::durable::{self, Keep};
+use argsbroker::frame::Frame;
 use argsbroker::pb;
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -33,7 +33,7 @@ pub struct Snapshot {
     pub document: Document,
     /// The whole-document `Args`, built once per revision.
     pub reply: pb::Args,
-    /// The same reply as GetArgs sends it (see `prepared`).
+    /// The same reply as a gRPC response body carries it, encoded once.
     pub frame: Frame,
 }
 

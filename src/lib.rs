@@ -12,7 +12,8 @@
 //! - [`document`]: the args document, parsed once and kept exact.
 //! - [`pointer`]: RFC 6901 JSON pointers into a document.
 //! - [`client`]: connect to a broker and follow its args with a lock-free cache.
-//! - [`durable`]: atomic, fsynced file replacement.
+//! - [`durable`]: atomic, fsynced file replacement that can be undone.
+//! - [`frame`]: a gRPC response message encoded once and sent many times.
 //! - [`sd_notify`]: systemd readiness notification.
 //! - [`logging`], [`cmdline`]: what both binaries share at their edges.
 //!
@@ -41,6 +42,7 @@ pub mod client;
 pub mod cmdline;
 pub mod document;
 pub mod durable;
+pub mod frame;
 pub mod logging;
 pub mod pointer;
 pub mod sd_notify;
@@ -56,6 +58,10 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("argsbroker_descriptor");
 }
+
+/// The gRPC metadata key a revision conflict (FAILED_PRECONDITION) carries:
+/// the current revision, so that clients need not parse the message.
+pub const CONFLICT_METADATA: &str = "argsbroker-current-revision";
 
 /// The default socket path of the broker, shared by every command line.
 pub const DEFAULT_SOCKET: &str = "/tmp/argsbroker.sock";

@@ -436,7 +436,8 @@ fn set_args_over_the_size_limit() {
     unchanged(&site, &mut broker, &before);
 }
 
-/// A request larger than the gRPC message limit (--max-args-bytes plus 64 KiB) is refused before it is parsed.
+/// A request larger than the gRPC message limit (--max-args-bytes plus 64 KiB)
+/// is refused before it is parsed, in the same words as for every method.
 #[test]
 fn set_args_over_the_message_limit() {
     let (site, mut broker, before) = serving(&["--max-args-bytes", "64"]);
@@ -444,8 +445,8 @@ fn set_args_over_the_message_limit() {
     assert_eq!(
         set(&site, &huge),
         refused(
-            Code::OutOfRange,
-            "Error, decoded message length too large: found 70013 bytes, the limit is: 65600 bytes"
+            Code::ResourceExhausted,
+            "the SetArgs request is over the limit of 65600 bytes"
         )
     );
     unchanged(&site, &mut broker, &before);
