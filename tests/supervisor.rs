@@ -345,11 +345,23 @@ fn workers_serve_through_a_broker_crash_and_converge() {
     );
 }
 
-/// A worker never switches to an older revision than it served, even from a broker whose state was reset.
+/// Within one lineage a worker never switches to an older revision: here a
+/// broker restarted on a backup of its own state (args file and state
+/// directory as they were at revision 1).
 #[test]
 fn a_worker_never_goes_back_to_an_older_revision() {
     let site = Site::new(r#"{"a": 1}"#);
     let mut broker = site.start_broker();
+    let backup = site.path("backup");
+    std::fs::create_dir(&backup).unwrap();
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(site.args())
+        .arg(site.path("args.json.state"))
+        .arg(&backup)
+        .status()
+        .unwrap();
+    assert!(status.success());
     let port = free_port();
     let worker = site.start_worker(port, false);
     for a in [2, 3] {
@@ -371,12 +383,12 @@ fn a_worker_never_goes_back_to_an_older_revision() {
     });
     broker.stop();
     std::fs::remove_dir_all(site.path("args.json.state")).unwrap();
-    std::fs::write(site.args(), r#"{"a": 9}"#).unwrap();
-    // With its state gone the broker starts over at revision 1 with different content.
+    std::fs::rename(backup.join("args.json"), site.args()).unwrap();
+    std::fs::rename(backup.join("args.json.state"), site.path("args.json.state")).unwrap();
+    // The same lineage, back at revision 1.
     let _broker = site.start_broker();
-    eventually("the worker to see the older revision offered", || {
-        Some(()).filter(|_| worker.log().contains("older revision than the one served"))
-    });
+    assert_eq!(get_args(&site.socket()).revision, 1);
+    worker.log_line("older revision than the one served");
     let answer = get(port, "/args");
     assert_eq!(
         (answer.header("x-args-revision"), answer.body.as_str()),
@@ -394,10 +406,11 @@ fn cache_file_cold_start_without_a_broker() {
     let mut cmd = site.worker_cmd(port, false);
     cmd.arg("--cache-file").arg(&cache);
     let mut worker = site.spawn_worker(cmd, port);
+    let lineage = get_args(&site.socket()).lineage;
     let cached = eventually("the cache file", || std::fs::read_to_string(&cache).ok());
     assert_eq!(
         cached,
-        "{\"revision\":1,\"args\":{\"big\":123456789012345678901234567890}}\n"
+        format!("{{\"revision\":1,\"lineage\":\"{lineage}\",\"args\":{{\"big\":123456789012345678901234567890}}}}\n")
     );
     worker.stop();
     broker.stop();

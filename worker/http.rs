@@ -178,6 +178,7 @@ async fn readyz(State(live): State<Live<Prepared>>) -> Response {
         "revision": live.revision(),
         "connected": live.is_connected(),
         "since_last_contact_ms": live.since_last_contact().as_millis() as u64,
+        "lineage": &*live.lineage(),
     });
     ([(CONTENT_TYPE, JSON)], body.to_string()).into_response()
 }
