@@ -1160,7 +1160,7 @@ fn unknown_flags() {
     );
     assert_eq!(
         first_line(Command::new(WORKER).args(["--listen", "nowhere"])),
-        (2, "error: invalid value 'nowhere' for '--listen <HOST:PORT>': invalid socket address syntax".to_owned())
+        (2, "error: invalid value 'nowhere' for '--listen <HOST:PORT>': \"nowhere\" is not HOST:PORT (say 127.0.0.1:9880 or localhost:9880)".to_owned())
     );
 }
 

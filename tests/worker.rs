@@ -1,7 +1,10 @@
-//! The worker on its own: following a broker whose state was replaced (lineage).
+//! The worker on its own: following a broker whose state was replaced
+//! (lineage), SIGHUP, the HTTP bounds (slowloris, idle keep-alive, running
+//! out of file descriptors), host names for --listen, and what its errors say.
 mod common;
 
 use common::*;
+use std::net::TcpStream;
 use std::process::Command;
 
 /// The `"lineage"` of a `/readyz` answer.
@@ -77,5 +80,42 @@ fn the_cache_file_keeps_the_lineage() {
     assert_eq!(
         cached,
         format!("{{\"revision\":1,\"lineage\":\"{lineage}\",\"args\":{{\"a\":1}}}}\n")
+    );
+}
+
+/// --listen takes a host name; one that does not resolve is a usage error naming the flag.
+#[test]
+fn listen_takes_a_host_name() {
+    let site = Site::new(r#"{"a": 1}"#);
+    let _broker = site.start_broker();
+    let port = free_port();
+    let mut cmd = Command::new(WORKER);
+    cmd.arg("--broker")
+        .arg(site.socket())
+        .arg("--listen")
+        .arg(format!("localhost:{port}"));
+    let mut worker = Proc::spawn(cmd, site.fresh_log("worker"));
+    let answer = eventually("the worker on localhost", || {
+        assert!(worker.is_running(), "{}", worker.log());
+        let stream = TcpStream::connect(("localhost", port)).ok()?;
+        exchange(stream, "/args", &[])
+    });
+    assert_eq!(answer.body, r#"{"args":{"a":1}}"#);
+
+    let (code, _, stderr) = run(Command::new(WORKER).args(["--listen", "localhost"]));
+    assert_eq!(code, 2);
+    assert_eq!(
+        stderr.lines().next(),
+        Some(
+            r#"error: invalid value 'localhost' for '--listen <HOST:PORT>': "localhost" is not HOST:PORT (say 127.0.0.1:9880 or localhost:9880)"#
+        )
+    );
+    let (code, _, stderr) =
+        run(Command::new(WORKER).args(["--listen", "no-such-host.invalid:9880"]));
+    assert_eq!(code, 2);
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with(r#"error: invalid value 'no-such-host.invalid:9880' for '--listen <HOST:PORT>': cannot resolve the host name "no-such-host.invalid": "#),
+        "{stderr}"
     );
 }

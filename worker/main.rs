@@ -33,7 +33,8 @@ struct Cli {
         long,
         value_name = "HOST:PORT",
         env = "ARGSBROKER_LISTEN",
-        default_value = "127.0.0.1:9880"
+        default_value = "127.0.0.1:9880",
+        value_parser = argsbroker::cmdline::host_port
     )]
     listen: SocketAddr,
 
