@@ -83,6 +83,27 @@ fn the_cache_file_keeps_the_lineage() {
     );
 }
 
+/// A standalone worker given SIGHUP says there is nothing to reload and keeps serving.
+#[test]
+fn sighup_to_a_worker_is_logged_and_ignored() {
+    let site = Site::new(r#"{"a": 1}"#);
+    let _broker = site.start_broker();
+    let port = free_port();
+    let mut worker = site.start_worker(port, false);
+    worker.signal(libc::SIGHUP);
+    let line = worker.log_line("SIGHUP");
+    assert!(
+        line.contains(" INFO ")
+            && line.ends_with(
+                "SIGHUP: a worker has nothing to reload; send SIGHUP to the broker to reload the args file"
+            ),
+        "{line}"
+    );
+    assert!(worker.is_running(), "{}", worker.log());
+    assert_eq!(get(port, "/args").body, r#"{"args":{"a":1}}"#);
+    assert_eq!(worker.stop().code(), Some(0));
+}
+
 /// --listen takes a host name; one that does not resolve is a usage error naming the flag.
 #[test]
 fn listen_takes_a_host_name() {

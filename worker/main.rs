@@ -90,6 +90,7 @@ fn fail(err: anyhow::Error) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    ignore_sighup()?;
     // The startup hook: hold the args before listening, because with
     // SO_REUSEPORT the kernel hands connections to any bound worker.
     let cache = cli.cache_file.clone().map(cache::Writer::start);
@@ -151,6 +152,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::warn!("requests still in flight after {graceful_timeout:?}; exiting");
         }
     }
+    Ok(())
+}
+
+/// A worker has no file to reload: SIGHUP (which would otherwise end the
+/// process) is logged and ignored.
+fn ignore_sighup() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!(
+                "SIGHUP: a worker has nothing to reload; send SIGHUP to the broker to reload the args file"
+            );
+        }
+    });
     Ok(())
 }
 
