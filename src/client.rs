@@ -22,10 +22,13 @@ use tonic::Streaming;
 /// What can go wrong talking to a broker.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to the broker at {path}: {}", crate::one_line(.source))]
+    /// The socket could not be connected to; `kind` says why when the
+    /// system did (no such file, connection refused, permission denied).
+    #[error("cannot connect to the broker at {path}: {reason}")]
     Connect {
         path: PathBuf,
-        source: tonic::transport::Error,
+        reason: String,
+        kind: Option<std::io::ErrorKind>,
     },
     #[error("the broker at {path} answered: {status}")]
     Rpc {
@@ -39,7 +42,7 @@ pub enum ClientError {
         path: PathBuf,
         source: DocumentError,
     },
-    #[error("{0} is not a socket; --broker must name the broker's --socket")]
+    #[error("{0} is not a socket")]
     NotASocket(PathBuf),
     #[error("no broker answered at {path} within {waited:?} (last error: {last})")]
     Unreachable {
@@ -67,11 +70,38 @@ pub async fn connect(socket: impl AsRef<Path>) -> Result<ArgsBrokerClient<Channe
             }
         }))
         .await
-        .map_err(|source| ClientError::Connect { path, source })?;
+        .map_err(|err| connect_error(path, &err))?;
     // The broker bounds the document size; the client takes what it is sent.
     Ok(ArgsBrokerClient::new(channel)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX))
+}
+
+/// Says why a connection failed in a few words, from the system's error
+/// under tonic's: `no such file`, `connection refused`, `permission denied`.
+fn connect_error(path: PathBuf, err: &tonic::transport::Error) -> ClientError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            let reason = match io.kind() {
+                std::io::ErrorKind::NotFound => "no such file".to_owned(),
+                std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+                std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+                _ => io.to_string(),
+            };
+            return ClientError::Connect {
+                path,
+                reason,
+                kind: Some(io.kind()),
+            };
+        }
+        cause = c.source();
+    }
+    ClientError::Connect {
+        path,
+        reason: crate::one_line(err),
+        kind: None,
+    }
 }
 
 /// One revision of the args, as a client holds it.

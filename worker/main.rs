@@ -137,6 +137,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Err(client::ClientError::NotASocket(path)) => anyhow::bail!(
+            "{} is not a socket; --broker must name the broker's --socket",
+            path.display()
+        ),
         Err(err) => return Err(err.into()),
     };
     let listener = listen(cli.listen, cli.reuse_port)
