@@ -10,6 +10,15 @@ pub fn seconds(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// A clap value parser for a positive number of seconds (a bound of zero
+/// would close every connection at once).
+pub fn positive_seconds(s: &str) -> Result<Duration, String> {
+    match seconds(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
 /// A clap value parser for `HOST:PORT`: an address (`127.0.0.1:9880`,
 /// `[::1]:9880`) or a host name (`localhost:9880`), resolved now; the first
 /// address it resolves to is the one used.
@@ -75,6 +84,11 @@ mod tests {
             Err("\"soon\" is not a number of seconds".into())
         );
         assert!(seconds("inf").is_err());
+        assert_eq!(positive_seconds("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(
+            positive_seconds("0"),
+            Err("\"0\" is not a positive number of seconds".into())
+        );
     }
 
     #[test]

@@ -397,3 +397,16 @@ fn sigterm_finishes_an_answer_in_flight() {
     assert_eq!(body.len(), (8 << 20) + r#"{"args":{"blob":""}}"#.len());
     assert_eq!(worker.wait().code(), Some(0));
 }
+
+/// A bound of zero would close every connection at once: a usage error.
+#[test]
+fn zero_http_bounds_are_usage_errors() {
+    for flag in ["--header-timeout", "--idle-timeout"] {
+        let (code, _, stderr) = run(Command::new(WORKER).args([flag, "0"]));
+        assert_eq!(code, 2, "{stderr}");
+        assert_eq!(
+            stderr.lines().next(),
+            Some(format!("error: invalid value '0' for '{flag} <SECONDS>': \"0\" is not a positive number of seconds").as_str())
+        );
+    }
+}

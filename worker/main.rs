@@ -58,11 +58,11 @@ struct Cli {
 
     /// Close a connection whose request line and headers have not all arrived this many seconds
     /// after their first byte.
-    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_HEADER_TIMEOUT", default_value = "10", value_parser = argsbroker::cmdline::seconds)]
+    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_HEADER_TIMEOUT", default_value = "10", value_parser = argsbroker::cmdline::positive_seconds)]
     header_timeout: Duration,
 
     /// Close a keep-alive connection that has sent no request for this many seconds.
-    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_IDLE_TIMEOUT", default_value = "60", value_parser = argsbroker::cmdline::seconds)]
+    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_IDLE_TIMEOUT", default_value = "60", value_parser = argsbroker::cmdline::positive_seconds)]
     idle_timeout: Duration,
 
     /// Threads serving HTTP in this process. One is best when several workers share a port:
