@@ -86,11 +86,28 @@ impl From<anyhow::Error> for Failure {
 }
 
 impl From<client::ClientError> for Failure {
+    /// The client's error, with a hint at what to check when the socket
+    /// could not be reached.
     fn from(error: client::ClientError) -> Self {
-        Self {
-            error: error.into(),
-            code: 1,
-        }
+        use std::io::ErrorKind;
+        let hint = match &error {
+            client::ClientError::Connect {
+                kind: Some(ErrorKind::PermissionDenied),
+                ..
+            } => Some("(the broker's --socket-mode and --socket-group decide who may connect)"),
+            client::ClientError::Connect { .. } => {
+                Some("(is the broker running? --socket / ARGSBROKER_SOCKET)")
+            }
+            client::ClientError::NotASocket(_) => {
+                Some("(--socket / ARGSBROKER_SOCKET must name the broker's socket)")
+            }
+            _ => None,
+        };
+        let error = match hint {
+            Some(hint) => anyhow::anyhow!("{error} {hint}"),
+            None => error.into(),
+        };
+        Self { error, code: 1 }
     }
 }
 

@@ -105,7 +105,7 @@ struct ServeArgs {
     workers: usize,
 
     /// The HTTP address the workers share (SO_REUSEPORT), with --workers.
-    #[arg(long, value_name = "HOST:PORT", env = "ARGSBROKER_HTTP")]
+    #[arg(long, value_name = "HOST:PORT", env = "ARGSBROKER_HTTP", value_parser = argsbroker::cmdline::host_port)]
     http: Option<std::net::SocketAddr>,
 
     /// The worker executable [default: `worker` beside this broker's executable]

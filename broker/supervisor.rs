@@ -3,6 +3,13 @@
 //! that dies (with a backoff that grows while it keeps crashing), and stops
 //! them all gracefully on shutdown.
 //!
+//! It refuses to start on an address another process already holds (with
+//! SO_REUSEPORT its workers would silently share the port with a stranger),
+//! and stops, with the worker's own error, when a worker's first start fails
+//! for a reason a restart cannot fix (exit status 1 or 2 before it was ever
+//! ready: a bad flag, an address it cannot listen on). Workers' stderr passes
+//! through the supervisor, which keeps each one's error line for that.
+//!
 //! Workers are forked from the thread that drives the supervisor future,
 //! which is the process's main thread: PR_SET_PDEATHSIG fires when the
 //! *thread* that forked a child exits, so forking from a runtime thread that
@@ -15,10 +22,14 @@ use std::net::SocketAddr;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::ExitStatus;
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
+
+/// A worker's end: its slot, pid, exit status, and its last error line.
+type Exit = (usize, u32, std::io::Result<ExitStatus>, Option<String>);
 
 /// A worker that lived at least this long was not crash-looping.
 const HEALTHY_RUN: Duration = Duration::from_secs(10);
@@ -39,6 +50,8 @@ struct Slot {
     pid: Option<u32>,
     started: Instant,
     crashes: u32,
+    /// Whether a worker in this slot has ever reported ready.
+    was_ready: bool,
 }
 
 /// Runs the workers until `shutdown` completes, then stops them: SIGTERM,
@@ -49,6 +62,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     all_ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
+    probe(plan.http)?;
     // Workers report readiness as systemd services do: READY=1 on a datagram
     // socket named by NOTIFY_SOCKET, here one in the abstract namespace.
     let notify_name = format!("argsbroker-supervisor-{}", std::process::id());
@@ -59,17 +73,18 @@ pub async fn run(
     let notify = tokio::net::UnixDatagram::from_std(notify)?;
     let notify_env = OsString::from(format!("@{notify_name}"));
 
-    let (exits_tx, mut exits) =
-        mpsc::unbounded_channel::<(usize, u32, std::io::Result<ExitStatus>)>();
+    let (exits_tx, mut exits) = mpsc::unbounded_channel::<Exit>();
     let mut slots: Vec<Slot> = Vec::with_capacity(plan.workers);
     for index in 0..plan.workers {
-        let child = spawn(&plan, index, &notify_env)?;
+        let mut child = spawn(&plan, index, &notify_env)?;
+        let errors = forward_stderr(&mut child);
         slots.push(Slot {
             pid: child.id(),
             started: Instant::now(),
             crashes: 0,
+            was_ready: false,
         });
-        watch_exit(index, child, exits_tx.clone());
+        watch_exit(index, child, errors, exits_tx.clone());
     }
     tracing::info!(workers = plan.workers, http = %plan.http, "started the workers");
 
@@ -77,6 +92,7 @@ pub async fn run(
     let mut all_ready = Some(all_ready);
     let mut restarts: Vec<(Instant, usize)> = Vec::new();
     let mut buf = [0u8; 256];
+    let mut fatal: Option<anyhow::Error> = None;
     tokio::pin!(shutdown);
     loop {
         let next_restart = restarts.iter().map(|(at, _)| *at).min();
@@ -84,10 +100,11 @@ pub async fn run(
             _ = &mut shutdown => break,
             received = notify.recv(&mut buf) => {
                 let Ok(len) = received else { continue };
-                let message = String::from_utf8_lossy(&buf[..len]);
-                let pid = message.lines().find_map(|l| l.strip_prefix("MAINPID=")).and_then(|p| p.parse::<u32>().ok());
-                if let (true, Some(pid)) = (message.lines().any(|l| l == "READY=1"), pid) {
+                if let Some(pid) = ready_pid(&buf[..len]) {
                     ready.insert(pid);
+                    for slot in slots.iter_mut().filter(|s| s.pid == Some(pid)) {
+                        slot.was_ready = true;
+                    }
                     let live: HashSet<u32> = slots.iter().filter_map(|s| s.pid).collect();
                     if live.iter().all(|pid| ready.contains(pid)) && live.len() == plan.workers {
                         if let Some(all_ready) = all_ready.take() {
@@ -97,12 +114,33 @@ pub async fn run(
                     }
                 }
             }
-            Some((index, pid, status)) = exits.recv() => {
-                let slot = &mut slots[index];
-                if slot.pid != Some(pid) {
+            Some((index, pid, status, error_line)) = exits.recv() => {
+                if slots[index].pid != Some(pid) {
                     continue;
                 }
+                // A READY=1 sent just before the exit may still be queued.
+                while let Ok(len) = notify.try_recv(&mut buf) {
+                    if let Some(ready_pid) = ready_pid(&buf[..len]) {
+                        ready.insert(ready_pid);
+                        for slot in slots.iter_mut().filter(|s| s.pid == Some(ready_pid)) {
+                            slot.was_ready = true;
+                        }
+                    }
+                }
+                let slot = &mut slots[index];
                 slot.pid = None;
+                let config_error = matches!(&status, Ok(s) if matches!(s.code(), Some(1 | 2)));
+                if config_error && !slot.was_ready {
+                    let reason = match error_line {
+                        Some(line) => format!(": {line}"),
+                        None => String::new(),
+                    };
+                    fatal = Some(anyhow::anyhow!(
+                        "worker {index} {} before it was ready{reason}",
+                        describe(&status)
+                    ));
+                    break;
+                }
                 ready.remove(&pid);
                 slot.crashes = if slot.started.elapsed() >= HEALTHY_RUN { 1 } else { slot.crashes + 1 };
                 let delay = retry_delay(slot.crashes);
@@ -122,11 +160,12 @@ pub async fn run(
                 restarts = later;
                 for (_, index) in due {
                     match spawn(&plan, index, &notify_env) {
-                        Ok(child) => {
+                        Ok(mut child) => {
                             slots[index].pid = child.id();
+                            let errors = forward_stderr(&mut child);
                             slots[index].started = Instant::now();
                             tracing::info!(worker = index, pid = child.id(), "restarted worker {index}");
-                            watch_exit(index, child, exits_tx.clone());
+                            watch_exit(index, child, errors, exits_tx.clone());
                         }
                         Err(err) => {
                             let delay = retry_delay(slots[index].crashes + 1);
@@ -149,7 +188,7 @@ pub async fn run(
     let deadline = tokio::time::Instant::now() + plan.graceful_timeout;
     while !running.is_empty() {
         match tokio::time::timeout_at(deadline, exits.recv()).await {
-            Ok(Some((_, pid, _))) => {
+            Ok(Some((_, pid, _, _))) => {
                 running.remove(&pid);
             }
             Ok(None) => break,
@@ -164,14 +203,84 @@ pub async fn run(
                 }
                 while !running.is_empty() {
                     match exits.recv().await {
-                        Some((_, pid, _)) => running.remove(&pid),
+                        Some((_, pid, _, _)) => running.remove(&pid),
                         None => break,
                     };
                 }
             }
         }
     }
-    Ok(())
+    match fatal {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+/// Refuses an address another process holds: bound without SO_REUSEPORT,
+/// the probe fails whether the holder set SO_REUSEPORT or not (workers of
+/// ours would join a holder that did). SO_REUSEADDR lets it ignore
+/// connections of an earlier run lingering in TIME_WAIT.
+fn probe(addr: SocketAddr) -> anyhow::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+        .map_err(|e| anyhow::anyhow!("cannot make a socket to check {addr}: {e}"))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(|e| anyhow::anyhow!("cannot make a socket to check {addr}: {e}"))?;
+    match socket.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            anyhow::bail!("{addr} is already in use by another process")
+        }
+        Err(e) => anyhow::bail!("cannot listen on {addr}: {e}"),
+    }
+}
+
+/// The pid in a `READY=1` notification.
+fn ready_pid(message: &[u8]) -> Option<u32> {
+    let message = String::from_utf8_lossy(message);
+    if !message.lines().any(|l| l == "READY=1") {
+        return None;
+    }
+    message
+        .lines()
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .and_then(|p| p.parse::<u32>().ok())
+}
+
+/// Copies the worker's stderr to ours line by line, and yields its error
+/// line (`worker: error: ...`, or a usage error's first line) once it ends.
+fn forward_stderr(child: &mut Child) -> tokio::task::JoinHandle<Option<String>> {
+    let stderr = child.stderr.take();
+    tokio::spawn(async move {
+        match stderr {
+            Some(stderr) => copy_lines(stderr).await,
+            None => None,
+        }
+    })
+}
+
+async fn copy_lines(from: impl AsyncRead + Unpin) -> Option<String> {
+    use std::io::Write;
+    let mut from = BufReader::new(from);
+    let mut line = Vec::new();
+    let mut error: Option<String> = None;
+    loop {
+        line.clear();
+        match from.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return error,
+            Ok(_) => {}
+        }
+        // Ours may be closed; the worker must not block on a full pipe either way.
+        let _ = std::io::stderr().lock().write_all(&line);
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end();
+        if let Some(message) = text.strip_prefix("worker: error: ") {
+            error = Some(message.to_owned());
+        } else if let (None, Some(message)) = (&error, text.strip_prefix("error: ")) {
+            error = Some(message.to_owned());
+        }
+    }
 }
 
 fn spawn(plan: &Plan, index: usize, notify_env: &OsString) -> anyhow::Result<Child> {
@@ -184,7 +293,8 @@ fn spawn(plan: &Plan, index: usize, notify_env: &OsString) -> anyhow::Result<Chi
         .args(&plan.worker_args)
         .env(argsbroker::sd_notify::NOTIFY_SOCKET, notify_env)
         .env("ARGSBROKER_WORKER_INDEX", index.to_string())
-        .stdin(std::process::Stdio::null())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
         // Their own process group: a Ctrl-C on the terminal reaches only the
         // supervisor, which then stops the workers in order.
         .process_group(0)
@@ -208,16 +318,24 @@ fn spawn(plan: &Plan, index: usize, notify_env: &OsString) -> anyhow::Result<Chi
         .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", plan.worker_bin.display()))
 }
 
-/// Reports the child's exit on `exits`; the wait runs on any runtime thread.
+/// Reports the child's exit on `exits`, with its error line; the wait runs
+/// on any runtime thread.
 fn watch_exit(
     index: usize,
     mut child: Child,
-    exits: mpsc::UnboundedSender<(usize, u32, std::io::Result<ExitStatus>)>,
+    errors: tokio::task::JoinHandle<Option<String>>,
+    exits: mpsc::UnboundedSender<Exit>,
 ) {
     let pid = child.id().unwrap_or_default();
     tokio::spawn(async move {
         let status = child.wait().await;
-        let _ = exits.send((index, pid, status));
+        // Its stderr ends with it (unless something it started holds it open).
+        let error = tokio::time::timeout(Duration::from_secs(1), errors)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        let _ = exits.send((index, pid, status, error));
     });
 }
 

@@ -22,10 +22,13 @@ use tonic::Streaming;
 /// What can go wrong talking to a broker.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to the broker at {path}: {}", crate::one_line(.source))]
+    /// The socket could not be connected to; `kind` says why when the
+    /// system did (no such file, connection refused, permission denied).
+    #[error("cannot connect to the broker at {path}: {reason}")]
     Connect {
         path: PathBuf,
-        source: tonic::transport::Error,
+        reason: String,
+        kind: Option<std::io::ErrorKind>,
     },
     #[error("the broker at {path} answered: {status}")]
     Rpc {
@@ -39,7 +42,7 @@ pub enum ClientError {
         path: PathBuf,
         source: DocumentError,
     },
-    #[error("{0} is not a socket; --broker must name the broker's --socket")]
+    #[error("{0} is not a socket")]
     NotASocket(PathBuf),
     #[error("no broker answered at {path} within {waited:?} (last error: {last})")]
     Unreachable {
@@ -67,11 +70,38 @@ pub async fn connect(socket: impl AsRef<Path>) -> Result<ArgsBrokerClient<Channe
             }
         }))
         .await
-        .map_err(|source| ClientError::Connect { path, source })?;
+        .map_err(|err| connect_error(path, &err))?;
     // The broker bounds the document size; the client takes what it is sent.
     Ok(ArgsBrokerClient::new(channel)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX))
+}
+
+/// Says why a connection failed in a few words, from the system's error
+/// under tonic's: `no such file`, `connection refused`, `permission denied`.
+fn connect_error(path: PathBuf, err: &tonic::transport::Error) -> ClientError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            let reason = match io.kind() {
+                std::io::ErrorKind::NotFound => "no such file".to_owned(),
+                std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+                std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+                _ => io.to_string(),
+            };
+            return ClientError::Connect {
+                path,
+                reason,
+                kind: Some(io.kind()),
+            };
+        }
+        cause = c.source();
+    }
+    ClientError::Connect {
+        path,
+        reason: crate::one_line(err),
+        kind: None,
+    }
 }
 
 /// One revision of the args, as a client holds it.
@@ -79,6 +109,9 @@ pub async fn connect(socket: impl AsRef<Path>) -> Result<ArgsBrokerClient<Channe
 pub struct Snapshot {
     /// The broker's revision of this document.
     pub revision: u64,
+    /// The lineage the revision belongs to (the broker's state); empty when
+    /// not known (a broker or cache file from before lineages).
+    pub lineage: String,
     /// The document, parsed and with its compact text.
     pub document: Document,
 }
@@ -93,6 +126,7 @@ impl Snapshot {
         })?;
         Ok(Self {
             revision: args.revision,
+            lineage: args.lineage,
             document,
         })
     }
@@ -115,6 +149,9 @@ impl<T> Clone for Live<T> {
 struct Shared<T> {
     current: ArcSwap<T>,
     revision: AtomicU64,
+    /// Lineage and content hash of the current value (written by the one
+    /// following task, with `current`).
+    served: ArcSwap<Served>,
     connected: AtomicBool,
     /// Milliseconds since the Unix epoch of the last message from the broker.
     last_contact_ms: AtomicU64,
@@ -129,6 +166,12 @@ impl<T> Live<T> {
     /// The revision of the current value.
     pub fn revision(&self) -> u64 {
         self.shared.revision.load(Ordering::Acquire)
+    }
+
+    /// The lineage of the current value: the id of the broker's state it
+    /// came from (empty if not known).
+    pub fn lineage(&self) -> Arc<str> {
+        self.shared.served.load().lineage.clone()
     }
 
     /// Whether the watch on the broker is up right now.
@@ -212,6 +255,7 @@ where
 {
     let shared = Arc::new(Shared {
         revision: AtomicU64::new(first.revision),
+        served: ArcSwap::from_pointee(Served::of(&first)),
         current: ArcSwap::from_pointee(prepare(first)),
         connected: AtomicBool::new(true),
         last_contact_ms: AtomicU64::new(now_ms()),
@@ -298,27 +342,95 @@ async fn keep_following<T, F>(
     }
 }
 
-/// Publishes `snapshot` unless it is not newer than what is served: what a
-/// worker serves never goes back to an older revision.
+/// What identifies the value served: enough to decide about an offered one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    pub revision: u64,
+    pub lineage: Arc<str>,
+    pub sha256: Arc<str>,
+}
+
+impl Served {
+    fn of(snapshot: &Snapshot) -> Self {
+        Self {
+            revision: snapshot.revision,
+            lineage: snapshot.lineage.as_str().into(),
+            sha256: snapshot.document.sha256().into(),
+        }
+    }
+}
+
+/// What to do with a snapshot the broker offers, given the one served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// A newer revision of the same lineage: serve it.
+    Newer,
+    /// The same revision and content: nothing to do.
+    Same,
+    /// An older revision of the same lineage: keep the newer one served.
+    Older,
+    /// Another lineage (the broker's state was reset or replaced), or the
+    /// same revision with other content: serve the broker's at once.
+    Replaced,
+    /// What is served has no known lineage (an old cache file) and the
+    /// broker's has one: serve the broker's.
+    FirstLineage,
+}
+
+/// Within one lineage what is served never goes back; a different lineage,
+/// or the same revision naming other content, is the broker's truth and is
+/// adopted at once.
+pub fn decide(served: &Served, offered: &Served) -> Decision {
+    if served.lineage != offered.lineage {
+        return if served.lineage.is_empty() {
+            Decision::FirstLineage
+        } else {
+            Decision::Replaced
+        };
+    }
+    match offered.revision.cmp(&served.revision) {
+        std::cmp::Ordering::Greater => Decision::Newer,
+        std::cmp::Ordering::Less => Decision::Older,
+        std::cmp::Ordering::Equal if offered.sha256 == served.sha256 => Decision::Same,
+        std::cmp::Ordering::Equal => Decision::Replaced,
+    }
+}
+
+/// Publishes `snapshot` as [`decide`] says: within one lineage what a worker
+/// serves never goes back to an older revision.
 fn apply<T>(live: &Shared<T>, snapshot: Snapshot, prepare: &impl Fn(Snapshot) -> T) {
     live.connected.store(true, Ordering::Release);
     live.last_contact_ms.store(now_ms(), Ordering::Release);
-    let served = live.revision.load(Ordering::Acquire);
-    if snapshot.revision < served {
-        tracing::warn!(
-            served,
-            offered = snapshot.revision,
-            "the broker offers an older revision than the one served; keeping the newer one"
-        );
-        return;
-    }
-    if snapshot.revision == served {
-        return;
-    }
+    let served = live.served.load_full();
+    let offered = Served::of(&snapshot);
     let revision = snapshot.revision;
+    match decide(&served, &offered) {
+        Decision::Same => return,
+        Decision::Older => {
+            tracing::warn!(
+                served = served.revision,
+                offered = revision,
+                lineage = %served.lineage,
+                "the broker offers an older revision than the one served; keeping the newer one"
+            );
+            return;
+        }
+        Decision::Newer => tracing::debug!(revision, "args updated"),
+        Decision::Replaced => tracing::warn!(
+            served_revision = served.revision,
+            served_lineage = %served.lineage,
+            lineage = %offered.lineage,
+            sha256 = %offered.sha256,
+            "the broker's args have a new lineage (its state was reset or replaced); serving its revision {revision}"
+        ),
+        Decision::FirstLineage => tracing::info!(
+            lineage = %offered.lineage,
+            "the args served had no lineage; following the broker's, serving its revision {revision}"
+        ),
+    }
     live.current.store(Arc::new(prepare(snapshot)));
+    live.served.store(Arc::new(offered));
     live.revision.store(revision, Ordering::Release);
-    tracing::debug!(revision, "args updated");
 }
 
 fn now_ms() -> u64 {
@@ -387,5 +499,42 @@ mod tests {
         }
         b.reset();
         assert!(b.next() <= Duration::from_millis(10));
+    }
+
+    fn served(revision: u64, lineage: &str, sha256: &str) -> Served {
+        Served {
+            revision,
+            lineage: lineage.into(),
+            sha256: sha256.into(),
+        }
+    }
+
+    #[test]
+    fn adopt_or_keep() {
+        let now = served(5, "aaaa", "s5");
+        // Within one lineage: forward only.
+        assert_eq!(decide(&now, &served(6, "aaaa", "s6")), Decision::Newer);
+        assert_eq!(decide(&now, &served(5, "aaaa", "s5")), Decision::Same);
+        assert_eq!(decide(&now, &served(4, "aaaa", "s4")), Decision::Older);
+        // The same revision naming other content: the broker's is adopted.
+        assert_eq!(decide(&now, &served(5, "aaaa", "xx")), Decision::Replaced);
+        // Another lineage is adopted whatever its revision.
+        assert_eq!(decide(&now, &served(1, "bbbb", "s1")), Decision::Replaced);
+        assert_eq!(decide(&now, &served(5, "bbbb", "s5")), Decision::Replaced);
+        assert_eq!(decide(&now, &served(9, "bbbb", "s9")), Decision::Replaced);
+        // A broker from before lineages: another lineage too.
+        assert_eq!(decide(&now, &served(1, "", "s1")), Decision::Replaced);
+        // An old cache file (no lineage) gives way to the broker's.
+        let cached = served(5, "", "s5");
+        assert_eq!(
+            decide(&cached, &served(1, "aaaa", "s1")),
+            Decision::FirstLineage
+        );
+        assert_eq!(
+            decide(&cached, &served(5, "aaaa", "s5")),
+            Decision::FirstLineage
+        );
+        // Two brokers from before lineages: forward only, as before.
+        assert_eq!(decide(&cached, &served(4, "", "s4")), Decision::Older);
     }
 }

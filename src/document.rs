@@ -37,7 +37,19 @@ pub enum DocumentError {
         line: usize,
         column: usize,
     },
+    /// A `\uXXXX` escape of half a UTF-16 surrogate pair, without its other half.
+    #[error("lone UTF-16 surrogate {escape} at line {line} column {column}")]
+    LoneSurrogate {
+        escape: String,
+        line: usize,
+        column: usize,
+    },
 }
+
+/// The deepest nesting of arrays and objects a document or patch may have;
+/// the top-level object is level 1. (serde_json's parser refuses the next
+/// level, before it could overflow the stack.)
+pub const MAX_DEPTH: usize = 127;
 
 /// A JSON object: its compact text and content hash, computed once, and
 /// its parsed tree, built only when a pointer lookup or a patch needs it.
@@ -55,8 +67,8 @@ pub struct Document {
 impl Document {
     /// Parses `text` as an args document. A leading UTF-8 byte order mark is
     /// skipped (editors on some systems write one); an object that repeats a
-    /// key is refused, naming the key; nesting deeper than 128 levels is
-    /// refused by the parser rather than overflowing the stack.
+    /// key is refused, naming the key; nesting deeper than [`MAX_DEPTH`]
+    /// levels is refused by the parser rather than overflowing the stack.
     pub fn parse(text: &[u8]) -> Result<Self, DocumentError> {
         Self::from_value(parse_value(text)?)
     }
@@ -147,12 +159,72 @@ pub fn parse_value(text: &[u8]) -> Result<Value, DocumentError> {
     // keeps the last of them silently, and reading the keys ourselves keeps
     // clear of the private representation `arbitrary_precision` gives numbers.
     // Its errors are the parser's own, so a syntax error reads the same.
-    serde_json::from_slice::<UniqueKeys>(text).map_err(|e| document_error(&e))?;
-    serde_json::from_slice(text).map_err(|e| document_error(&e))
+    let error =
+        |e: serde_json::Error| lone_surrogate(text, &e).unwrap_or_else(|| document_error(&e));
+    serde_json::from_slice::<UniqueKeys>(text).map_err(error)?;
+    serde_json::from_slice(text).map_err(error)
+}
+
+/// serde_json reports half a surrogate pair as `lone leading surrogate in
+/// hex escape` (even for a trailing half) or `unexpected end of hex escape`
+/// (for a leading half at the end of a string), at the end of the escape or
+/// after it. This finds the escape itself in `text`, and where it begins.
+fn lone_surrogate(text: &[u8], e: &serde_json::Error) -> Option<DocumentError> {
+    let message = syntax_message(e);
+    let lead = 0xD800..=0xDBFF;
+    let trail = 0xDC00..=0xDFFF;
+    // The six bytes of a `\uXXXX` escape that ends at `end`, and its value.
+    let escape_at = |end: usize| -> Option<(usize, u32)> {
+        let start = end.checked_sub(5)?;
+        let bytes = text.get(start..=end)?;
+        if !bytes.starts_with(b"\\u") {
+            return None;
+        }
+        let hex = std::str::from_utf8(&bytes[2..]).ok()?;
+        Some((start, u32::from_str_radix(hex, 16).ok()?))
+    };
+    let line_start = match e.line() {
+        0 | 1 => 0,
+        n => {
+            text.iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'\n')
+                .nth(n - 2)?
+                .0
+                + 1
+        }
+    };
+    // serde_json's column is the 1-based byte of the last one it read.
+    let last = line_start + e.column().checked_sub(1)?;
+    let start = match message.as_str() {
+        "lone leading surrogate in hex escape" => match escape_at(last)? {
+            (start, value) if trail.contains(&value) => start,
+            (start, _) => match escape_at(start.checked_sub(1)?)? {
+                (start, value) if lead.contains(&value) => start,
+                _ => return None,
+            },
+        },
+        "unexpected end of hex escape" => {
+            [1, 2]
+                .iter()
+                .filter_map(|back| escape_at(last.checked_sub(*back)?))
+                .find(|(_, value)| lead.contains(value))?
+                .0
+        }
+        _ => return None,
+    };
+    Some(DocumentError::LoneSurrogate {
+        escape: String::from_utf8_lossy(&text[start..start + 6]).into_owned(),
+        line: e.line(),
+        column: start - line_start + 1,
+    })
 }
 
 fn document_error(e: &serde_json::Error) -> DocumentError {
-    let message = syntax_message(e);
+    let mut message = syntax_message(e);
+    if message == "recursion limit exceeded" {
+        message = format!("nesting deeper than {MAX_DEPTH} levels of arrays and objects");
+    }
     // The only data error the first pass raises is a repeated key.
     if e.classify() == serde_json::error::Category::Data {
         if let Some(key) = message.strip_prefix(DUPLICATE_KEY) {
@@ -461,7 +533,83 @@ mod tests {
     fn refuses_deep_nesting_without_overflowing() {
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
         let err = Document::parse(deep.as_bytes()).unwrap_err().to_string();
-        assert!(err.contains("recursion limit exceeded"), "{err}");
+        assert_eq!(
+            err,
+            "invalid JSON at line 1 column 132: nesting deeper than 127 levels of arrays and objects"
+        );
+    }
+
+    /// `depth` levels: the top-level object, then arrays.
+    fn nested(depth: usize) -> String {
+        format!(
+            "{{\"a\":{}{}}}",
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        )
+    }
+
+    #[test]
+    fn nesting_limit_boundary() {
+        assert_eq!(MAX_DEPTH, 127);
+        let doc = Document::parse(nested(127).as_bytes()).unwrap();
+        assert_eq!(doc.json_str(), nested(127));
+        // The 128th level, at column 5 + 127, is the first one refused.
+        for depth in [128, 129] {
+            assert_eq!(
+                Document::parse(nested(depth).as_bytes())
+                    .unwrap_err()
+                    .to_string(),
+                "invalid JSON at line 1 column 132: nesting deeper than 127 levels of arrays and objects",
+                "depth {depth}"
+            );
+        }
+        // Patches have the same limit.
+        assert!(parse_value(nested(127).as_bytes()).is_ok());
+        assert!(parse_value(nested(128).as_bytes()).is_err());
+    }
+
+    #[test]
+    fn lone_surrogates_are_named() {
+        let err = |t: &str| Document::parse(t.as_bytes()).unwrap_err().to_string();
+        // A trailing half alone.
+        assert_eq!(
+            err(r#"{"a":"\udc00"}"#),
+            r#"lone UTF-16 surrogate \udc00 at line 1 column 7"#
+        );
+        // A leading half at the end of the string, or before something else.
+        assert_eq!(
+            err(r#"{"a":"\ud800"}"#),
+            r#"lone UTF-16 surrogate \ud800 at line 1 column 7"#
+        );
+        assert_eq!(
+            err(r#"{"a":"x\uD800y"}"#),
+            r#"lone UTF-16 surrogate \uD800 at line 1 column 8"#
+        );
+        assert_eq!(
+            err(r#"{"a":"\ud800\n"}"#),
+            r#"lone UTF-16 surrogate \ud800 at line 1 column 7"#
+        );
+        // A leading half followed by an escape that is not a trailing half.
+        assert_eq!(
+            err(r#"{"a":"\ud800\u0041"}"#),
+            r#"lone UTF-16 surrogate \ud800 at line 1 column 7"#
+        );
+        assert_eq!(
+            err(r#"{"a":"\uDBFF\uDBFF"}"#),
+            r#"lone UTF-16 surrogate \uDBFF at line 1 column 7"#
+        );
+        // In a key, on a later line, after multi-byte text (columns are bytes, as elsewhere).
+        assert_eq!(
+            err("{\n  \"é\\udc00\": 1}"),
+            r#"lone UTF-16 surrogate \udc00 at line 2 column 6"#
+        );
+        // A whole pair is fine.
+        assert_eq!(
+            Document::parse(br#"{"a":"\ud83d\ude00"}"#)
+                .unwrap()
+                .json_str(),
+            "{\"a\":\"😀\"}"
+        );
     }
 
     fn merged(doc: &str, patch: &str) -> String {

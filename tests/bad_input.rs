@@ -257,14 +257,16 @@ fn file_duplicate_keys() {
     );
 }
 
-/// 10,000 levels of nesting are refused at level 128, without a stack overflow.
+/// 10,000 levels of nesting are refused at level 128 (127 are allowed), without a stack overflow.
 #[test]
 fn file_deep_nesting() {
     let deep = format!("{{\"a\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
     file_refused(
         deep.as_bytes(),
         &[],
-        in_args_file("invalid JSON at line 1 column 132: recursion limit exceeded"),
+        in_args_file(
+            "invalid JSON at line 1 column 132: nesting deeper than 127 levels of arrays and objects",
+        ),
     );
 }
 
@@ -452,7 +454,7 @@ fn set_args_over_the_message_limit() {
     unchanged(&site, &mut broker, &before);
 }
 
-/// SetArgs nested 10,000 deep is refused at level 128, and the broker lives.
+/// SetArgs nested 10,000 deep is refused at level 128 (127 are allowed), and the broker lives.
 #[test]
 fn set_args_deep_nesting() {
     let (site, mut broker, before) = serving(&[]);
@@ -465,7 +467,7 @@ fn set_args_deep_nesting() {
         set(&site, &deep),
         refused(
             Code::InvalidArgument,
-            "invalid JSON at line 1 column 636: recursion limit exceeded"
+            "invalid JSON at line 1 column 636: nesting deeper than 127 levels of arrays and objects"
         )
     );
     unchanged(&site, &mut broker, &before);
@@ -541,7 +543,30 @@ fn patch_args_result_over_the_size_limit() {
     unchanged(&site, &mut broker, &before);
 }
 
-/// A merge patch nested 10,000 deep is refused at level 128, and the broker lives.
+/// Half a UTF-16 surrogate pair is refused, naming the escape and where it is.
+#[test]
+fn set_args_lone_surrogate() {
+    let (site, mut broker, before) = serving(&[]);
+    for (json, message) in [
+        (
+            r#"{"a": "\udc00"}"#,
+            r#"lone UTF-16 surrogate \udc00 at line 1 column 8"#,
+        ),
+        (
+            r#"{"a": "x\ud800"}"#,
+            r#"lone UTF-16 surrogate \ud800 at line 1 column 9"#,
+        ),
+    ] {
+        assert_eq!(
+            set(&site, json),
+            refused(Code::InvalidArgument, message),
+            "{json}"
+        );
+    }
+    unchanged(&site, &mut broker, &before);
+}
+
+/// A merge patch nested 10,000 deep is refused at level 128 (127 are allowed), and the broker lives.
 #[test]
 fn patch_args_deep_nesting() {
     let (site, mut broker, before) = serving(&[]);
@@ -550,7 +575,7 @@ fn patch_args_deep_nesting() {
         patch(&site, &deep, None),
         refused(
             Code::InvalidArgument,
-            "invalid JSON at line 1 column 636: recursion limit exceeded"
+            "invalid JSON at line 1 column 636: nesting deeper than 127 levels of arrays and objects"
         )
     );
     unchanged(&site, &mut broker, &before);
@@ -1161,7 +1186,7 @@ fn unknown_flags() {
     );
     assert_eq!(
         first_line(Command::new(WORKER).args(["--listen", "nowhere"])),
-        (2, "error: invalid value 'nowhere' for '--listen <HOST:PORT>': invalid socket address syntax".to_owned())
+        (2, "error: invalid value 'nowhere' for '--listen <HOST:PORT>': \"nowhere\" is not HOST:PORT (say 127.0.0.1:9880 or localhost:9880)".to_owned())
     );
 }
 

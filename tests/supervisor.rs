@@ -345,11 +345,23 @@ fn workers_serve_through_a_broker_crash_and_converge() {
     );
 }
 
-/// A worker never switches to an older revision than it served, even from a broker whose state was reset.
+/// Within one lineage a worker never switches to an older revision: here a
+/// broker restarted on a backup of its own state (args file and state
+/// directory as they were at revision 1).
 #[test]
 fn a_worker_never_goes_back_to_an_older_revision() {
     let site = Site::new(r#"{"a": 1}"#);
     let mut broker = site.start_broker();
+    let backup = site.path("backup");
+    std::fs::create_dir(&backup).unwrap();
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(site.args())
+        .arg(site.path("args.json.state"))
+        .arg(&backup)
+        .status()
+        .unwrap();
+    assert!(status.success());
     let port = free_port();
     let worker = site.start_worker(port, false);
     for a in [2, 3] {
@@ -371,12 +383,12 @@ fn a_worker_never_goes_back_to_an_older_revision() {
     });
     broker.stop();
     std::fs::remove_dir_all(site.path("args.json.state")).unwrap();
-    std::fs::write(site.args(), r#"{"a": 9}"#).unwrap();
-    // With its state gone the broker starts over at revision 1 with different content.
+    std::fs::rename(backup.join("args.json"), site.args()).unwrap();
+    std::fs::rename(backup.join("args.json.state"), site.path("args.json.state")).unwrap();
+    // The same lineage, back at revision 1.
     let _broker = site.start_broker();
-    eventually("the worker to see the older revision offered", || {
-        Some(()).filter(|_| worker.log().contains("older revision than the one served"))
-    });
+    assert_eq!(get_args(&site.socket()).revision, 1);
+    worker.log_line("older revision than the one served");
     let answer = get(port, "/args");
     assert_eq!(
         (answer.header("x-args-revision"), answer.body.as_str()),
@@ -394,10 +406,11 @@ fn cache_file_cold_start_without_a_broker() {
     let mut cmd = site.worker_cmd(port, false);
     cmd.arg("--cache-file").arg(&cache);
     let mut worker = site.spawn_worker(cmd, port);
+    let lineage = get_args(&site.socket()).lineage;
     let cached = eventually("the cache file", || std::fs::read_to_string(&cache).ok());
     assert_eq!(
         cached,
-        "{\"revision\":1,\"args\":{\"big\":123456789012345678901234567890}}\n"
+        format!("{{\"revision\":1,\"lineage\":\"{lineage}\",\"args\":{{\"big\":123456789012345678901234567890}}}}\n")
     );
     worker.stop();
     broker.stop();
@@ -513,4 +526,119 @@ fn worker_sigterm_is_a_clean_exit() {
     assert_eq!(worker.stop().code(), Some(0));
     assert!(try_get(port, "/readyz", &[]).is_none());
     std::thread::sleep(Duration::from_millis(1));
+}
+
+/// An address another process holds, with or without SO_REUSEPORT: the
+/// supervisor refuses at start (its workers would otherwise share the port
+/// with a stranger, or restart forever) and exits 1 with one line.
+#[test]
+fn an_address_in_use_is_refused_at_start() {
+    use socket2::{Domain, Socket, Type};
+    let site = Site::new(r#"{"a": 1}"#);
+    for reuse_port in [false, true] {
+        let holder = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        holder.set_reuse_address(true).unwrap();
+        holder.set_reuse_port(reuse_port).unwrap();
+        let addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        holder.bind(&addr.into()).unwrap();
+        holder.listen(16).unwrap();
+        let port = holder
+            .local_addr()
+            .unwrap()
+            .as_socket()
+            .expect("an IP address")
+            .port();
+        let (code, _, stderr) = run(&mut stack_cmd(&site, 2, port));
+        assert_eq!(
+            (code, stderr.lines().last()),
+            (
+                1,
+                Some(
+                    format!("broker: error: 127.0.0.1:{port} is already in use by another process")
+                        .as_str()
+                )
+            ),
+            "SO_REUSEPORT {reuse_port}: {stderr}"
+        );
+        assert!(!stderr.contains("started the workers"), "{stderr}");
+        assert!(!exists(&site.socket()), "the socket is left behind");
+    }
+}
+
+/// A worker whose first start fails for a reason a restart cannot fix
+/// (exit status 1 or 2 before it was ever ready) stops the supervisor with
+/// that worker's error, instead of restarting it forever.
+#[test]
+fn a_worker_that_cannot_start_stops_the_supervisor() {
+    let site = Site::new(r#"{"a": 1}"#);
+    // A usage error of the real worker: exit status 2.
+    let port = free_port();
+    let mut cmd = stack_cmd(&site, 2, port);
+    cmd.args(["--", "--bogus"]);
+    let (code, _, stderr) = run(&mut cmd);
+    assert_eq!(code, 1, "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("broker: error: worker ")
+            && last.ends_with(
+                " exited with status 2 before it was ready: unexpected argument '--bogus' found"
+            ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("restarting it"), "{stderr}");
+    assert!(!exists(&site.socket()), "the socket is left behind");
+
+    // A worker that fails with its error line: exit status 1.
+    let bin = site.path("failing-worker");
+    std::fs::write(
+        &bin,
+        "#!/bin/sh\necho 'worker: error: cannot listen on 127.0.0.1:1: Permission denied (os error 13)' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // Another test's fork may hold the new file open for writing until it execs (ETXTBSY).
+    eventually("the script to be runnable", || {
+        match Command::new(&bin).output() {
+            Err(err) if err.raw_os_error() == Some(libc::ETXTBSY) => None,
+            Err(err) => panic!("run the script: {err}"),
+            Ok(_) => Some(()),
+        }
+    });
+    let mut cmd = stack_cmd(&site, 1, free_port());
+    cmd.arg("--worker-bin").arg(&bin);
+    let (code, _, stderr) = run(&mut cmd);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        stderr.lines().last(),
+        Some("broker: error: worker 0 exited with status 1 before it was ready: cannot listen on 127.0.0.1:1: Permission denied (os error 13)"),
+        "{stderr}"
+    );
+}
+
+/// --http takes a host name; one that does not resolve is a usage error naming the flag.
+#[test]
+fn http_takes_a_host_name() {
+    let site = Site::new(r#"{"a": 1}"#);
+    let port = free_port();
+    let mut cmd = site.broker_cmd();
+    cmd.args(["--workers", "1", "--http", &format!("localhost:{port}")]);
+    let mut stack = Proc::spawn(cmd, site.fresh_log("stack"));
+    let answer = eventually("the worker on localhost", || {
+        assert!(stack.is_running(), "{}", stack.log());
+        let stream = std::net::TcpStream::connect(("localhost", port)).ok()?;
+        exchange(stream, "/args", &[])
+    });
+    assert_eq!(answer.body, r#"{"args":{"a":1}}"#);
+    assert_eq!(stack.stop().code(), Some(0));
+
+    let (code, _, stderr) = run(site
+        .broker_cmd()
+        .args(["--workers", "1", "--http", "localhost"]));
+    assert_eq!(code, 2);
+    assert_eq!(
+        stderr.lines().next(),
+        Some(
+            r#"error: invalid value 'localhost' for '--http <HOST:PORT>': "localhost" is not HOST:PORT (say 127.0.0.1:9880 or localhost:9880)"#
+        )
+    );
 }

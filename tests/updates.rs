@@ -657,3 +657,78 @@ fn command_line_client() {
         "{err}"
     );
 }
+
+/// A client command that cannot reach the broker says why in one line, with
+/// a hint at what to check, and exits 1.
+#[test]
+fn client_commands_that_cannot_connect_say_why() {
+    use std::os::unix::process::CommandExt;
+    let site = Site::new(r#"{"a": 1}"#);
+    let get_at = |socket: &std::path::Path| {
+        let mut cmd = Command::new(BROKER);
+        cmd.args(["get", "--socket"]).arg(socket);
+        run(&mut cmd)
+    };
+
+    let missing = site.path("nobody.sock");
+    assert_eq!(
+        get_at(&missing),
+        (
+            1,
+            String::new(),
+            format!(
+                "broker: error: cannot connect to the broker at {}: no such file (is the broker running? --socket / ARGSBROKER_SOCKET)\n",
+                missing.display()
+            )
+        )
+    );
+
+    // A socket file nobody listens on (its broker was killed).
+    let dead = site.path("dead.sock");
+    drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+    assert_eq!(
+        get_at(&dead),
+        (
+            1,
+            String::new(),
+            format!(
+                "broker: error: cannot connect to the broker at {}: connection refused (is the broker running? --socket / ARGSBROKER_SOCKET)\n",
+                dead.display()
+            )
+        )
+    );
+
+    let plain = site.args();
+    assert_eq!(
+        get_at(&plain),
+        (
+            1,
+            String::new(),
+            format!(
+                "broker: error: {} is not a socket (--socket / ARGSBROKER_SOCKET must name the broker's socket)\n",
+                plain.display()
+            )
+        )
+    );
+
+    // The socket is 0600: another user may not connect.
+    require_root("client_commands_that_cannot_connect_say_why");
+    open_dir(site.dir.path());
+    let _broker = site.start_broker();
+    let mut cmd = Command::new(site.broker_copy());
+    cmd.args(["get", "--socket"])
+        .arg(site.socket())
+        .uid(NOBODY)
+        .gid(NOBODY);
+    assert_eq!(
+        run(&mut cmd),
+        (
+            1,
+            String::new(),
+            format!(
+                "broker: error: cannot connect to the broker at {}: permission denied (the broker's --socket-mode and --socket-group decide who may connect)\n",
+                site.socket().display()
+            )
+        )
+    );
+}

@@ -14,6 +14,8 @@ pub enum CacheError {
     Read { path: PathBuf, source: io::Error },
     #[error("the cache file {path} is damaged: {message}")]
     Damaged { path: PathBuf, message: String },
+    #[error("cannot write the cache file {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
 }
 
 /// Reads a cache file written by [`Writer`].
@@ -36,32 +38,50 @@ pub fn read(path: &Path) -> Result<Snapshot, CacheError> {
         .get("args")
         .cloned()
         .ok_or_else(|| damaged("no args".into()))?;
+    // Cache files written before lineages have none: the broker's is adopted.
+    let lineage = match value.get("lineage") {
+        None => String::new(),
+        Some(serde_json::Value::String(l)) => l.clone(),
+        Some(_) => return Err(damaged("the lineage is not a string".into())),
+    };
     let document = Document::from_value(args).map_err(|e| damaged(e.to_string()))?;
-    Ok(Snapshot { revision, document })
+    Ok(Snapshot {
+        revision,
+        lineage,
+        document,
+    })
 }
+
+/// What the cache file holds: revision, lineage, compact document.
+type Entry = (u64, String, Bytes);
 
 /// Writes the newest revision to the cache file off the serving path; a
 /// burst of revisions is coalesced into the newest one.
 #[derive(Clone)]
 pub struct Writer {
-    latest: watch::Sender<Option<(u64, Bytes)>>,
+    latest: watch::Sender<Option<Entry>>,
 }
 
 impl Writer {
     pub fn start(path: PathBuf) -> Self {
-        let (latest, mut changes) = watch::channel(None::<(u64, Bytes)>);
+        let (latest, mut changes) = watch::channel(None::<Entry>);
         tokio::spawn(async move {
             while changes.changed().await.is_ok() {
-                let Some((revision, json)) = changes.borrow_and_update().clone() else {
+                let Some((revision, lineage, json)) = changes.borrow_and_update().clone() else {
                     continue;
                 };
+                let path_for_log = path.clone();
                 let path = path.clone();
                 let written =
-                    tokio::task::spawn_blocking(move || write(&path, revision, &json)).await;
+                    tokio::task::spawn_blocking(move || write(&path, revision, &lineage, &json))
+                        .await;
                 match written {
                     Ok(Ok(())) => tracing::debug!(revision, "cache file written"),
-                    Ok(Err(err)) => tracing::warn!(%err, "could not write the cache file"),
-                    Err(err) => tracing::warn!(%err, "could not write the cache file"),
+                    Ok(Err(err)) => tracing::warn!("{err}; serving revision {revision} anyway"),
+                    Err(err) => tracing::warn!(
+                        "cannot write the cache file {}: {err}",
+                        path_for_log.display()
+                    ),
                 }
             }
         });
@@ -69,17 +89,25 @@ impl Writer {
     }
 
     pub fn save(&self, snapshot: &Snapshot) {
-        self.latest
-            .send_replace(Some((snapshot.revision, snapshot.document.json().clone())));
+        self.latest.send_replace(Some((
+            snapshot.revision,
+            snapshot.lineage.clone(),
+            snapshot.document.json().clone(),
+        )));
     }
 }
 
-/// `{"revision":N,"args":<document>}`, assembled from the prepared text.
-fn write(path: &Path, revision: u64, json: &[u8]) -> io::Result<()> {
-    let mut bytes = format!("{{\"revision\":{revision},\"args\":").into_bytes();
+/// `{"revision":N,"lineage":"ID","args":<document>}`, assembled from the prepared text.
+fn write(path: &Path, revision: u64, lineage: &str, json: &[u8]) -> Result<(), CacheError> {
+    let lineage = serde_json::Value::from(lineage);
+    let mut bytes =
+        format!("{{\"revision\":{revision},\"lineage\":{lineage},\"args\":").into_bytes();
     bytes.extend_from_slice(json);
     bytes.extend_from_slice(b"}\n");
-    argsbroker::durable::write_atomic(path, &bytes)
+    argsbroker::durable::write_atomic(path, &bytes).map_err(|source| CacheError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -90,13 +118,26 @@ mod tests {
     fn round_trips_and_reports_damage() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cache.json");
-        write(&path, 7, br#"{"big":123456789012345678901234567890}"#).unwrap();
+        write(
+            &path,
+            7,
+            "0123456789abcdef0123456789abcdef",
+            br#"{"big":123456789012345678901234567890}"#,
+        )
+        .unwrap();
         let snapshot = read(&path).unwrap();
         assert_eq!(snapshot.revision, 7);
+        assert_eq!(snapshot.lineage, "0123456789abcdef0123456789abcdef");
         assert_eq!(
             snapshot.document.json_str(),
             r#"{"big":123456789012345678901234567890}"#
         );
+
+        // A cache file from before lineages still loads, with no lineage.
+        std::fs::write(&path, r#"{"revision": 3, "args": {"a": 1}}"#).unwrap();
+        let snapshot = read(&path).unwrap();
+        assert_eq!((snapshot.revision, snapshot.lineage.as_str()), (3, ""));
+        assert_eq!(snapshot.document.json_str(), r#"{"a":1}"#);
 
         std::fs::write(&path, r#"{"revision": 7, "args": [1]}"#).unwrap();
         assert_eq!(

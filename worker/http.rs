@@ -2,8 +2,9 @@
 //! live cache with one pointer load; `GET /args` hands out a body and headers
 //! prepared once per revision.
 //!
-//! Requests are only ever GETs: no handler reads a body, so one that is sent
-//! is never buffered; other methods get 405. A pointer longer than
+//! Requests are only ever GETs (and HEADs, answered like GET without the
+//! body): no handler reads a body, so one that is sent is never buffered;
+//! other methods get 405. A pointer longer than
 //! `MAX_POINTER_BYTES` gets 414 (hyper answers 414 itself past 64 KiB), and
 //! request data that appears in an answer is in a JSON string, escaped.
 use argsbroker::client::{Live, Snapshot};
@@ -178,6 +179,7 @@ async fn readyz(State(live): State<Live<Prepared>>) -> Response {
         "revision": live.revision(),
         "connected": live.is_connected(),
         "since_last_contact_ms": live.since_last_contact().as_millis() as u64,
+        "lineage": &*live.lineage(),
     });
     ([(CONTENT_TYPE, JSON)], body.to_string()).into_response()
 }

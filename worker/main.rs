@@ -2,6 +2,7 @@
 //! before it accepts any connection, then follows every change.
 mod cache;
 mod http;
+mod serve;
 
 use anyhow::Context;
 use argsbroker::{client, DEFAULT_SOCKET};
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Serve the broker's args over HTTP: GET /args, GET /args/<json-pointer>, /healthz, /readyz.
+/// Serve the broker's args over HTTP (GET or HEAD): /args, /args/<json-pointer>, /healthz, /readyz.
 ///
 /// The worker connects to the broker first (waiting up to --startup-timeout),
 /// and listens only once it holds the args; then it follows every new
@@ -33,7 +34,8 @@ struct Cli {
         long,
         value_name = "HOST:PORT",
         env = "ARGSBROKER_LISTEN",
-        default_value = "127.0.0.1:9880"
+        default_value = "127.0.0.1:9880",
+        value_parser = argsbroker::cmdline::host_port
     )]
     listen: SocketAddr,
 
@@ -53,6 +55,15 @@ struct Cli {
     /// How long in-flight requests get to finish after SIGINT or SIGTERM, in seconds.
     #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_GRACEFUL_TIMEOUT", default_value = "10", value_parser = argsbroker::cmdline::seconds)]
     graceful_timeout: Duration,
+
+    /// Close a connection whose request line and headers have not all arrived this many seconds
+    /// after their first byte.
+    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_HEADER_TIMEOUT", default_value = "10", value_parser = argsbroker::cmdline::positive_seconds)]
+    header_timeout: Duration,
+
+    /// Close a keep-alive connection that has sent no request for this many seconds.
+    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_IDLE_TIMEOUT", default_value = "60", value_parser = argsbroker::cmdline::positive_seconds)]
+    idle_timeout: Duration,
 
     /// Threads serving HTTP in this process. One is best when several workers share a port:
     /// the kernel already spreads connections across processes, and one thread never hands
@@ -89,6 +100,7 @@ fn fail(err: anyhow::Error) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    ignore_sighup()?;
     // The startup hook: hold the args before listening, because with
     // SO_REUSEPORT the kernel hands connections to any bound worker.
     let cache = cli.cache_file.clone().map(cache::Writer::start);
@@ -125,6 +137,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Err(client::ClientError::NotASocket(path)) => anyhow::bail!(
+            "{} is not a socket; --broker must name the broker's --socket",
+            path.display()
+        ),
         Err(err) => return Err(err.into()),
     };
     let listener = listen(cli.listen, cli.reuse_port)
@@ -138,18 +154,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     );
     argsbroker::sd_notify::ready();
     let graceful_timeout = cli.graceful_timeout;
+    let bounds = serve::Bounds {
+        header_timeout: cli.header_timeout,
+        idle_timeout: cli.idle_timeout,
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, http::app(live)).with_graceful_shutdown(async move {
-        argsbroker::cmdline::shutdown_signal().await;
+    let shutdown = argsbroker::cmdline::shutdown_signal();
+    let server = serve::run(listener, http::app(live), bounds, async move {
+        shutdown.await;
         tracing::info!("shutting down; finishing in-flight requests");
         let _ = stop_tx.send(());
     });
     tokio::select! {
-        result = server => result.context("HTTP server failed")?,
+        _ = server => {}
         _ = async { let _ = stop_rx.await; tokio::time::sleep(graceful_timeout).await } => {
             tracing::warn!("requests still in flight after {graceful_timeout:?}; exiting");
         }
     }
+    Ok(())
+}
+
+/// A worker has no file to reload: SIGHUP (which would otherwise end the
+/// process) is logged and ignored.
+fn ignore_sighup() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!(
+                "SIGHUP: a worker has nothing to reload; send SIGHUP to the broker to reload the args file"
+            );
+        }
+    });
     Ok(())
 }
 
