@@ -14,6 +14,8 @@ mod service;
 mod socket;
 mod store;
 mod supervisor;
+#[cfg(test)]
+mod tests;
 
 use anyhow::Context;
 use argsbroker::DEFAULT_SOCKET;

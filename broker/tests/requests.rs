@@ -1,0 +1,561 @@
+//! Every request the args service refuses, and the answers it gives, over
+//! a real socket: the exact gRPC code and message, and the args unchanged.
+use super::harness::{limits, site, start_broker, Broker, DOC_COMPACT};
+use crate::store::Limits;
+use argsbroker::pb;
+use bytes::Bytes;
+use tonic::Code;
+
+type Outcome = Result<pb::Args, (Code, String)>;
+
+fn outcome(result: Result<tonic::Response<pb::Args>, tonic::Status>) -> Outcome {
+    result
+        .map(tonic::Response::into_inner)
+        .map_err(|status| (status.code(), status.message().to_owned()))
+}
+
+/// A request to the args service.
+enum Call {
+    Set(String, Option<u64>),
+    Patch(String, Option<u64>),
+    Pointer(&'static str),
+    Rollback(u64),
+}
+
+async fn send(broker: &Broker, call: &Call) -> Outcome {
+    let mut client = broker.client().await;
+    outcome(match call {
+        Call::Set(json, expected_revision) => {
+            client
+                .set_args(pb::SetArgsRequest {
+                    json: json.clone(),
+                    expected_revision: *expected_revision,
+                })
+                .await
+        }
+        Call::Patch(merge_patch, expected_revision) => {
+            client
+                .patch_args(pb::PatchArgsRequest {
+                    merge_patch: merge_patch.clone(),
+                    expected_revision: *expected_revision,
+                })
+                .await
+        }
+        Call::Pointer(pointer) => {
+            client
+                .get_args(pb::GetArgsRequest {
+                    pointer: pointer.to_string(),
+                    if_none_match: None,
+                })
+                .await
+        }
+        Call::Rollback(to_revision) => {
+            client
+                .rollback(pb::RollbackRequest {
+                    to_revision: *to_revision,
+                    expected_revision: None,
+                })
+                .await
+        }
+    })
+}
+
+fn set(json: impl Into<String>) -> Call {
+    Call::Set(json.into(), None)
+}
+
+fn patch(merge_patch: impl Into<String>) -> Call {
+    Call::Patch(merge_patch.into(), None)
+}
+
+fn small() -> Limits {
+    Limits {
+        max_args_bytes: 64,
+        ..limits()
+    }
+}
+
+/// Each case: the broker's limits, the call, the code and message it gets.
+/// After each, the broker serves revision 1 of the document, unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refused_request_gets_its_code_and_message_and_changes_nothing() {
+    let deep_document = format!(
+        "{{\"a\":{}{}}}",
+        "{\"a\":".repeat(10_000),
+        "}".repeat(10_000)
+    );
+    let deep_patch = format!("{}1{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
+    let nested_too_deep =
+        "invalid JSON at line 1 column 636: nesting deeper than 127 levels of arrays and objects";
+    let cases: Vec<(Limits, Call, Code, String)> = vec![
+        (
+            limits(),
+            set("{\"a\": }"),
+            Code::InvalidArgument,
+            "invalid JSON at line 1 column 7: expected value".into(),
+        ),
+        (
+            limits(),
+            set(""),
+            Code::InvalidArgument,
+            "the document is empty: expected a JSON object".into(),
+        ),
+        (
+            limits(),
+            set("[1]"),
+            Code::InvalidArgument,
+            "the top level is an array: expected a JSON object".into(),
+        ),
+        (
+            small(),
+            set(format!(r#"{{"a": "{}"}}"#, "x".repeat(100))),
+            Code::ResourceExhausted,
+            "the document is 109 bytes, over the limit of 64 bytes".into(),
+        ),
+        (
+            small(),
+            set(format!(r#"{{"a": "{}"}}"#, "x".repeat(70_000))),
+            Code::ResourceExhausted,
+            "the SetArgs request is over the limit of 65600 bytes".into(),
+        ),
+        (
+            limits(),
+            set(deep_document),
+            Code::InvalidArgument,
+            nested_too_deep.into(),
+        ),
+        (
+            limits(),
+            set(r#"{"a": 1, "b": 2, "a": 3}"#),
+            Code::InvalidArgument,
+            r#"duplicate key "a" at line 1 column 20: a key may appear only once in an object"#
+                .into(),
+        ),
+        (
+            limits(),
+            set(r#"{"a": "\udc00"}"#),
+            Code::InvalidArgument,
+            r#"lone UTF-16 surrogate \udc00 at line 1 column 8"#.into(),
+        ),
+        (
+            limits(),
+            set(r#"{"a": "x\ud800"}"#),
+            Code::InvalidArgument,
+            r#"lone UTF-16 surrogate \ud800 at line 1 column 9"#.into(),
+        ),
+        (
+            limits(),
+            patch("nope"),
+            Code::InvalidArgument,
+            "invalid JSON at line 1 column 2: expected ident".into(),
+        ),
+        (
+            limits(),
+            patch("\"text\""),
+            Code::InvalidArgument,
+            "the patch would make the top level a string: the args must stay a JSON object".into(),
+        ),
+        (
+            small(),
+            patch(format!(r#"{{"b": "{}"}}"#, "y".repeat(60))),
+            Code::ResourceExhausted,
+            "the patch is 69 bytes, over the limit of 64 bytes".into(),
+        ),
+        (
+            small(),
+            patch(format!(r#"{{"b": "{}"}}"#, "y".repeat(20))),
+            Code::ResourceExhausted,
+            "the result would be 68 bytes, over the limit of 64 bytes".into(),
+        ),
+        (
+            limits(),
+            patch(deep_patch),
+            Code::InvalidArgument,
+            nested_too_deep.into(),
+        ),
+        (
+            limits(),
+            patch(r#"{"a": 2, "a": null}"#),
+            Code::InvalidArgument,
+            r#"duplicate key "a" at line 1 column 12: a key may appear only once in an object"#
+                .into(),
+        ),
+        (
+            limits(),
+            Call::Patch(r#"{"a": 3}"#.into(), Some(7)),
+            Code::FailedPrecondition,
+            "revision conflict: expected revision 7, but the current revision is 1".into(),
+        ),
+        (
+            limits(),
+            Call::Set("{}".into(), Some(0)),
+            Code::FailedPrecondition,
+            "revision conflict: expected revision 0, but the current revision is 1".into(),
+        ),
+        (
+            limits(),
+            Call::Pointer("a"),
+            Code::InvalidArgument,
+            r#"invalid JSON pointer "a": it must be empty or start with '/'"#.into(),
+        ),
+        (
+            limits(),
+            Call::Pointer("/a~2"),
+            Code::InvalidArgument,
+            r#"invalid JSON pointer "/a~2": '~' must be followed by '0' or '1'"#.into(),
+        ),
+        (
+            limits(),
+            Call::Pointer("/list/2"),
+            Code::NotFound,
+            r#"no value at JSON pointer "/list/2" in revision 1"#.into(),
+        ),
+        (
+            limits(),
+            Call::Pointer("/list/-"),
+            Code::NotFound,
+            r#"no value at JSON pointer "/list/-" in revision 1"#.into(),
+        ),
+        (
+            limits(),
+            Call::Rollback(9),
+            Code::NotFound,
+            "revision 9 is not retained (retained: 1 to 1)".into(),
+        ),
+        (
+            Limits {
+                read_only: true,
+                ..limits()
+            },
+            patch("{}"),
+            Code::FailedPrecondition,
+            "the broker is read-only (--read-only): change the args file and send SIGHUP".into(),
+        ),
+    ];
+    for (limits, call, code, message) in cases {
+        let dir = site(super::harness::DOC);
+        let broker = start_broker(dir.path(), limits).await;
+        assert_eq!(send(&broker, &call).await, Err((code, message)));
+        let now = broker.current().await;
+        assert_eq!((now.revision, &now.json[..]), (1, DOC_COMPACT.as_bytes()));
+        let file = std::fs::read_to_string(dir.path().join("args.json")).unwrap();
+        assert_eq!(file, super::harness::DOC, "the args file changed");
+    }
+}
+
+/// A conflict carries the current revision in metadata, for clients that
+/// must tell it from other FAILED_PRECONDITION answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_names_the_current_revision_in_metadata() {
+    let dir = site(super::harness::DOC);
+    let broker = start_broker(dir.path(), limits()).await;
+    let status = broker
+        .client()
+        .await
+        .patch_args(pb::PatchArgsRequest {
+            merge_patch: "{}".into(),
+            expected_revision: Some(5),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status
+            .metadata()
+            .get(argsbroker::CONFLICT_METADATA)
+            .unwrap(),
+        "1"
+    );
+    let read_only = site(super::harness::DOC);
+    let limits = Limits {
+        read_only: true,
+        ..limits()
+    };
+    let broker = start_broker(read_only.path(), limits).await;
+    let status = broker
+        .client()
+        .await
+        .patch_args(pb::PatchArgsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(!status
+        .metadata()
+        .contains_key(argsbroker::CONFLICT_METADATA));
+}
+
+/// A raw call of `method` with `body` on an HTTP/2 connection of its own:
+/// the gRPC status and the reply bytes.
+async fn raw_call(broker: &Broker, method: &str, body: Vec<u8>) -> (Code, String, Vec<u8>) {
+    raw_call_with(broker, method, body, &[]).await
+}
+
+async fn raw_call_with(
+    broker: &Broker,
+    method: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (Code, String, Vec<u8>) {
+    let stream = tokio::net::UnixStream::connect(&broker.socket)
+        .await
+        .unwrap();
+    let (mut h2, connection) = h2::client::handshake(stream).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut request = tonic::codegen::http::Request::post(format!("http://localhost{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let end = body.is_empty();
+    let (response, mut send) = h2.send_request(request.body(()).unwrap(), end).unwrap();
+    if !end {
+        send.send_data(Bytes::from(body), true).unwrap();
+    }
+    let response = response.await.unwrap();
+    let mut status = tonic::Status::from_header_map(response.headers());
+    let mut reply = Vec::new();
+    let mut incoming = response.into_body();
+    if status.is_none() {
+        while let Some(data) = incoming.data().await {
+            let data = data.unwrap();
+            let _ = incoming.flow_control().release_capacity(data.len());
+            reply.extend_from_slice(&data);
+        }
+        let trailers = incoming.trailers().await.unwrap().expect("trailers");
+        status = tonic::Status::from_header_map(&trailers);
+    }
+    connection.abort();
+    let status = status.expect("a grpc-status");
+    (status.code(), status.message().to_owned(), reply)
+}
+
+/// A gRPC message frame: uncompressed, then its length.
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
+/// Odd request bodies get the same answer whichever method they call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_request_bodies_are_refused_the_same_way_by_every_method() {
+    let dir = site(super::harness::DOC);
+    let limits = Limits {
+        max_args_bytes: 1024,
+        ..limits()
+    };
+    let broker = start_broker(dir.path(), limits).await;
+    let limit = 1024 + 64 * 1024;
+    let over = grpc_frame(&vec![b'x'; limit + 1]);
+    let two = [grpc_frame(&[]), grpc_frame(&[])].concat();
+    let mut compressed = grpc_frame(&[]);
+    compressed[0] = 1;
+    let half = grpc_frame(&[0x0a, 3, b'/', b'a', b'b'])[..6].to_vec();
+    for method in [
+        "GetArgs",
+        "WatchArgs",
+        "SetArgs",
+        "PatchArgs",
+        "ListRevisions",
+        "Rollback",
+    ] {
+        let path = format!("/argsbroker.v1.ArgsBroker/{method}");
+        let cases = [
+            (
+                Vec::new(),
+                Code::InvalidArgument,
+                format!("a {method} call needs one request message"),
+            ),
+            (
+                two.clone(),
+                Code::InvalidArgument,
+                format!("a {method} call carries exactly one request message"),
+            ),
+            (
+                compressed.clone(),
+                Code::Unimplemented,
+                format!("compressed messages are not supported; send {method} uncompressed"),
+            ),
+            (
+                half.clone(),
+                Code::InvalidArgument,
+                format!("the {method} request ends in the middle of a message"),
+            ),
+            (
+                over.clone(),
+                Code::ResourceExhausted,
+                format!("the {method} request is over the limit of {limit} bytes"),
+            ),
+        ];
+        for (body, code, message) in cases {
+            let (got_code, got_message, _) = raw_call(&broker, &path, body).await;
+            assert_eq!((got_code, got_message), (code, message), "{method}");
+        }
+        let (code, message, _) = raw_call_with(
+            &broker,
+            &path,
+            grpc_frame(&[]),
+            &[("grpc-encoding", "gzip")],
+        )
+        .await;
+        assert_eq!(
+            (code, message),
+            (
+                Code::Unimplemented,
+                format!("compressed messages are not supported; send {method} uncompressed")
+            )
+        );
+    }
+    // Field 1 (pointer) announced as 100 bytes long, with 2 present.
+    let (code, message, _) = raw_call(
+        &broker,
+        "/argsbroker.v1.ArgsBroker/GetArgs",
+        grpc_frame(&[0x0a, 100, b'/', b'a']),
+    )
+    .await;
+    assert_eq!(code, Code::Internal);
+    assert!(
+        message.starts_with("cannot decode the GetArgs request: "),
+        "{message}"
+    );
+    let now = broker.current().await;
+    assert_eq!((now.revision, &now.json[..]), (1, DOC_COMPACT.as_bytes()));
+}
+
+/// The well-formed raw call, for contrast: OK and the whole document, in
+/// exactly the bytes tonic's own encoder makes of the same reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_get_args_is_answered_with_tonics_bytes() {
+    let dir = site(super::harness::DOC);
+    let broker = start_broker(dir.path(), limits()).await;
+    let (code, _, reply) = raw_call(
+        &broker,
+        "/argsbroker.v1.ArgsBroker/GetArgs",
+        grpc_frame(&[]),
+    )
+    .await;
+    assert_eq!(code, Code::Ok);
+    let args = broker.current().await;
+    assert_eq!(reply, grpc_frame(&prost::Message::encode_to_vec(&args)));
+}
+
+/// A method or service that does not exist is UNIMPLEMENTED, naming the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_methods_and_services_are_named() {
+    let dir = site(super::harness::DOC);
+    let broker = start_broker(dir.path(), limits()).await;
+    for path in [
+        "/argsbroker.v1.ArgsBroker/DeleteEverything",
+        "/no.such.Service/Call",
+    ] {
+        let (code, message, _) = raw_call(&broker, path, grpc_frame(&[])).await;
+        assert_eq!(
+            (code, message),
+            (
+                Code::Unimplemented,
+                format!("no such method: {path:?} (this socket serves argsbroker.v1.ArgsBroker, grpc.health.v1.Health and server reflection)")
+            )
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_args_answers_the_document_a_pointer_and_not_modified() {
+    let dir = site(super::harness::DOC);
+    let broker = start_broker(dir.path(), limits()).await;
+    let whole = broker.current().await;
+    assert_eq!(
+        (whole.revision, &whole.json[..], whole.lineage.len()),
+        (1, DOC_COMPACT.as_bytes(), 32)
+    );
+    let mut client = broker.client().await;
+    let at = |pointer: &str, if_none_match| pb::GetArgsRequest {
+        pointer: pointer.into(),
+        if_none_match,
+    };
+    let value = client
+        .get_args(at("/nested/k", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            value.revision,
+            &value.json[..],
+            &value.sha256,
+            &value.lineage
+        ),
+        (1, &b"\"v\""[..], &whole.sha256, &whole.lineage)
+    );
+    let not_modified = client.get_args(at("", Some(1))).await.unwrap().into_inner();
+    assert_eq!(
+        not_modified,
+        pb::Args {
+            json: Bytes::new(),
+            not_modified: true,
+            ..whole.clone()
+        }
+    );
+    let stale = client.get_args(at("", Some(0))).await.unwrap().into_inner();
+    assert_eq!(stale, whole);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_answer_the_new_snapshot_and_watchers_see_it() {
+    let dir = site(super::harness::DOC);
+    let broker = start_broker(dir.path(), limits()).await;
+    let mut watch = broker
+        .client()
+        .await
+        .watch_args(pb::WatchArgsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().revision, 1);
+    let patched = outcome(
+        broker
+            .client()
+            .await
+            .patch_args(pb::PatchArgsRequest {
+                merge_patch: r#"{"a": 2, "list": null, "new": true}"#.into(),
+                expected_revision: Some(1),
+            })
+            .await,
+    )
+    .unwrap();
+    assert_eq!(
+        (patched.revision, &patched.json[..]),
+        (2, &br#"{"a":2,"nested":{"k":"v"},"new":true}"#[..])
+    );
+    assert_eq!(watch.message().await.unwrap().unwrap(), patched);
+    assert_eq!(broker.current().await, patched);
+
+    // Replayed from a revision: every retained one after it, then live.
+    let mut replay = broker
+        .client()
+        .await
+        .watch_args(pb::WatchArgsRequest {
+            start_revision: Some(0),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = replay.message().await.unwrap().unwrap();
+    let second = replay.message().await.unwrap().unwrap();
+    assert_eq!((first.revision, second), (1, patched));
+
+    let listed = broker
+        .client()
+        .await
+        .list_revisions(pb::ListRevisionsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let sources: Vec<(u64, &str)> = listed
+        .revisions
+        .iter()
+        .map(|r| (r.revision, r.source.as_str()))
+        .collect();
+    assert_eq!(sources, [(1, "file"), (2, "patch")]);
+}

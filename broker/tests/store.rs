@@ -1,0 +1,244 @@
+//! The store on its own: revisions, compare-and-set, identical writes,
+//! rollback, reloads against the broker's own writes and outside edits,
+//! lineage, and what a reopened state serves.
+use super::harness::{limits, open, site, DOC, DOC_COMPACT};
+use crate::history::Source;
+use crate::store::{Limits, OpenError, Store, WriteError};
+
+fn json(store: &Store) -> String {
+    String::from_utf8(store.current().document.json().to_vec()).unwrap()
+}
+
+fn sources(store: &Store) -> Vec<(u64, String)> {
+    store
+        .revisions()
+        .into_iter()
+        .map(|r| (r.revision, r.source))
+        .collect()
+}
+
+fn write_outside(dir: &std::path::Path, text: &str) {
+    // As deploy tools do: a new file renamed over the old one.
+    let tmp = dir.join("deploy.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join("args.json")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_set_and_identical_writes() {
+    let dir = site(DOC);
+    let store = open(dir.path(), limits());
+    assert_eq!(
+        (store.current().revision, json(&store)),
+        (1, DOC_COMPACT.into())
+    );
+
+    let next = store.patch(r#"{"a": 2}"#, Some(1), Some(0)).await.unwrap();
+    assert_eq!(next.revision, 2);
+    match store.patch(r#"{"a": 3}"#, Some(1), None).await {
+        Err(WriteError::Conflict {
+            expected: 1,
+            current: 2,
+        }) => {}
+        other => panic!("expected a conflict, got {:?}", other.map(|s| s.revision)),
+    }
+    // The same content again is not a new revision.
+    let same = store.patch(r#"{"a": 2}"#, None, None).await.unwrap();
+    assert_eq!(same.revision, 2);
+    let same = store.set(&json(&store), None, None).await.unwrap();
+    assert_eq!(same.revision, 2);
+    assert_eq!(store.revisions().len(), 2);
+    let file = std::fs::read_to_string(dir.path().join("args.json")).unwrap();
+    assert_eq!(
+        file,
+        "{\n  \"a\": 2,\n  \"list\": [\n    10,\n    20\n  ],\n  \"nested\": {\n    \"k\": \"v\"\n  }\n}\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_makes_a_new_revision_with_old_content() {
+    let dir = site(DOC);
+    let store = open(dir.path(), limits());
+    store.set(r#"{"v": 2}"#, None, None).await.unwrap();
+    let back = store.rollback(1, Some(2), Some(0)).await.unwrap();
+    assert_eq!((back.revision, json(&store)), (3, DOC_COMPACT.into()));
+    assert_eq!(
+        sources(&store),
+        [
+            (1, "file".into()),
+            (2, "set".into()),
+            (3, "rollback".into())
+        ]
+    );
+    match store.rollback(9, None, None).await {
+        Err(err @ WriteError::NotRetained { .. }) => assert_eq!(
+            err.to_string(),
+            "revision 9 is not retained (retained: 1 to 3)"
+        ),
+        other => panic!("expected NotRetained, got {:?}", other.map(|s| s.revision)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_keeps_the_newest_within_its_bounds() {
+    let dir = site(DOC);
+    let store = open(
+        dir.path(),
+        Limits {
+            history: 3,
+            ..limits()
+        },
+    );
+    for n in 2..=6 {
+        store
+            .patch(&format!(r#"{{"n": {n}}}"#), None, None)
+            .await
+            .unwrap();
+    }
+    let kept: Vec<u64> = store.revisions().iter().map(|r| r.revision).collect();
+    assert_eq!(kept, [4, 5, 6]);
+    assert_eq!(store.revisions_after(4).unwrap().len(), 2);
+    assert!(store.revisions_after(1).is_none(), "2 and 3 are gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_never_makes_a_revision_of_the_brokers_own_write() {
+    let dir = site(DOC);
+    let store = open(dir.path(), limits());
+    store.patch(r#"{"mine": 1}"#, None, None).await.unwrap();
+    assert!(store.reload().await.unwrap().is_none());
+    assert_eq!(store.current().revision, 2);
+    assert_eq!(sources(&store), [(1, "file".into()), (2, "patch".into())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_makes_a_revision_of_an_outside_edit_once() {
+    let dir = site(DOC);
+    let store = open(dir.path(), limits());
+    write_outside(dir.path(), r#"{"deployed": 1}"#);
+    let loaded = store.reload().await.unwrap().expect("a new revision");
+    assert_eq!(
+        (loaded.revision, json(&store)),
+        (2, r#"{"deployed":1}"#.into())
+    );
+    assert!(store.reload().await.unwrap().is_none(), "only once");
+    assert_eq!(sources(&store), [(1, "file".into()), (2, "file".into())]);
+}
+
+/// A write that finds an outside edit not loaded yet loads it first, then
+/// applies on top of it: neither is lost, and a compare-and-set against the
+/// revision before the edit is a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_after_an_outside_edit_keeps_both() {
+    let dir = site(DOC);
+    let store = open(dir.path(), limits());
+    write_outside(dir.path(), r#"{"deployed": 1}"#);
+    match store.patch(r#"{"mine": 1}"#, Some(1), None).await {
+        Err(WriteError::Conflict {
+            expected: 1,
+            current: 2,
+        }) => {}
+        other => panic!("expected a conflict, got {:?}", other.map(|s| s.revision)),
+    }
+    let written = store.patch(r#"{"mine": 1}"#, None, None).await.unwrap();
+    assert_eq!(
+        (written.revision, json(&store)),
+        (3, r#"{"deployed":1,"mine":1}"#.into())
+    );
+    assert_eq!(
+        sources(&store),
+        [(1, "file".into()), (2, "file".into()), (3, "patch".into())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_outside_edit_is_refused_and_changes_nothing() {
+    let dir = site(DOC);
+    let store = open(dir.path(), limits());
+    write_outside(dir.path(), "{\"a\": ");
+    match store.reload().await {
+        Err(err @ OpenError::Invalid { .. }) => assert!(
+            err.to_string()
+                .ends_with("invalid JSON at line 1 column 6: EOF while parsing a value"),
+            "{err}"
+        ),
+        other => panic!(
+            "expected Invalid, got {:?}",
+            other.map(|s| s.map(|s| s.revision))
+        ),
+    }
+    let refused = store.patch(r#"{"b": 1}"#, None, None).await;
+    assert!(matches!(refused, Err(WriteError::OutsideEdit(..))));
+    assert_eq!(
+        (store.current().revision, json(&store)),
+        (1, DOC_COMPACT.into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reopened_state_keeps_its_lineage_and_revisions() {
+    let dir = site(DOC);
+    let (lineage, revision) = {
+        let store = open(dir.path(), limits());
+        store.patch(r#"{"a": 2}"#, None, None).await.unwrap();
+        (
+            store.current().reply.lineage.clone(),
+            store.current().revision,
+        )
+    };
+    assert_eq!(lineage.len(), 32);
+    let store = open(dir.path(), limits());
+    assert_eq!(
+        (&store.current().reply.lineage, store.current().revision),
+        (&lineage, revision)
+    );
+    drop(store);
+
+    // Changed while the broker was down: the next revision, same lineage.
+    write_outside(dir.path(), r#"{"offline": true}"#);
+    let store = open(dir.path(), limits());
+    assert_eq!(
+        (&store.current().reply.lineage, store.current().revision),
+        (&lineage, revision + 1)
+    );
+    assert_eq!(
+        store.revisions().last().unwrap().source,
+        Source::File.as_str()
+    );
+    drop(store);
+
+    // A deleted state starts a new lineage at revision 1.
+    std::fs::remove_dir_all(dir.path().join("args.json.state")).unwrap();
+    let store = open(dir.path(), limits());
+    assert_eq!(store.current().revision, 1);
+    assert_ne!(store.current().reply.lineage, lineage);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_over_the_limit_or_read_only_are_refused() {
+    let dir = site(DOC);
+    let store = open(
+        dir.path(),
+        Limits {
+            max_args_bytes: 64,
+            ..limits()
+        },
+    );
+    let big = format!(r#"{{"a": "{}"}}"#, "x".repeat(100));
+    assert_eq!(
+        store.set(&big, None, None).await.unwrap_err().to_string(),
+        "the document is 109 bytes, over the limit of 64 bytes"
+    );
+    let dir = site(DOC);
+    let store = open(
+        dir.path(),
+        Limits {
+            read_only: true,
+            ..limits()
+        },
+    );
+    assert!(matches!(
+        store.patch("{}", None, None).await,
+        Err(WriteError::ReadOnly)
+    ));
+}
