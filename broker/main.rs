@@ -9,6 +9,7 @@ mod lineage;
 mod lockfile;
 mod peer;
 mod reload;
+mod serve;
 mod server;
 mod service;
 mod socket;
@@ -17,12 +18,10 @@ mod supervisor;
 #[cfg(test)]
 mod tests;
 
-use anyhow::Context;
 use argsbroker::DEFAULT_SOCKET;
 use clap::Parser;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 const AFTER_HELP: &str = "\
@@ -193,7 +192,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(command) => runtime.block_on(cli::run(command)),
         None => runtime
-            .block_on(serve(cli.serve))
+            .block_on(serve::run(cli.serve))
             .map_err(cli::Failure::from),
     };
     match result {
@@ -205,175 +204,4 @@ fn main() -> ExitCode {
 fn fail(err: &anyhow::Error, code: u8) -> ExitCode {
     eprintln!("broker: error: {}", argsbroker::one_line(err.as_ref()));
     ExitCode::from(code)
-}
-
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let Some(args_path) = args.args else {
-        anyhow::bail!("--args FILE is required to serve (or give a subcommand; see --help)");
-    };
-    // The socket is claimed first: a broker that loses the race to serve
-    // the path exits before it reads or records anything.
-    let mut claim = socket::claim(&args.socket, args.allow_unsafe_dir)?;
-    let state_dir = args
-        .state_dir
-        .unwrap_or_else(|| default_state_dir(&args_path));
-    let limits = store::Limits {
-        max_args_bytes: args.max_args_bytes as usize,
-        history: args.history,
-        history_bytes: args.history_bytes,
-        read_only: args.read_only,
-    };
-    let worker_bin = match (&args.worker_bin, args.workers) {
-        (_, 0) => PathBuf::new(),
-        (Some(bin), _) => bin.clone(),
-        (None, _) => std::env::current_exe()
-            .context("cannot find this executable's path")?
-            .with_file_name("worker"),
-    };
-    if args.workers > 0 && !worker_bin.is_file() {
-        anyhow::bail!(
-            "cannot find the worker executable at {} (build it, or point --worker-bin at it)",
-            worker_bin.display()
-        );
-    }
-    // One broker per args file and per state directory: two would both
-    // call their next write the same revision.
-    let _owner = own_state(&args_path, &state_dir, &args.socket, args.read_only)?;
-    let store = Arc::new(store::Store::open(&args_path, &state_dir, limits)?);
-    store::release_freed_memory();
-    // Reloads are set up before the socket exists: once a client can
-    // connect, a SIGHUP or a change to the file is never missed.
-    reload::on_sighup(store.clone()).context("cannot handle SIGHUP")?;
-    let _watcher = match args.watch {
-        true => Some(
-            reload::watch_file(store.clone(), &args_path).context("cannot watch the args file")?,
-        ),
-        false => None,
-    };
-    let shutdown = argsbroker::cmdline::shutdown_signal();
-    let std_listener = claim.bind(socket::Options {
-        mode: args.socket_mode,
-        group: args.socket_group,
-    })?;
-    let listener =
-        tokio::net::UnixListener::from_std(std_listener).context("cannot use the bound socket")?;
-    // Shared with the accept loop, which binds the path again if the file is deleted.
-    let claim = Arc::new(std::sync::Mutex::new(claim));
-    let watched = claim.clone();
-    tracing::info!(
-        socket = %args.socket.display(),
-        args = %args_path.display(),
-        revision = store.current().revision,
-        read_only = args.read_only,
-        watch = args.watch,
-        mode = format!("{:04o}", args.socket_mode),
-        "serving"
-    );
-    let config = server::Config {
-        limits: connections::Limits {
-            max_connections: connections::fit_to_fd_limit(args.max_connections as usize),
-            handshake_timeout: args.handshake_timeout,
-        },
-        keepalive: args.keepalive,
-        policy: access::Policy::new(
-            args.writer_uid,
-            args.writer_gid,
-            args.reader_uid,
-            args.reader_gid,
-        ),
-        rebind: Some(Box::new(move || {
-            let mut claim = watched.lock().unwrap_or_else(|p| p.into_inner());
-            claim.rebind_if_deleted()
-        })),
-    };
-    let result = match args.http.filter(|_| args.workers > 0) {
-        None => {
-            argsbroker::sd_notify::ready();
-            server::run(listener, store, config, shutdown).await
-        }
-        Some(http) => {
-            let plan = supervisor::Plan {
-                workers: args.workers,
-                http,
-                worker_bin,
-                socket: args.socket.clone(),
-                worker_args: args.worker_args,
-                graceful_timeout: args.graceful_timeout,
-            };
-            // Workers stop first, then the broker they were following.
-            let (stop_broker, broker_stops) = tokio::sync::oneshot::channel::<()>();
-            let broker = server::run(listener, store, config, async {
-                let _ = broker_stops.await;
-            });
-            // Joined, not spawned: the supervisor must run on this (the main) thread.
-            let workers = async {
-                let result = supervisor::run(plan, shutdown, argsbroker::sd_notify::ready).await;
-                let _ = stop_broker.send(());
-                result
-            };
-            let (broker, workers) = tokio::join!(broker, workers);
-            workers.and(broker)
-        }
-    };
-    let mut claim = claim
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    claim.remove_socket();
-    result?;
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// Locks the state directory (`DIR/lock`) and, unless read-only, the args
-/// file (`.NAME.lock` beside it), each for the broker's whole life: a second
-/// broker on either refuses to start before it reads or writes anything.
-fn own_state(
-    args: &Path,
-    state_dir: &Path,
-    socket: &Path,
-    read_only: bool,
-) -> anyhow::Result<Vec<lockfile::LockFile>> {
-    store::create_private_dir(state_dir).with_context(|| {
-        format!(
-            "cannot create the state directory {} (choose another with --state-dir)",
-            state_dir.display()
-        )
-    })?;
-    let mut locks = vec![lock(&state_dir.join("lock"), socket, || {
-        format!("the state directory {}", state_dir.display())
-    })?];
-    if !read_only {
-        let target = std::fs::canonicalize(args).unwrap_or_else(|_| args.to_path_buf());
-        let mut name = std::ffi::OsString::from(".");
-        name.push(target.file_name().unwrap_or_default());
-        name.push(".lock");
-        locks.push(lock(&target.with_file_name(name), socket, || {
-            args.display().to_string()
-        })?);
-    }
-    Ok(locks)
-}
-
-fn lock(
-    path: &Path,
-    socket: &Path,
-    what: impl Fn() -> String,
-) -> anyhow::Result<lockfile::LockFile> {
-    match lockfile::LockFile::acquire(path, Some(socket)) {
-        Ok(lock) => Ok(lock),
-        Err(lockfile::LockError::Held { holder, .. }) => {
-            anyhow::bail!("{holder} owns {}", what())
-        }
-        Err(err) => Err(err.into()),
-    }
-}
-
-/// `args.json` keeps its revisions in `args.json.state/`.
-fn default_state_dir(args: &Path) -> PathBuf {
-    let mut name = args
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".state");
-    args.with_file_name(name)
 }

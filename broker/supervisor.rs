@@ -15,6 +15,7 @@
 //! *thread* that forked a child exits, so forking from a runtime thread that
 //! might later retire would kill healthy workers. With it, a supervisor killed
 //! by SIGKILL takes its workers down (they get SIGTERM and drain).
+use anyhow::Context;
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::future::Future;
@@ -22,6 +23,7 @@ use std::net::SocketAddr;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -52,6 +54,66 @@ struct Slot {
     crashes: u32,
     /// Whether a worker in this slot has ever reported ready.
     was_ready: bool,
+}
+
+impl Plan {
+    /// `worker_bin` defaults to the `worker` beside this executable; it
+    /// must exist before anything starts.
+    pub fn new(
+        workers: usize,
+        http: SocketAddr,
+        worker_bin: Option<PathBuf>,
+        socket: PathBuf,
+        worker_args: Vec<OsString>,
+        graceful_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let worker_bin = match worker_bin {
+            Some(bin) => bin,
+            None => std::env::current_exe()
+                .context("cannot find this executable's path")?
+                .with_file_name("worker"),
+        };
+        if !worker_bin.is_file() {
+            anyhow::bail!(
+                "cannot find the worker executable at {} (build it, or point --worker-bin at it)",
+                worker_bin.display()
+            );
+        }
+        Ok(Self {
+            workers,
+            http,
+            worker_bin,
+            socket,
+            worker_args,
+            graceful_timeout,
+        })
+    }
+}
+
+/// The whole stack: the broker (`serve`, given the future that stops it)
+/// and the workers following it. On `shutdown` the workers stop first,
+/// then the broker they were following; systemd hears READY=1 once every
+/// worker is ready.
+pub async fn run_stack<F>(
+    plan: Plan,
+    serve: impl FnOnce(Pin<Box<dyn Future<Output = ()> + Send>>) -> F,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()>
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    let (stop_broker, broker_stops) = tokio::sync::oneshot::channel::<()>();
+    let broker = serve(Box::pin(async {
+        let _ = broker_stops.await;
+    }));
+    // Joined, not spawned: the supervisor must run on this (the main) thread.
+    let workers = async {
+        let result = run(plan, shutdown, argsbroker::sd_notify::ready).await;
+        let _ = stop_broker.send(());
+        result
+    };
+    let (broker, workers) = tokio::join!(broker, workers);
+    workers.and(broker)
 }
 
 /// Runs the workers until `shutdown` completes, then stops them: SIGTERM,

@@ -1,0 +1,175 @@
+//! `broker --args FILE --socket PATH`: the composition of a serving broker,
+//! in the order that makes it safe: claim the socket, own the state, open
+//! the store, set up reloads, bind, serve.
+use crate::{access, connections, lockfile, reload, server, socket, store, supervisor, ServeArgs};
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Serves until SIGINT or SIGTERM: claims the socket, owns the state,
+/// opens the store, sets up reloads, binds, then serves (with the workers
+/// under the supervisor when `--workers` asks for them).
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let Some(args_path) = args.args.clone() else {
+        anyhow::bail!("--args FILE is required to serve (or give a subcommand; see --help)");
+    };
+    // The socket is claimed first: a broker that loses the race to serve
+    // the path exits before it reads or records anything.
+    let mut claim = socket::claim(&args.socket, args.allow_unsafe_dir)?;
+    let stack = args.stack()?;
+    let state_dir = (args.state_dir.clone()).unwrap_or_else(|| default_state_dir(&args_path));
+    // One broker per args file and per state directory: two would both
+    // call their next write the same revision.
+    let _owner = own_state(&args_path, &state_dir, &args.socket, args.read_only)?;
+    let store = Arc::new(store::Store::open(&args_path, &state_dir, args.limits())?);
+    store::release_freed_memory();
+    // Reloads are set up before the socket exists: once a client can
+    // connect, a SIGHUP or a change to the file is never missed.
+    reload::on_sighup(store.clone()).context("cannot handle SIGHUP")?;
+    let _watcher = match args.watch {
+        true => Some(
+            reload::watch_file(store.clone(), &args_path).context("cannot watch the args file")?,
+        ),
+        false => None,
+    };
+    let shutdown = argsbroker::cmdline::shutdown_signal();
+    let listener = claim.bind(socket::Options {
+        mode: args.socket_mode,
+        group: args.socket_group,
+    })?;
+    let listener =
+        tokio::net::UnixListener::from_std(listener).context("cannot use the bound socket")?;
+    tracing::info!(
+        socket = %args.socket.display(),
+        args = %args_path.display(),
+        revision = store.current().revision,
+        read_only = args.read_only,
+        watch = args.watch,
+        mode = format!("{:04o}", args.socket_mode),
+        "serving"
+    );
+    // Shared with the accept loop, which binds the path again if the file is deleted.
+    let claim = Arc::new(Mutex::new(claim));
+    let config = args.server_config(&claim);
+    let result = match stack {
+        None => {
+            argsbroker::sd_notify::ready();
+            server::run(listener, store, config, shutdown).await
+        }
+        Some(plan) => {
+            let broker = |stop| server::run(listener, store, config, stop);
+            supervisor::run_stack(plan, broker, shutdown).await
+        }
+    };
+    lock(&claim).remove_socket();
+    result?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The flags, as the parts of the broker take them.
+impl ServeArgs {
+    fn limits(&self) -> store::Limits {
+        store::Limits {
+            max_args_bytes: self.max_args_bytes as usize,
+            history: self.history,
+            history_bytes: self.history_bytes,
+            read_only: self.read_only,
+        }
+    }
+
+    fn server_config(&self, claim: &Arc<Mutex<socket::Claim>>) -> server::Config {
+        let claim = claim.clone();
+        server::Config {
+            limits: connections::Limits {
+                max_connections: connections::fit_to_fd_limit(self.max_connections as usize),
+                handshake_timeout: self.handshake_timeout,
+            },
+            keepalive: self.keepalive,
+            policy: access::Policy::new(
+                self.writer_uid.clone(),
+                self.writer_gid.clone(),
+                self.reader_uid.clone(),
+                self.reader_gid.clone(),
+            ),
+            rebind: Some(Box::new(move || lock(&claim).rebind_if_deleted())),
+        }
+    }
+
+    /// The workers to run beside the broker, if `--workers` asks for any.
+    fn stack(&self) -> anyhow::Result<Option<supervisor::Plan>> {
+        let Some(http) = self.http.filter(|_| self.workers > 0) else {
+            return Ok(None);
+        };
+        supervisor::Plan::new(
+            self.workers,
+            http,
+            self.worker_bin.clone(),
+            self.socket.clone(),
+            self.worker_args.clone(),
+            self.graceful_timeout,
+        )
+        .map(Some)
+    }
+}
+
+fn lock(claim: &Mutex<socket::Claim>) -> std::sync::MutexGuard<'_, socket::Claim> {
+    // The claim holds no invariant a panic could break halfway.
+    claim
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Locks the state directory (`DIR/lock`) and, unless read-only, the args
+/// file (`.NAME.lock` beside it), each for the broker's whole life: a second
+/// broker on either refuses to start before it reads or writes anything.
+fn own_state(
+    args: &Path,
+    state_dir: &Path,
+    socket: &Path,
+    read_only: bool,
+) -> anyhow::Result<Vec<lockfile::LockFile>> {
+    store::create_private_dir(state_dir).with_context(|| {
+        format!(
+            "cannot create the state directory {} (choose another with --state-dir)",
+            state_dir.display()
+        )
+    })?;
+    let mut locks = vec![lock_file(&state_dir.join("lock"), socket, || {
+        format!("the state directory {}", state_dir.display())
+    })?];
+    if !read_only {
+        let target = std::fs::canonicalize(args).unwrap_or_else(|_| args.to_path_buf());
+        let mut name = std::ffi::OsString::from(".");
+        name.push(target.file_name().unwrap_or_default());
+        name.push(".lock");
+        locks.push(lock_file(&target.with_file_name(name), socket, || {
+            args.display().to_string()
+        })?);
+    }
+    Ok(locks)
+}
+
+fn lock_file(
+    path: &Path,
+    socket: &Path,
+    what: impl Fn() -> String,
+) -> anyhow::Result<lockfile::LockFile> {
+    match lockfile::LockFile::acquire(path, Some(socket)) {
+        Ok(lock) => Ok(lock),
+        Err(lockfile::LockError::Held { holder, .. }) => {
+            anyhow::bail!("{holder} owns {}", what())
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// `args.json` keeps its revisions in `args.json.state/`.
+fn default_state_dir(args: &Path) -> PathBuf {
+    let mut name = args
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".state");
+    args.with_file_name(name)
+}
