@@ -10,7 +10,7 @@
 //! the socket, unless `--reader-uid` / `--reader-gid` are given; then for
 //! those, and for whoever may write.
 use crate::peer::Peer;
-use std::ffi::CString;
+use argsbroker::sys;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -59,8 +59,7 @@ impl Policy {
         let readers = (!reader_uids.is_empty() || !reader_gids.is_empty())
             .then_some((reader_uids, reader_gids));
         Self {
-            // SAFETY: geteuid cannot fail.
-            own_uid: unsafe { libc::geteuid() },
+            own_uid: sys::effective_uid(),
             writer_uids,
             writer_gids,
             readers,
@@ -134,49 +133,17 @@ fn rule(access: Access, own_uid: u32) -> String {
 
 /// A uid from a number or a user name (`--writer-uid deploy`).
 pub fn parse_uid(text: &str) -> Result<u32, String> {
-    if let Ok(uid) = text.parse() {
-        return Ok(uid);
+    match text.parse() {
+        Ok(uid) => Ok(uid),
+        Err(_) => sys::user_id(text).ok_or_else(|| format!("no user named {text:?}")),
     }
-    lookup(text, |name, entry: &mut libc::passwd, buf, result| {
-        // SAFETY: every pointer is valid for the call; `buf` outlives `entry`'s use.
-        unsafe { libc::getpwnam_r(name, entry, buf.as_mut_ptr(), buf.len(), result) }
-    })
-    .map(|entry| entry.pw_uid)
-    .ok_or_else(|| format!("no user named {text:?}"))
 }
 
 /// A gid from a number or a group name (`--socket-group workers`).
 pub fn parse_gid(text: &str) -> Result<u32, String> {
-    if let Ok(gid) = text.parse() {
-        return Ok(gid);
-    }
-    lookup(text, |name, entry: &mut libc::group, buf, result| {
-        // SAFETY: as in parse_uid.
-        unsafe { libc::getgrnam_r(name, entry, buf.as_mut_ptr(), buf.len(), result) }
-    })
-    .map(|entry| entry.gr_gid)
-    .ok_or_else(|| format!("no group named {text:?}"))
-}
-
-/// Calls a `get*nam_r` function, growing its buffer while it says ERANGE.
-/// Only the entry's plain fields may be read afterwards: its pointers point
-/// into a buffer that is gone.
-fn lookup<T>(
-    name: &str,
-    call: impl Fn(*const libc::c_char, &mut T, &mut [libc::c_char], *mut *mut T) -> libc::c_int,
-) -> Option<T> {
-    let name = CString::new(name).ok()?;
-    let mut buf = vec![0 as libc::c_char; 1024];
-    loop {
-        // SAFETY: passwd and group are plain C structs; all-zero is a valid value.
-        let mut entry: T = unsafe { std::mem::zeroed() };
-        let mut result: *mut T = std::ptr::null_mut();
-        let rc = call(name.as_ptr(), &mut entry, &mut buf, &mut result);
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        return (rc == 0 && !result.is_null()).then_some(entry);
+    match text.parse() {
+        Ok(gid) => Ok(gid),
+        Err(_) => sys::group_id(text).ok_or_else(|| format!("no group named {text:?}")),
     }
 }
 

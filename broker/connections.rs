@@ -61,33 +61,17 @@ pub struct Limits {
 /// Raises the soft limit on open files to the hard limit, and lowers
 /// `max_connections` if the limit still cannot hold that many.
 pub fn fit_to_fd_limit(max_connections: usize) -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let Some(limit) = argsbroker::sys::raise_open_file_limit() else {
+        return max_connections;
     };
-    // SAFETY: getrlimit/setrlimit with a valid struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return max_connections;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-    }
-    let room = limit.rlim_cur.saturating_sub(FD_RESERVE);
+    let room = limit.saturating_sub(FD_RESERVE);
     if (max_connections as u64) <= room {
         return max_connections;
     }
     let fitted = room.max(1) as usize;
     tracing::warn!(
         "--max-connections {max_connections} is more than the open-file limit allows ({}); serving at most {fitted} connections",
-        limit.rlim_cur
+        limit
     );
     fitted
 }

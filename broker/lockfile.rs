@@ -9,7 +9,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -72,9 +71,7 @@ impl LockFile {
             if !meta.file_type().is_file() {
                 return Err(io_err(io::Error::other("it is not a regular file")));
             }
-            // SAFETY: flock on a descriptor this function owns.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-                let err = io::Error::last_os_error();
+            if let Err(err) = argsbroker::sys::lock_exclusive(&file) {
                 return Err(match err.raw_os_error() {
                     Some(libc::EWOULDBLOCK) => LockError::Held {
                         path: path.to_path_buf(),

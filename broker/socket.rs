@@ -5,7 +5,6 @@
 use crate::lockfile::{LockError, LockFile};
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -110,8 +109,7 @@ fn check_directory(dir: &Path, allow: bool) -> Result<(), BindError> {
         source,
     })?;
     let mode = meta.mode() & 0o7777;
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = argsbroker::sys::effective_uid();
     let why = if meta.uid() != 0 && meta.uid() != me {
         format!("belongs to uid {}", meta.uid())
     } else if mode & 0o1000 == 0 && mode & 0o022 != 0 {
@@ -160,10 +158,7 @@ impl Claim {
                 Err(e) => return Err(io_err(e)),
             }
         }
-        // SAFETY: umask only swaps the process's file-creation mask.
-        let old = unsafe { libc::umask(0o177) };
-        let bound = UnixListener::bind(&path);
-        unsafe { libc::umask(old) };
+        let bound = argsbroker::sys::with_umask(0o177, || UnixListener::bind(&path));
         let listener = bound.map_err(io_err)?;
         let meta = fs::symlink_metadata(&path).map_err(io_err)?;
         self.bound = Some((meta.dev(), meta.ino()));
@@ -180,19 +175,13 @@ impl Claim {
     fn open_up(&self, options: Options) -> Result<(), BindError> {
         let path = &self.path;
         if let Some(gid) = options.group {
-            let c_path =
-                std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| BindError::Io {
-                    path: path.clone(),
-                    source: io::Error::new(io::ErrorKind::InvalidInput, e),
-                })?;
-            // SAFETY: lchown on a NUL-terminated path; -1 keeps the owner.
-            if unsafe { libc::lchown(c_path.as_ptr(), u32::MAX, gid) } != 0 {
-                return Err(BindError::Group {
+            std::os::unix::fs::lchown(path, None, Some(gid)).map_err(|source| {
+                BindError::Group {
                     path: path.clone(),
                     gid,
-                    source: io::Error::last_os_error(),
-                });
-            }
+                    source,
+                }
+            })?;
         }
         if options.mode != 0o600 {
             use std::os::unix::fs::PermissionsExt;

@@ -545,11 +545,7 @@ impl Store {
 /// track its largest parse, not what it holds (for a 1 MiB document, 20 MiB
 /// instead of 7).
 pub fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only gives the free pages of glibc's heaps back to the OS.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    argsbroker::sys::release_freed_memory();
 }
 
 fn entry(revision: u64, document: &Document, origin: Origin) -> Entry {

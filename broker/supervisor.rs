@@ -361,21 +361,7 @@ fn spawn(plan: &Plan, index: usize, notify_env: &OsString) -> anyhow::Result<Chi
         // supervisor, which then stops the workers in order.
         .process_group(0)
         .kill_on_drop(false);
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run
-    // between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The supervisor may have died before prctl took effect.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
+    argsbroker::sys::die_with_this_process(&mut cmd, libc::SIGTERM);
     cmd.spawn()
         .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", plan.worker_bin.display()))
 }
@@ -437,8 +423,7 @@ fn signal_name(sig: i32) -> &'static str {
 }
 
 fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on a child of ours that has not been reaped yet.
-    unsafe { libc::kill(pid as libc::pid_t, sig) };
+    argsbroker::sys::kill(pid, sig);
 }
 
 async fn sleep_until(at: Option<Instant>) {

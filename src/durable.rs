@@ -6,10 +6,8 @@
 //! Temp files are created with mode 0600 (`O_EXCL`, never loosened after
 //! content is in them) in the target's own directory, so the rename that
 //! publishes them is atomic.
-use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -198,25 +196,10 @@ fn write_temp(tmp: &Path, contents: &[u8], keep: Option<Keep>) -> io::Result<fs:
 /// `from`'s name (renameat2 RENAME_EXCHANGE), or, where the file system
 /// cannot exchange, hard-linked to a backup name before the rename.
 fn exchange(from: &Path, to: &Path) -> io::Result<Old> {
-    let c = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    let err = match crate::sys::rename_exchange(from, to) {
+        Ok(()) => return Ok(Old::Kept(from.to_path_buf())),
+        Err(err) => err,
     };
-    let (c_from, c_to) = (c(from)?, c(to)?);
-    // SAFETY: renameat2 with two NUL-terminated paths relative to the cwd.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            c_from.as_ptr(),
-            libc::AT_FDCWD,
-            c_to.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if rc == 0 {
-        return Ok(Old::Kept(from.to_path_buf()));
-    }
-    let err = io::Error::last_os_error();
     match err.raw_os_error() {
         Some(libc::ENOENT) if fs::symlink_metadata(to).is_err() => {
             fs::rename(from, to).map(|()| Old::None)

@@ -15,6 +15,7 @@
 //! - [`durable`]: atomic, fsynced file replacement that can be undone.
 //! - [`frame`]: a gRPC response message encoded once and sent many times.
 //! - [`sd_notify`]: systemd readiness notification.
+//! - [`sys`]: every libc call, as a safe function with its reason.
 //! - [`logging`], [`cmdline`]: what both binaries share at their edges.
 //!
 //! # Example: an axum app that serves the live args
@@ -46,6 +47,7 @@ pub mod frame;
 pub mod logging;
 pub mod pointer;
 pub mod sd_notify;
+pub mod sys;
 pub mod wire;
 
 /// The generated protobuf types and gRPC stubs for `argsbroker.v1`.
