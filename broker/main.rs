@@ -6,6 +6,7 @@ mod cli;
 mod connections;
 mod history;
 mod lineage;
+mod parent;
 mod peer;
 mod prepared;
 mod reload;
@@ -156,6 +157,10 @@ struct ServeArgs {
     #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_HANDSHAKE_TIMEOUT", default_value = "10", value_parser = argsbroker::cmdline::seconds)]
     handshake_timeout: Duration,
 
+    /// Stop (as on SIGTERM) when the process that started the broker exits, even by SIGKILL (Linux PR_SET_PDEATHSIG); with =PID, also refuse to start if that parent (PID) is already gone.
+    #[arg(long, value_name = "PID", env = "ARGSBROKER_EXIT_WITH_PARENT", num_args = 0..=1, require_equals = true, default_missing_value = "0")]
+    exit_with_parent: Option<u32>,
+
     /// Ping a connection after this many seconds without a frame from it; close it if the ping is not answered within as long again.
     #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_KEEPALIVE", default_value = "30", value_parser = argsbroker::cmdline::seconds)]
     keepalive: Duration,
@@ -209,6 +214,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let Some(args_path) = args.args else {
         anyhow::bail!("--args FILE is required to serve (or give a subcommand; see --help)");
     };
+    if let Some(pid) = args.exit_with_parent {
+        parent::exit_with_parent(pid)?;
+    }
     // The socket is claimed first: a broker that loses the race to serve
     // the path exits before it reads or records anything.
     let mut claim = socket::claim(&args.socket, args.allow_unsafe_dir)?;
