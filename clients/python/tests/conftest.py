@@ -17,10 +17,11 @@ from typing import Callable, List, Optional, TypeVar
 import httpx
 import pytest
 
-import argsbroker_client
+import argsbroker
 
-EXAMPLES = Path(__file__).resolve().parent.parent  # examples/python
-REPO = EXAMPLES.parent.parent
+CLIENT = Path(__file__).resolve().parent.parent  # clients/python
+EXAMPLES = CLIENT / "examples"
+REPO = CLIENT.parent.parent
 BROKER_BIN = Path(os.environ.get("ARGSBROKER_BIN") or REPO / "target" / "debug" / "broker")
 
 #: The longest any wait in a test may take before the test fails.
@@ -149,9 +150,9 @@ class Broker:
             if not os.path.exists(self.socket):
                 return None
             try:
-                with argsbroker_client.connect(self.socket, timeout=0.2):
+                with argsbroker.connect(self.socket, timeout=0.2):
                     return True
-            except argsbroker_client.BrokerUnavailable:
+            except argsbroker.BrokerUnavailable:
                 return None
 
         eventually(f"the broker to answer on {self.socket}", answers)
@@ -161,7 +162,7 @@ class Broker:
 
     def patch(self, merge_patch: dict) -> int:
         """Applies a merge patch with this package's client; returns the new revision."""
-        with argsbroker_client.connect(self.socket, timeout=5) as client:
+        with argsbroker.connect(self.socket, timeout=5) as client:
             return client.patch(merge_patch).revision
 
     def cli_patch(self, merge_patch: dict) -> int:
@@ -176,8 +177,8 @@ class Broker:
         assert found, f"broker patch printed no revision: {run.stdout!r}"
         return int(found.group(1))
 
-    def document(self) -> argsbroker_client.Snapshot:
-        with argsbroker_client.connect(self.socket, timeout=5) as client:
+    def document(self) -> argsbroker.Snapshot:
+        with argsbroker.connect(self.socket, timeout=5) as client:
             return client.snapshot()
 
 
@@ -279,6 +280,6 @@ def body_for(snapshot) -> bytes:
 
 
 def parse(body: bytes):
-    return argsbroker_client.loads(body)
+    return argsbroker.loads(body)
 
 

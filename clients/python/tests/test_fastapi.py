@@ -1,11 +1,11 @@
-"""argsbroker_client.fastapi: the lifespan and dependencies the README's
+"""argsbroker.fastapi: the lifespan and dependencies the README's
 "four lines" use, in-process through httpx's ASGI transport."""
 import asyncio
 
 import httpx
 from fastapi import Depends, FastAPI
 
-from argsbroker_client.fastapi import args_lifespan, current_args, current_snapshot
+from argsbroker.fastapi import args_lifespan, current_args, current_snapshot
 from conftest import BIG_INT
 
 
@@ -14,7 +14,7 @@ def test_the_four_lines_serve_live_args(broker):
     the broker's args per request with exact numbers, and sees a patch."""
     broker.start()
 
-    app = FastAPI(lifespan=args_lifespan(broker.socket))
+    app = FastAPI(lifespan=args_lifespan(socket=broker.socket))
 
     @app.get("/hello")
     async def hello(args: dict = Depends(current_args)):
@@ -30,7 +30,7 @@ def test_the_four_lines_serve_live_args(broker):
             async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
                 assert (await client.get("/hello")).json() == {"model": "sentiment-zh", "big": BIG_INT}
                 revision = await asyncio.to_thread(broker.patch, {"model": {"name": "sentiment-en"}})
-                assert await asyncio.to_thread(app.state.args.wait_for_revision, revision, 5)
+                assert await app.state.args.wait_for_revision(revision, 5)
                 assert (await client.get("/hello")).json()["model"] == "sentiment-en"
                 assert (await client.get("/revision")).json() == {"revision": revision}
                 assert app.state.args.connected

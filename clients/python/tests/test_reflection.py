@@ -9,7 +9,7 @@ from conftest import BIG_INT
 
 
 def test_reflection_alone_is_enough_to_call_get_args(broker):
-    """A separate process that imports nothing of argsbroker_client builds
+    """A separate process that imports nothing of argsbroker builds
     GetArgs from reflection (grpcio-reflection + protobuf message_factory) and
     gets the exact document."""
     broker.start()
@@ -21,7 +21,7 @@ def test_reflection_alone_is_enough_to_call_get_args(broker):
     )
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
-    assert out["modules"] == []  # no argsbroker_client (or other generated code) was loaded
+    assert out["modules"] == []  # no argsbroker (or other generated code) was loaded
     assert "argsbroker.v1.ArgsBroker" in out["services"]
     assert "grpc.health.v1.Health" in out["services"]
     for name in ("GetArgs", "WatchArgs", "SetArgs", "PatchArgs"):

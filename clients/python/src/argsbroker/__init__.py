@@ -1,15 +1,18 @@
-"""Python client for argsbroker: one live, exact set of args shared by every
-worker process on a host, served by the broker over gRPC on a Unix socket.
+"""argsbroker: one live, exact set of args shared by every worker process of
+an app (uvicorn or gunicorn workers included), served by a small broker.
 
-    import argsbroker_client
+    import argsbroker
 
-    client = argsbroker_client.connect("/tmp/argsbroker.sock")  # waits up to 10 s
-    client.get("/model/name")           # one RPC; numbers exact (int, Decimal)
+    with argsbroker.serve({"arg1": "arg1"}) as handle:   # a broker owned by this process
+        uvicorn.run("test:app", workers=5)                # every worker sees the args
+        # handle.patch({"arg1": "changed"}) from any thread: every worker follows
 
-    live = argsbroker_client.follow("/tmp/argsbroker.sock")  # background watcher
-    live.value, live.get("/model/name")  # local reads, always the newest revision
+    live = argsbroker.follow()             # in a worker: a live local copy
+    live.value, live.get("/model/name")    # local reads, always the newest revision
 
-For FastAPI, see argsbroker_client.fastapi.
+    client = argsbroker.connect()          # one-shot reads and writes (one RPC each)
+
+For FastAPI, see argsbroker.fastapi (args_lifespan, current_args).
 """
 from ._client import (
     CHANNEL_OPTIONS,
@@ -25,23 +28,30 @@ from ._client import (
     loads,
     open_channel,
 )
-from ._live import LiveArgs, follow
+from ._live import LiveArgs, Rejection, follow
+from ._model import ArgsRejected
 from ._pointer import InvalidPointer
+from ._serve import ServedArgs, broker_executable, serve
 
 __all__ = [
     "CHANNEL_OPTIONS",
     "DEFAULT_SOCKET",
     "DEFAULT_TIMEOUT",
     "ArgsNotFound",
+    "ArgsRejected",
     "BrokerError",
     "BrokerUnavailable",
     "Client",
     "InvalidPointer",
     "LiveArgs",
+    "Rejection",
     "RevisionConflict",
+    "ServedArgs",
     "Snapshot",
+    "broker_executable",
     "connect",
     "follow",
     "loads",
     "open_channel",
+    "serve",
 ]

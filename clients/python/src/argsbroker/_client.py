@@ -14,7 +14,7 @@ import grpc
 
 from ._pb import args_pb2, args_pb2_grpc
 
-log = logging.getLogger("argsbroker_client")
+log = logging.getLogger("argsbroker")
 
 #: The broker's own default for --socket.
 DEFAULT_SOCKET = "/tmp/argsbroker.sock"
@@ -91,6 +91,13 @@ class Snapshot:
     #: The parsed value: dicts, lists, str, bool, None, int, Decimal.
     #: Shared by every reader of this snapshot: treat it as read-only.
     value: Any
+    #: The lineage of the broker's state this revision belongs to (an opaque
+    #: id; "" from a broker that predates lineages). Revisions are ordered
+    #: only within one lineage.
+    lineage: str = ""
+    #: ``value`` validated by the model given to follow() or args_lifespan()
+    #: (a pydantic model instance, say); None without a model.
+    typed: Any = None
 
     @classmethod
     def from_message(cls, message: args_pb2.Args) -> "Snapshot":
@@ -99,6 +106,7 @@ class Snapshot:
             json=message.json,
             sha256=message.sha256,
             value=loads(message.json),
+            lineage=message.lineage,
         )
 
 
