@@ -123,13 +123,13 @@ class Proc:
 class Broker:
     """The real broker binary serving an args file on a socket in a temp dir."""
 
-    def __init__(self, tmp: Path, args_text: str = ARGS_TEXT) -> None:
+    def __init__(self, tmp: Path, args_text: str = ARGS_TEXT, socket: Optional[str] = None) -> None:
         if not BROKER_BIN.is_file():
             pytest.fail(f"no broker binary at {BROKER_BIN}: run `cargo build` or set ARGSBROKER_BIN")
         self.dir = tmp
         self.args_file = tmp / "args.json"
         self.args_file.write_text(args_text, encoding="utf-8")
-        self.socket = str(tmp / "b.sock")
+        self.socket = socket or str(tmp / "b.sock")
         self.proc: Optional[Proc] = None
         self.starts = 0
 
@@ -159,6 +159,11 @@ class Broker:
 
     def stop(self) -> Optional[int]:
         return self.proc.stop() if self.proc else None
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, the socket file stays behind."""
+        self.proc.popen.kill()
+        self.proc.popen.wait(timeout=10)
 
     def patch(self, merge_patch: dict) -> int:
         """Applies a merge patch with this package's client; returns the new revision."""
