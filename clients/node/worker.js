@@ -42,7 +42,7 @@ export function connect(socketPath = process.env.ARGSBROKER_SOCKET || DEFAULT_SO
   return new argsbroker.v1.ArgsBroker(`unix:${path.resolve(socketPath)}`, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
 }
 
-/** GetArgs: {revision, json, sha256} for the document or the value at an RFC 6901 pointer. */
+/** GetArgs: {revision, json, sha256, lineage} for the document or the value at an RFC 6901 pointer. */
 export function getArgs(client, pointer = '', timeoutMs = 5000) {
   return new Promise((resolve, reject) => {
     client.GetArgs({ pointer }, { deadline: Date.now() + timeoutMs }, (err, reply) => (err ? reject(err) : resolve(reply)));
@@ -84,14 +84,34 @@ export async function waitForBroker(socketPath = process.env.ARGSBROKER_SOCKET |
 }
 
 /**
+ * The lineage rule every follower keeps: what to do with `offered` while
+ * holding `held` (both {revision, sha256, lineage}). Within one lineage never
+ * go back to an older revision ('older': keep what is held); a different
+ * lineage, or the same revision with a different sha256, means the broker's
+ * state was reset or replaced: 'new lineage', adopt it at once.
+ */
+export function verdict(held, offered) {
+  if ((offered.lineage || '') !== (held.lineage || '')) return 'new lineage';
+  const [h, o] = [BigInt(held.revision), BigInt(offered.revision)];
+  if (o === h) return offered.sha256 === held.sha256 ? 'same' : 'new lineage';
+  return o > h ? 'newer' : 'older';
+}
+
+/**
  * The live args: waits for the broker, then follows WatchArgs. `live.current`
- * is always the newest {revision, json}; it never goes back to an older revision.
+ * is always the newest {revision, json, sha256, lineage}: within one lineage
+ * it never goes back to an older revision, and a new lineage (the broker's
+ * state was reset or replaced) is adopted at once, with a warning.
  */
 export async function follow(socketPath = process.env.ARGSBROKER_SOCKET || DEFAULT_SOCKET, timeoutMs = 10000) {
   const { client, first } = await waitForBroker(socketPath, timeoutMs);
   const live = { current: first, client, closed: false, close: () => { live.closed = true; live.call?.cancel(); client.close(); } };
   const apply = (args) => {
-    if (BigInt(args.revision) > BigInt(live.current.revision)) live.current = args;
+    const v = verdict(live.current, args);
+    if (v === 'new lineage') {
+      console.warn(`the broker's args have a new lineage (its state was reset or replaced); serving its revision ${args.revision}`);
+    }
+    if (v === 'newer' || v === 'new lineage') live.current = args;
   };
   let step = 20;
   const watch = () => {

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { connect, getArgs, patchArgs, waitForBroker } from '../worker.js';
+import { connect, getArgs, patchArgs, verdict, waitForBroker } from '../worker.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(here, '../../..');
@@ -56,10 +56,9 @@ async function eventually(what, probe, patienceMs = 20000) {
   }
 }
 
-function startBroker(dir) {
+function startBroker(dir, { socket = path.join(dir, 'b.sock'), args = ARGS } = {}) {
   const argsFile = path.join(dir, 'args.json');
-  if (!fs.existsSync(argsFile)) fs.writeFileSync(argsFile, ARGS);
-  const socket = path.join(dir, 'b.sock');
+  if (!fs.existsSync(argsFile)) fs.writeFileSync(argsFile, args);
   const broker = start(BROKER, ['--args', argsFile, '--socket', socket]);
   broker.socket = socket;
   return broker;
@@ -150,4 +149,43 @@ test('--print prints the document; no broker is a clear error naming the socket'
   assert.equal((await printer.exited).code, 0);
   assert.equal(printer.output.trim(), first.json);
   await stopChild(broker);
+});
+
+test('a broker replaced after kill -9 (another file, another state: a new lineage) is followed at once', async () => {
+  const broker = startBroker(tempDir());
+  await brokerReady(broker);
+  const client = connect(broker.socket);
+  await patchArgs(client, { arg1: 'second' });
+  const third = await patchArgs(client, { arg1: 'third' });
+  client.close();
+  assert.equal(third.revision, '3');
+  const worker = start(process.execPath, [WORKER], { env: { ...process.env, ARGSBROKER_SOCKET: broker.socket, PORT: '0' } });
+  const url = await eventually('the worker to listen', () => worker.output.match(/listening on (http:\S+)/)?.[1]);
+  assert.equal((await fetch(`${url}/args`)).headers.get('x-args-revision'), '3');
+
+  process.kill(broker.pid, 'SIGKILL');
+  await broker.exited;
+  const replacement = startBroker(tempDir(), { socket: broker.socket, args: '{"arg1": "from b.json"}' });
+  const served = await brokerReady(replacement);
+  assert.equal(served.revision, '1');
+  assert.notEqual(served.lineage, third.lineage);
+  assert.equal(served.lineage.length, 32);
+
+  const body = await eventually('the worker to serve the new lineage', async () => {
+    const r = await fetch(`${url}/args`);
+    return r.headers.get('x-args-revision') === '1' ? r.text() : null;
+  });
+  assert.equal(body, '{"args":{"arg1":"from b.json"}}');
+  assert.ok(worker.output.includes("the broker's args have a new lineage (its state was reset or replaced); serving its revision 1"), worker.output);
+  await stopChild(worker);
+  await stopChild(replacement);
+});
+
+test('the lineage rule: older within a lineage is kept out; a new lineage or another sha256 is adopted', () => {
+  const held = { revision: '5', sha256: 'a', lineage: 'L1' };
+  assert.equal(verdict(held, { revision: '6', sha256: 'b', lineage: 'L1' }), 'newer');
+  assert.equal(verdict(held, { revision: '5', sha256: 'a', lineage: 'L1' }), 'same');
+  assert.equal(verdict(held, { revision: '4', sha256: 'c', lineage: 'L1' }), 'older');
+  assert.equal(verdict(held, { revision: '1', sha256: 'd', lineage: 'L2' }), 'new lineage');
+  assert.equal(verdict(held, { revision: '5', sha256: 'e', lineage: 'L1' }), 'new lineage');
 });
