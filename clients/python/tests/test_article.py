@@ -322,7 +322,34 @@ def test_the_article_program_serves_one_args_to_every_worker(article, server, wo
     answered = serves_from_workers(p, 4, ARTICLE_BODY)
     assert len(answered) >= 4
     patch_reaches_every_worker(p, set(p.workers()))
+    if server == "gunicorn":
+        a_new_worker_forked_after_the_patch_serves_it(p)
     stopped_cleanly_by_ctrl_c(p)
+
+
+def a_new_worker_forked_after_the_patch_serves_it(p: Program) -> None:
+    """gunicorn forks a replacement for a killed worker from the parent, which
+    has used gRPC for handle.patch() by then: the new worker serves the patch."""
+    before = set(p.workers())
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+
+    def replaced():
+        now = set(p.workers())
+        fresh = now - before
+        return fresh.pop() if len(now) == len(before) and victim not in now and fresh else None
+
+    newcomer = eventually("gunicorn to fork a replacement worker", replaced)
+    new = b'{"args":{"arg1":"patched from the parent"}}'
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        def answered():
+            for status, body, pid in pool.map(lambda _: p.get(), range(16)):
+                assert (status, body) == (200, new)
+                if pid == newcomer:
+                    return True
+            return None
+
+        eventually(f"the new worker {newcomer} to answer", answered, 30)
 
 
 @pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
