@@ -3,6 +3,7 @@ ASGI transport, against the real broker; and a worker whose args do not fit
 its model, under a real uvicorn."""
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -104,7 +105,7 @@ def test_a_uvicorn_worker_whose_args_fail_its_model_does_not_start(broker, tmp_p
     proc = Proc(
         [sys.executable, "-m", "uvicorn", "strict:app", "--host", "127.0.0.1", "--port", str(port)],
         tmp_path / "uvicorn.log", cwd=tmp_path,
-        env={**__import__("os").environ, "ARGSBROKER_SOCKET": broker.socket},
+        env={**os.environ, "ARGSBROKER_SOCKET": broker.socket},
     )
     try:
         status = proc.popen.wait(timeout=30)
