@@ -7,6 +7,7 @@ mod connections;
 mod history;
 mod lineage;
 mod lockfile;
+mod parent;
 mod peer;
 mod reload;
 mod serve;
@@ -156,6 +157,10 @@ struct ServeArgs {
     /// Close a connection that has not sent the HTTP/2 preface within this many seconds.
     #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_HANDSHAKE_TIMEOUT", default_value = "10", value_parser = argsbroker::cmdline::seconds)]
     handshake_timeout: Duration,
+
+    /// Stop (as on SIGTERM) when the process that started the broker exits, even by SIGKILL (Linux PR_SET_PDEATHSIG); with =PID, also refuse to start if that parent (PID) is already gone.
+    #[arg(long, value_name = "PID", env = "ARGSBROKER_EXIT_WITH_PARENT", num_args = 0..=1, require_equals = true, default_missing_value = "0")]
+    exit_with_parent: Option<u32>,
 
     /// Ping a connection after this many seconds without a frame from it; close it if the ping is not answered within as long again.
     #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_KEEPALIVE", default_value = "30", value_parser = argsbroker::cmdline::seconds)]

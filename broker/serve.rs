@@ -1,7 +1,9 @@
 //! `broker --args FILE --socket PATH`: the composition of a serving broker,
 //! in the order that makes it safe: claim the socket, own the state, open
 //! the store, set up reloads, bind, serve.
-use crate::{access, connections, lockfile, reload, server, socket, store, supervisor, ServeArgs};
+use crate::{
+    access, connections, lockfile, parent, reload, server, socket, store, supervisor, ServeArgs,
+};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -13,6 +15,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let Some(args_path) = args.args.clone() else {
         anyhow::bail!("--args FILE is required to serve (or give a subcommand; see --help)");
     };
+    if let Some(pid) = args.exit_with_parent {
+        parent::exit_with_parent(pid)?;
+    }
     // The socket is claimed first: a broker that loses the race to serve
     // the path exits before it reads or records anything.
     let mut claim = socket::claim(&args.socket, args.allow_unsafe_dir)?;

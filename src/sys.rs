@@ -133,6 +133,22 @@ pub fn die_with_this_process(cmd: &mut tokio::process::Command, signal: libc::c_
     }
 }
 
+/// This process's parent's pid.
+pub fn parent_pid() -> u32 {
+    // SAFETY: getppid takes nothing and cannot fail.
+    unsafe { libc::getppid() as u32 }
+}
+
+/// Asks the kernel to send this process `signal` when its parent exits
+/// (`PR_SET_PDEATHSIG`).
+pub fn set_parent_death_signal(signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    match unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal, 0, 0, 0) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
 /// Raises the soft limit on open files to the hard limit; returns the soft
 /// limit now in force, if it can be read.
 pub fn raise_open_file_limit() -> Option<u64> {

@@ -1,0 +1,80 @@
+"""FastAPI (Starlette) glue: a lifespan that follows the broker, and dependencies.
+
+    from fastapi import Depends, FastAPI
+    from argsbroker.fastapi import args_lifespan, current_args
+
+    app = FastAPI(lifespan=args_lifespan())
+
+    @app.get("/args")
+    async def get_args(args: dict = Depends(current_args)):
+        return {"args": args}
+
+Each worker process runs the lifespan, so each one waits for the broker at
+startup and then keeps its own live copy; a request reads that copy with no RPC.
+With ``args_lifespan(model=Settings)`` (a pydantic model) ``current_args``
+hands out a validated ``Settings`` instead of a dict.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable, Optional
+
+from starlette.requests import HTTPConnection
+
+from ._client import DEFAULT_TIMEOUT, Snapshot
+from ._live import LiveArgs, follow
+
+#: Seconds a starting worker waits for the broker, unless args_lifespan() is told.
+TIMEOUT_VARIABLE = "ARGSBROKER_TIMEOUT"
+
+
+def args_lifespan(
+    model: Any = None,
+    *,
+    socket: Optional[str] = None,
+    timeout: Optional[float] = None,
+) -> Callable[[Any], Any]:
+    """A lifespan that waits for the broker (``socket``, else $ARGSBROKER_SOCKET,
+    which argsbroker.serve() sets; ``timeout`` seconds, else $ARGSBROKER_TIMEOUT,
+    else 10), keeps a LiveArgs as ``app.state.args``, and stops following on
+    shutdown.
+
+    With ``model`` (a pydantic model, or any type pydantic validates), a
+    document that fails it at startup fails the worker with pydantic's message
+    (ArgsRejected); a later revision that fails it is logged and not served
+    (the worker keeps the previous one; ``live.rejected`` says which).
+
+    To combine it with your own lifespan: ``async with args_lifespan()(app): ...``.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        wait = timeout if timeout is not None else float(os.environ.get(TIMEOUT_VARIABLE) or DEFAULT_TIMEOUT)
+        live = await asyncio.to_thread(follow, socket, wait, model=model)
+        app.state.args = live
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(live.close)
+
+    return lifespan
+
+
+# async so that FastAPI calls them inline, not on its thread pool.
+async def live_args(connection: HTTPConnection) -> LiveArgs:
+    """Dependency: the app's LiveArgs."""
+    return connection.app.state.args
+
+
+async def current_snapshot(connection: HTTPConnection) -> Snapshot:
+    """Dependency: the newest Snapshot (revision, lineage, exact JSON text, value, typed)."""
+    return connection.app.state.args.snapshot
+
+
+async def current_args(connection: HTTPConnection) -> Any:
+    """Dependency: the newest document: the model's instance with a model,
+    else Python objects (exact numbers). Read-only."""
+    snapshot = connection.app.state.args.snapshot
+    return snapshot.typed if snapshot.typed is not None else snapshot.value
