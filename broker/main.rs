@@ -2,8 +2,8 @@
 //! with a subcommand, a command-line client of a running broker.
 mod access;
 mod authority;
-mod cli;
 mod connections;
+mod ctl;
 mod history;
 mod lineage;
 mod lockfile;
@@ -51,7 +51,7 @@ const MAX_ARGS_BYTES: u64 = u32::MAX as u64 - server::MESSAGE_OVERHEAD as u64;
 #[command(name = "broker", version, after_help = AFTER_HELP, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Option<cli::Command>,
+    command: Option<ctl::Command>,
 
     #[command(flatten)]
     serve: ServeArgs,
@@ -195,10 +195,10 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Some(command) => runtime.block_on(cli::run(command)),
+        Some(command) => runtime.block_on(ctl::run(command)),
         None => runtime
             .block_on(serve::run(cli.serve))
-            .map_err(cli::Failure::from),
+            .map_err(ctl::Failure::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

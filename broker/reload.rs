@@ -3,7 +3,7 @@
 //! current revision keeps being served; the next change is tried again.
 use crate::store::Store;
 use notify::{RecursiveMode, Watcher};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -37,10 +37,7 @@ pub fn watch_file(store: Arc<Store>, args: &Path) -> anyhow::Result<notify::Reco
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_default();
-    let dir: PathBuf = match args.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = argsbroker::durable::parent_or_dot(args).to_path_buf();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {

@@ -37,7 +37,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ),
         false => None,
     };
-    let shutdown = argsbroker::cmdline::shutdown_signal();
+    let shutdown = argsbroker::shutdown::signal();
     let listener = claim.bind(socket::Options {
         mode: args.socket_mode,
         group: args.socket_group,

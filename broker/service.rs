@@ -10,7 +10,7 @@
 //! the hot paths, and this is why the service is routed here rather than by
 //! tonic's generated `ArgsBrokerServer`.
 use crate::peer::Peer;
-use crate::store::{Snapshot, Store, WriteError};
+use crate::store::{Published, Store, WriteError};
 use argsbroker::frame::Frame;
 use argsbroker::pb;
 use argsbroker::pointer::PointerError;
@@ -248,7 +248,7 @@ pub fn unknown_method(path: &str) -> Status {
 /// made for this request (a pointer's value, or "not modified").
 pub enum GetArgsReply {
     /// The current snapshot, as loaded: no reference count is taken.
-    Whole(arc_swap::Guard<Arc<Snapshot>>),
+    Whole(arc_swap::Guard<Arc<Published>>),
     Made(pb::Args),
 }
 

@@ -75,10 +75,7 @@ pub fn claim(path: &Path, allow_unsafe_dir: bool) -> Result<Claim, BindError> {
             len,
         });
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = argsbroker::durable::parent_or_dot(path);
     if !dir.is_dir() {
         return Err(BindError::NoDirectory(dir.to_path_buf()));
     }

@@ -26,9 +26,10 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{watch, Mutex};
 
-/// One revision of the document, with the reply every reader is handed.
+/// One revision of the document as it is published to readers, with the
+/// reply every reader is handed.
 #[derive(Debug)]
-pub struct Snapshot {
+pub struct Published {
     pub revision: u64,
     pub document: Document,
     /// The whole-document `Args`, built once per revision.
@@ -37,7 +38,7 @@ pub struct Snapshot {
     pub frame: Frame,
 }
 
-impl Snapshot {
+impl Published {
     fn new(revision: u64, document: Document, lineage: &str) -> Self {
         let reply = pb::Args {
             revision,
@@ -156,8 +157,8 @@ pub struct Limits {
 pub struct Store {
     /// The id of this state's revisions (see `lineage`).
     lineage: String,
-    current: ArcSwap<Snapshot>,
-    watch: watch::Sender<Arc<Snapshot>>,
+    current: ArcSwap<Published>,
+    watch: watch::Sender<Arc<Published>>,
     /// Touched by writers, ListRevisions and watch replays; never by GetArgs.
     history: std::sync::Mutex<History>,
     args_path: PathBuf,
@@ -230,7 +231,7 @@ impl Store {
             stamp: Some(stamp),
             sha256: document.sha256().to_owned(),
         };
-        let snapshot = Arc::new(Snapshot::new(revision, document, &lineage));
+        let snapshot = Arc::new(Published::new(revision, document, &lineage));
         Ok(Self {
             lineage,
             current: ArcSwap::new(snapshot.clone()),
@@ -243,12 +244,12 @@ impl Store {
     }
 
     /// The current snapshot: one atomic load, no lock.
-    pub fn current(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+    pub fn current(&self) -> arc_swap::Guard<Arc<Published>> {
         self.current.load()
     }
 
     /// A receiver that sees the current snapshot, then only the newest one.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
         self.watch.subscribe()
     }
 
@@ -291,7 +292,7 @@ impl Store {
         json: &str,
         expected: Option<u64>,
         uid: Option<u32>,
-    ) -> Result<Arc<Snapshot>, WriteError> {
+    ) -> Result<Arc<Published>, WriteError> {
         self.check_writable("the document is", json.len())?;
         let next = Document::parse(json.as_bytes()).map_err(WriteError::Invalid)?;
         let origin = Origin {
@@ -307,7 +308,7 @@ impl Store {
         merge_patch: &str,
         expected: Option<u64>,
         uid: Option<u32>,
-    ) -> Result<Arc<Snapshot>, WriteError> {
+    ) -> Result<Arc<Published>, WriteError> {
         self.check_writable("the patch is", merge_patch.len())?;
         let patch = argsbroker::document::parse_value(merge_patch.as_bytes())
             .map_err(WriteError::Invalid)?;
@@ -332,7 +333,7 @@ impl Store {
         to_revision: u64,
         expected: Option<u64>,
         uid: Option<u32>,
-    ) -> Result<Arc<Snapshot>, WriteError> {
+    ) -> Result<Arc<Published>, WriteError> {
         self.check_writable("the request is", 0)?;
         let json = {
             let history = self.history();
@@ -359,7 +360,7 @@ impl Store {
     /// `Ok(None)` if it holds what the broker last wrote or read there (its
     /// own write is never a new revision) or the current document; on error
     /// nothing changes.
-    pub async fn reload(&self) -> Result<Option<Arc<Snapshot>>, OpenError> {
+    pub async fn reload(&self) -> Result<Option<Arc<Published>>, OpenError> {
         let mut file = self.file.lock().await;
         let current = self.current.load_full();
         tokio::task::block_in_place(|| self.take_outside_edit(&mut file, &current, true))
@@ -392,7 +393,7 @@ impl Store {
         expected: Option<u64>,
         origin: Origin,
         next: impl FnOnce(&Document) -> Result<Document, WriteError>,
-    ) -> Result<Arc<Snapshot>, WriteError> {
+    ) -> Result<Arc<Published>, WriteError> {
         let mut file = self.file.lock().await;
         // Blocking file I/O, on this task: the lock serializes changes
         // anyway, and block_in_place keeps the runtime's other work moving.
@@ -436,9 +437,9 @@ impl Store {
     fn take_outside_edit(
         &self,
         file: &mut FileSeen,
-        current: &Snapshot,
+        current: &Published,
         always_read: bool,
-    ) -> Result<Option<Arc<Snapshot>>, OpenError> {
+    ) -> Result<Option<Arc<Published>>, OpenError> {
         let stamp = match std::fs::metadata(&self.args_path) {
             Ok(meta) => Stamp::of(&meta),
             Err(err) if err.kind() == io::ErrorKind::NotFound && !always_read => return Ok(None),
@@ -483,7 +484,7 @@ impl Store {
         document: Document,
         origin: Origin,
         args_text: Option<&[u8]>,
-    ) -> Result<Arc<Snapshot>, SaveFailed> {
+    ) -> Result<Arc<Published>, SaveFailed> {
         let record = entry(revision, &document, origin);
         let failed = |error, undo| SaveFailed {
             revision,
@@ -525,7 +526,7 @@ impl Store {
             args.finish();
         }
         self.history().retain(record);
-        let snapshot = Arc::new(Snapshot::new(revision, document, &self.lineage));
+        let snapshot = Arc::new(Published::new(revision, document, &self.lineage));
         self.current.store(snapshot.clone());
         self.watch.send_replace(snapshot.clone());
         release_freed_memory();

@@ -1,5 +1,4 @@
-//! What both command lines share: duration flags and the shutdown signal.
-use std::future::Future;
+//! What both command lines share: clap value parsers for durations and addresses.
 use std::time::Duration;
 
 /// A clap value parser for a non-negative number of seconds (`0.5`, `10`).
@@ -42,28 +41,6 @@ pub fn host_port(s: &str) -> Result<std::net::SocketAddr, String> {
             .next()
             .ok_or_else(|| format!("the host name {host:?} resolves to no address")),
         Err(err) => Err(format!("cannot resolve the host name {host:?}: {err}")),
-    }
-}
-
-/// Completes on the first SIGINT or SIGTERM. The handlers are installed
-/// when this is called, not when the future is first polled.
-pub fn shutdown_signal() -> impl Future<Output = ()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let handlers = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    );
-    async move {
-        let (Ok(mut term), Ok(mut int)) = handlers else {
-            tracing::error!(
-                "cannot install handlers for SIGINT and SIGTERM; stop this process with SIGKILL"
-            );
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
     }
 }
 

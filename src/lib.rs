@@ -16,7 +16,7 @@
 //! - [`frame`]: a gRPC response message encoded once and sent many times.
 //! - [`sd_notify`]: systemd readiness notification.
 //! - [`sys`]: every libc call, as a safe function with its reason.
-//! - [`logging`], [`cmdline`]: what both binaries share at their edges.
+//! - [`logging`], [`cmdline`], [`shutdown`]: what both binaries share at their edges.
 //!
 //! # Example: an axum app that serves the live args
 //! ```no_run
@@ -47,6 +47,7 @@ pub mod frame;
 pub mod logging;
 pub mod pointer;
 pub mod sd_notify;
+pub mod shutdown;
 pub mod sys;
 pub mod wire;
 

@@ -159,7 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         idle_timeout: cli.idle_timeout,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = argsbroker::cmdline::shutdown_signal();
+    let shutdown = argsbroker::shutdown::signal();
     let server = serve::run(listener, http::app(live), bounds, async move {
         shutdown.await;
         tracing::info!("shutting down; finishing in-flight requests");
