@@ -183,3 +183,6 @@ async fn readyz(State(live): State<Live<Prepared>>) -> Response {
     });
     ([(CONTENT_TYPE, JSON)], body.to_string()).into_response()
 }
+
+#[cfg(test)]
+mod tests;
