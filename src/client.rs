@@ -157,7 +157,30 @@ struct Shared<T> {
     last_contact_ms: AtomicU64,
 }
 
+impl<T> Shared<T> {
+    /// Holding `first`, prepared, as if just heard from a broker.
+    fn holding(first: Snapshot, prepare: impl FnOnce(Snapshot) -> T) -> Self {
+        Self {
+            revision: AtomicU64::new(first.revision),
+            served: ArcSwap::from_pointee(Served::of(&first)),
+            current: ArcSwap::from_pointee(prepare(first)),
+            connected: AtomicBool::new(true),
+            last_contact_ms: AtomicU64::new(now_ms()),
+        }
+    }
+}
+
 impl<T> Live<T> {
+    /// A `Live` that holds `snapshot` (prepared once) for good and reports
+    /// itself connected: no broker, no background task. For in-process tests
+    /// of what readers do with the args (the worker's HTTP surface); a `Live`
+    /// that has lost its broker is [`follow_from`] with a socket nobody serves.
+    pub fn fixed(snapshot: Snapshot, prepare: impl FnOnce(Snapshot) -> T) -> Self {
+        Self {
+            shared: Arc::new(Shared::holding(snapshot, prepare)),
+        }
+    }
+
     /// The current value: one atomic load, no lock.
     pub fn load(&self) -> arc_swap::Guard<Arc<T>> {
         self.shared.current.load()
@@ -253,13 +276,7 @@ where
     T: Send + Sync + 'static,
     F: Fn(Snapshot) -> T + Send + Sync + 'static,
 {
-    let shared = Arc::new(Shared {
-        revision: AtomicU64::new(first.revision),
-        served: ArcSwap::from_pointee(Served::of(&first)),
-        current: ArcSwap::from_pointee(prepare(first)),
-        connected: AtomicBool::new(true),
-        last_contact_ms: AtomicU64::new(now_ms()),
-    });
+    let shared = Arc::new(Shared::holding(first, &prepare));
     tokio::spawn(keep_following(
         Arc::downgrade(&shared),
         path,

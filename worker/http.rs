@@ -7,19 +7,28 @@
 //! other methods get 405. A pointer longer than
 //! `MAX_POINTER_BYTES` gets 414 (hyper answers 414 itself past 64 KiB), and
 //! request data that appears in an answer is in a JSON string, escaped.
+//!
+//! Refusals are one type, [`HttpError`]; `X-Args-Stale` is added by one
+//! layer, [`StaleLayer`], around the handlers that read the args.
+mod error;
+mod stale;
+
+pub use error::HttpError;
+pub use stale::StaleLayer;
+
 use argsbroker::client::{Live, Snapshot};
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
+use axum::handler::Handler;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use bytes::Bytes;
 
 pub const X_ARGS_REVISION: HeaderName = HeaderName::from_static("x-args-revision");
-/// Present (`true`) while the worker has lost its broker and serves its last args.
-pub const X_ARGS_STALE: HeaderName = HeaderName::from_static("x-args-stale");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache");
 
@@ -72,11 +81,19 @@ impl Prepared {
     }
 }
 
+/// The worker's router. The answers of `/args` and `/args/...` are marked
+/// stale by [`StaleLayer`]; a path that is no pointer at all (not UTF-8, too
+/// long) is refused by [`pointer`] before the args are read, so that refusal
+/// is not marked.
 pub fn app(live: Live<Prepared>) -> Router {
+    let stale = StaleLayer::new(live.clone());
     Router::new()
-        .route("/args", get(whole))
-        .route("/args/", get(at_pointer_root))
-        .route("/args/{*pointer}", get(at_pointer))
+        .route("/args", get(whole.layer(stale.clone())))
+        .route("/args/", get(at_pointer_root.layer(stale.clone())))
+        .route(
+            "/args/{*pointer}",
+            get(at_pointer.layer(stale)).route_layer(middleware::from_fn(pointer)),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(live)
@@ -84,7 +101,7 @@ pub fn app(live: Live<Prepared>) -> Router {
 
 async fn whole(State(live): State<Live<Prepared>>, request: HeaderMap) -> Response {
     let prepared = live.load();
-    let response = if prepared.matches(&request) {
+    if prepared.matches(&request) {
         (StatusCode::NOT_MODIFIED, prepared.headers()).into_response()
     } else {
         (
@@ -93,79 +110,61 @@ async fn whole(State(live): State<Live<Prepared>>, request: HeaderMap) -> Respon
             prepared.body.clone(),
         )
             .into_response()
+    }
+}
+
+/// The JSON pointer a request names: `/` and the rest of its path, decoded.
+#[derive(Debug, Clone)]
+struct Pointer(String);
+
+/// Middleware of `/args/{*pointer}`: refuses a path that is not a JSON
+/// pointer at all (its percent-encoding is not UTF-8, or it is too long),
+/// and hands the pointer on to the handler.
+async fn pointer(
+    rest: Result<Path<String>, PathRejection>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, HttpError> {
+    let Ok(Path(rest)) = rest else {
+        return Err(HttpError::NotUtf8);
     };
-    mark_stale(&live, response)
+    if rest.len() >= MAX_POINTER_BYTES {
+        return Err(HttpError::TooLong {
+            bytes: rest.len() + 1,
+            limit: MAX_POINTER_BYTES,
+        });
+    }
+    request.extensions_mut().insert(Pointer(format!("/{rest}")));
+    Ok(next.run(request).await)
 }
 
 /// `/args/` is the pointer `/`: the key "" at the top level.
-async fn at_pointer_root(live: State<Live<Prepared>>, request: HeaderMap) -> Response {
-    at_pointer(live, Ok(Path(String::new())), request).await
+async fn at_pointer_root(
+    live: State<Live<Prepared>>,
+    request: HeaderMap,
+) -> Result<Response, HttpError> {
+    at_pointer(live, Extension(Pointer("/".to_owned())), request).await
 }
 
 async fn at_pointer(
     State(live): State<Live<Prepared>>,
-    rest: Result<Path<String>, PathRejection>,
+    Extension(Pointer(pointer)): Extension<Pointer>,
     request: HeaderMap,
-) -> Response {
-    // axum's own rejection text quotes the request; answer in our words.
-    let Ok(Path(rest)) = rest else {
-        let body = serde_json::json!({
-            "error": "the path is not a JSON pointer: its percent-encoding does not decode to UTF-8"
-        });
-        return (
-            StatusCode::BAD_REQUEST,
-            [(CONTENT_TYPE, JSON)],
-            body.to_string(),
-        )
-            .into_response();
-    };
-    if rest.len() >= MAX_POINTER_BYTES {
-        let body = serde_json::json!({
-            "error": format!("the JSON pointer is {} bytes; at most {MAX_POINTER_BYTES}", rest.len() + 1)
-        });
-        return (
-            StatusCode::URI_TOO_LONG,
-            [(CONTENT_TYPE, JSON)],
-            body.to_string(),
-        )
-            .into_response();
-    }
+) -> Result<Response, HttpError> {
     let prepared = live.load();
-    let pointer = format!("/{rest}");
-    let response = match prepared.snapshot.document.get(&pointer) {
+    match prepared.snapshot.document.get(&pointer) {
         Ok(Some(_)) if prepared.matches(&request) => {
-            (StatusCode::NOT_MODIFIED, prepared.headers()).into_response()
+            Ok((StatusCode::NOT_MODIFIED, prepared.headers()).into_response())
         }
-        Ok(Some(value)) => (
+        Ok(Some(value)) => Ok((
             prepared.headers(),
             [(CONTENT_TYPE, JSON)],
             value.to_string(),
         )
-            .into_response(),
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            &format!("no value at JSON pointer {pointer:?}"),
-            &pointer,
-        ),
-        Err(err) => error(StatusCode::BAD_REQUEST, &err.to_string(), &pointer),
-    };
-    mark_stale(&live, response)
-}
-
-/// Adds `X-Args-Stale: true` while the broker is out of reach.
-fn mark_stale(live: &Live<Prepared>, mut response: Response) -> Response {
-    if !live.is_connected() {
-        response
-            .headers_mut()
-            .insert(X_ARGS_STALE, HeaderValue::from_static("true"));
+            .into_response()),
+        Ok(None) => Err(HttpError::NotFound { pointer }),
+        Err(source) => Err(HttpError::BadPointer { pointer, source }),
     }
-    response
-}
-
-/// A JSON error body; serde_json escapes whatever the request put in it.
-fn error(status: StatusCode, message: &str, pointer: &str) -> Response {
-    let body = serde_json::json!({ "error": message, "pointer": pointer }).to_string();
-    (status, [(CONTENT_TYPE, JSON)], body).into_response()
 }
 
 async fn healthz() -> Response {
@@ -183,3 +182,6 @@ async fn readyz(State(live): State<Live<Prepared>>) -> Response {
     });
     ([(CONTENT_TYPE, JSON)], body.to_string()).into_response()
 }
+
+#[cfg(test)]
+mod tests;

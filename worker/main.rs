@@ -1,13 +1,15 @@
 //! `worker`: an HTTP worker that serves the broker's args. It fetches them
 //! before it accepts any connection, then follows every change.
+//!
+//! This file is the command line; the worker's life is `run`, its HTTP
+//! surface `http`, its server loop `serve`, its cache file `cache`.
 mod cache;
 mod http;
+mod run;
 mod serve;
 
-use anyhow::Context;
-use argsbroker::{client, DEFAULT_SOCKET};
+use argsbroker::DEFAULT_SOCKET;
 use clap::Parser;
-use socket2::{Domain, Socket, Type};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,130 +76,17 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    argsbroker::logging::init(None);
-    let runtime = match cli.threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n.into())
-            .enable_all()
-            .build(),
-    };
-    let runtime = match runtime {
-        Ok(rt) => rt,
-        Err(err) => return fail(anyhow::Error::new(err).context("cannot start the async runtime")),
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => fail(err),
-    }
-}
-
-fn fail(err: anyhow::Error) -> ExitCode {
-    eprintln!("worker: error: {}", argsbroker::one_line(err.as_ref()));
-    ExitCode::FAILURE
-}
-
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    ignore_sighup()?;
-    // The startup hook: hold the args before listening, because with
-    // SO_REUSEPORT the kernel hands connections to any bound worker.
-    let cache = cli.cache_file.clone().map(cache::Writer::start);
-    let saver = cache.clone();
-    let prepare = move |snapshot: client::Snapshot| {
-        if let Some(cache) = &saver {
-            cache.save(&snapshot);
-        }
-        http::Prepared::new(snapshot)
-    };
-    let startup_timeout = cli.startup_timeout;
-    let live = match client::follow(&cli.broker, startup_timeout, prepare.clone()).await {
-        Ok(live) => live,
-        Err(err @ client::ClientError::Unreachable { .. }) => {
-            let Some(path) = &cli.cache_file else {
-                return Err(err.into());
-            };
-            match cache::read(path) {
-                Ok(snapshot) => {
-                    tracing::warn!(
-                        cache = %path.display(),
-                        revision = snapshot.revision,
-                        "{}; starting from the cache file and reconnecting in the background",
-                        argsbroker::one_line(&err)
-                    );
-                    client::follow_from(&cli.broker, snapshot, prepare)
-                }
-                Err(cache_err) => {
-                    tracing::error!(
-                        "ignoring the cache file: {}",
-                        argsbroker::one_line(&cache_err)
-                    );
-                    return Err(err.into());
-                }
-            }
-        }
-        Err(client::ClientError::NotASocket(path)) => anyhow::bail!(
-            "{} is not a socket; --broker must name the broker's --socket",
-            path.display()
-        ),
-        Err(err) => return Err(err.into()),
-    };
-    let listener = listen(cli.listen, cli.reuse_port)
-        .with_context(|| format!("cannot listen on {}", cli.listen))?;
-    let local = listener.local_addr()?;
-    tracing::info!(
-        listen = %local,
-        broker = %cli.broker.display(),
-        revision = live.revision(),
-        "serving args on http://{local}/args"
-    );
-    argsbroker::sd_notify::ready();
-    let graceful_timeout = cli.graceful_timeout;
-    let bounds = serve::Bounds {
-        header_timeout: cli.header_timeout,
-        idle_timeout: cli.idle_timeout,
-    };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = argsbroker::shutdown::signal();
-    let server = serve::run(listener, http::app(live), bounds, async move {
-        shutdown.await;
-        tracing::info!("shutting down; finishing in-flight requests");
-        let _ = stop_tx.send(());
-    });
-    tokio::select! {
-        _ = server => {}
-        _ = async { let _ = stop_rx.await; tokio::time::sleep(graceful_timeout).await } => {
-            tracing::warn!("requests still in flight after {graceful_timeout:?}; exiting");
-        }
-    }
-    Ok(())
-}
-
-/// A worker has no file to reload: SIGHUP (which would otherwise end the
-/// process) is logged and ignored.
-fn ignore_sighup() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangups = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            tracing::info!(
-                "SIGHUP: a worker has nothing to reload; send SIGHUP to the broker to reload the args file"
-            );
-        }
-    });
-    Ok(())
-}
-
-fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
-    socket.set_tcp_nodelay(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    socket.set_nonblocking(true)?;
-    tokio::net::TcpListener::from_std(socket.into())
+    run::run(run::Config {
+        broker: cli.broker,
+        listen: cli.listen,
+        reuse_port: cli.reuse_port,
+        startup_timeout: cli.startup_timeout,
+        cache_file: cli.cache_file,
+        graceful_timeout: cli.graceful_timeout,
+        bounds: serve::Bounds {
+            header_timeout: cli.header_timeout,
+            idle_timeout: cli.idle_timeout,
+        },
+        threads: cli.threads,
+    })
 }
