@@ -212,7 +212,9 @@ async fn raw_call_with(
     let end = body.is_empty();
     let (response, mut send) = h2.send_request(request.body(()).unwrap(), end).unwrap();
     if !end {
-        send.send_data(Bytes::from(body), true).unwrap();
+        // The broker may refuse (and reset the stream) before it has read
+        // all of an oversized body: what it answered is what counts.
+        let _ = send.send_data(Bytes::from(body), true);
     }
     let response = response.await.unwrap();
     let mut status = tonic::Status::from_header_map(response.headers());
