@@ -21,12 +21,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tonic::Code;
 
 const DOC: &str = r#"{"a": 1, "list": [10, 20], "nested": {"k": "v"}}"#;
 const DOC_COMPACT: &str = r#"{"a":1,"list":[10,20],"nested":{"k":"v"}}"#;
-
-type Client = pb::args_broker_client::ArgsBrokerClient<tonic::transport::Channel>;
 
 /// A broker serving `DOC` with `flags`, and what GetArgs answered before the test.
 fn serving(flags: &[&str]) -> (Site, Proc, pb::Args) {
@@ -51,47 +48,6 @@ fn unchanged(site: &Site, broker: &mut Proc, before: &pb::Args) {
         "the args changed"
     );
     assert!(!broker.log().contains("panicked"), "{}", broker.log());
-}
-
-fn call<T>(
-    site: &Site,
-    f: impl AsyncFnOnce(Client) -> Result<tonic::Response<T>, tonic::Status>,
-) -> Result<T, (Code, String)> {
-    grpc(|| async {
-        let client = argsbroker::client::connect(site.socket())
-            .await
-            .expect("connect");
-        f(client)
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|s| (s.code(), s.message().to_owned()))
-    })
-}
-
-fn set(site: &Site, json: &str) -> Result<pb::Args, (Code, String)> {
-    let json = json.to_owned();
-    call(site, async move |mut c| {
-        c.set_args(pb::SetArgsRequest {
-            json,
-            expected_revision: None,
-        })
-        .await
-    })
-}
-
-fn patch(
-    site: &Site,
-    merge_patch: &str,
-    expected_revision: Option<u64>,
-) -> Result<pb::Args, (Code, String)> {
-    let merge_patch = merge_patch.to_owned();
-    call(site, async move |mut c| {
-        c.patch_args(pb::PatchArgsRequest {
-            merge_patch,
-            expected_revision,
-        })
-        .await
-    })
 }
 
 /// An args file holding `contents` stops the broker at startup with
@@ -226,7 +182,7 @@ fn file_with_a_byte_order_mark_is_accepted() {
         (first.revision, first.json_str().unwrap()),
         (1, r#"{"a":1}"#)
     );
-    let reply = set(&site, "\u{feff}{\"a\": 2}").unwrap();
+    let reply = site.set("\u{feff}{\"a\": 2}", None).unwrap();
     assert_eq!(
         (reply.revision, reply.json_str().unwrap()),
         (2, r#"{"a":2}"#)
@@ -610,7 +566,7 @@ fn watcher_disconnects_mid_stream() {
         drop(watch);
         drop(client);
     });
-    let reply = patch(&site, r#"{"a": 2}"#, None).unwrap();
+    let reply = site.patch(r#"{"a": 2}"#, None).unwrap();
     assert_eq!(reply.revision, 2);
     let first = grpc(|| async {
         let mut client = argsbroker::client::connect(site.socket()).await.unwrap();

@@ -14,43 +14,12 @@ const EXACT: &str = r#"{
 }"#;
 const EXACT_COMPACT: &str = r#"{"zeta":123456789012345678901234567890,"alpha":0.123456789012345678901234567891,"名前":"値 ✓ é","nested":{"a/b":1,"m~n":[10,20,{"deep":true}],"":"empty key"},"neg":-0.0}"#;
 
-fn get_args(site: &Site, pointer: &str) -> Result<pb::Args, tonic::Status> {
-    grpc(|| async {
-        let mut client = argsbroker::client::connect(site.socket())
-            .await
-            .expect("connect");
-        client
-            .get_args(pb::GetArgsRequest {
-                pointer: pointer.into(),
-                if_none_match: None,
-            })
-            .await
-            .map(|r| r.into_inner())
-    })
-}
-
-fn patch(site: &Site, merge_patch: &str) -> pb::Args {
-    grpc(|| async {
-        let mut client = argsbroker::client::connect(site.socket())
-            .await
-            .expect("connect");
-        client
-            .patch_args(pb::PatchArgsRequest {
-                merge_patch: merge_patch.into(),
-                expected_revision: None,
-            })
-            .await
-            .expect("patch")
-            .into_inner()
-    })
-}
-
 /// The document comes back exactly: 30-digit numbers, key order, Unicode.
 #[test]
 fn document_round_trips_exactly() {
     let site = Site::new(EXACT);
     let _broker = site.start_broker();
-    let args = get_args(&site, "").expect("GetArgs");
+    let args = site.get("").expect("GetArgs");
     assert_eq!(args.json, EXACT_COMPACT);
     assert_eq!(args.revision, 1);
     assert_eq!(args.sha256.len(), 64);
@@ -82,7 +51,7 @@ fn pointers_name_values_inside_the_document() {
     ];
     for (pointer, want) in cases {
         assert_eq!(
-            get_args(&site, pointer).expect(pointer).json,
+            site.get(pointer).expect(pointer).json,
             want,
             "GetArgs {pointer}"
         );
@@ -201,7 +170,7 @@ fn etag_and_if_none_match() {
     );
 
     // A new revision has a new tag, so the old one no longer matches.
-    patch(&site, r#"{"a": 2}"#);
+    site.patch(r#"{"a": 2}"#, None).unwrap();
     let answer = eventually("the new revision", || {
         Some(get_with(port, "/args", &[("If-None-Match", &etag)])).filter(|a| a.status == 200)
     });
@@ -283,7 +252,7 @@ fn a_large_document_arrives_whole_everywhere() {
     let _broker = site.start_broker();
     let port = free_port();
     let _worker = site.start_worker(port, false);
-    assert_eq!(get_args(&site, "").unwrap().json, big("one"));
+    assert_eq!(site.current().json, big("one"));
     let (first, second) = watch_across_a_patch(&site, r#"{"tag": "two"}"#);
     assert_eq!(
         (first.revision, first.json_str().unwrap()),
@@ -293,7 +262,7 @@ fn a_large_document_arrives_whole_everywhere() {
         (second.revision, second.json_str().unwrap()),
         (2, big("two").as_str())
     );
-    let now = get_args(&site, "").unwrap();
+    let now = site.current();
     assert_eq!((now.revision, now.sha256), (2, second.sha256));
     let answer = eventually("the worker to serve revision 2", || {
         Some(get(port, "/args")).filter(|a| a.header("x-args-revision") == Some("2"))
@@ -308,7 +277,7 @@ fn workers_follow_changes() {
     let _broker = site.start_broker();
     let ports = [free_port(), free_port()];
     let _workers: Vec<Proc> = ports.iter().map(|p| site.start_worker(*p, false)).collect();
-    let reply = patch(&site, r#"{"a": {"b": "c"}}"#);
+    let reply = site.patch(r#"{"a": {"b": "c"}}"#, None).unwrap();
     assert_eq!(reply.revision, 2);
     for port in ports {
         let answer = eventually("the worker to serve revision 2", || {
@@ -358,17 +327,17 @@ fn worker_outlives_its_broker_and_converges_after_restart() {
 fn revisions_survive_restarts() {
     let site = Site::new(r#"{"a": 1}"#);
     let mut broker = site.start_broker();
-    assert_eq!(patch(&site, r#"{"a": 5}"#).revision, 2);
+    assert_eq!(site.patch(r#"{"a": 5}"#, None).unwrap().revision, 2);
     broker.stop();
 
     let mut broker = site.start_broker();
-    let args = get_args(&site, "").unwrap();
+    let args = site.current();
     assert_eq!((args.revision, args.json_str().unwrap()), (2, r#"{"a":5}"#));
     broker.stop();
 
     std::fs::write(site.args(), "{\"a\": 6}\n").unwrap();
     let _broker = site.start_broker();
-    let args = get_args(&site, "").unwrap();
+    let args = site.current();
     assert_eq!((args.revision, args.json_str().unwrap()), (3, r#"{"a":6}"#));
 }
 
@@ -392,7 +361,7 @@ fn stale_socket_is_replaced_but_a_live_broker_is_not() {
         )
     );
     assert_eq!(
-        get_args(&site, "").unwrap().json,
+        site.current().json,
         r#"{"a":1}"#,
         "the first broker keeps serving"
     );

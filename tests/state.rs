@@ -116,7 +116,7 @@ fn state_is_private_and_the_args_file_keeps_its_mode_and_owner() {
     std::fs::set_permissions(site.args(), std::fs::Permissions::from_mode(0o640)).unwrap();
     std::os::unix::fs::chown(site.args(), Some(NOBODY), Some(NOBODY)).unwrap();
     let _broker = site.start_broker();
-    let patched = patch_args(&site.socket(), r#"{"secret": "s3"}"#).unwrap();
+    let patched = site.patch(r#"{"secret": "s3"}"#, None).unwrap();
     assert_eq!(patched.revision, 2);
 
     let meta = std::fs::metadata(site.args()).unwrap();
@@ -143,7 +143,7 @@ fn a_symlinked_args_file_is_written_through_and_stays_a_link() {
     std::os::unix::fs::symlink("releases/v3/args.json", site.args()).unwrap();
     let broker = site.start_broker();
 
-    let patched = patch_args(&site.socket(), r#"{"n": 2}"#).unwrap();
+    let patched = site.patch(r#"{"n": 2}"#, None).unwrap();
     assert_eq!(
         (patched.revision, &patched.json[..]),
         (2, &b"{\"n\":2}"[..])
@@ -238,7 +238,7 @@ fn a_history_directory_that_cannot_be_written_refuses_and_changes_nothing() {
     std::fs::set_permissions(&history, std::fs::Permissions::from_mode(0o500)).unwrap();
 
     assert_eq!(
-        patch_args(&site.socket(), r#"{"n": 2}"#),
+        site.patch(r#"{"n": 2}"#, None),
         Err((
             Code::Internal,
             format!(
@@ -250,7 +250,7 @@ fn a_history_directory_that_cannot_be_written_refuses_and_changes_nothing() {
     nothing_changed(&site, &mut broker, &before, &file);
 
     std::fs::set_permissions(&history, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let patched = patch_args(&site.socket(), r#"{"n": 3}"#).unwrap();
+    let patched = site.patch(r#"{"n": 3}"#, None).unwrap();
     assert_eq!(
         (patched.revision, &patched.json[..]),
         (2, &b"{\"n\":3}"[..])
@@ -300,7 +300,7 @@ fn a_failing_fsync_at_any_step_refuses_the_write_and_changes_nothing() {
         let _ = std::fs::remove_file(site.path("strace.out"));
         let mut strace = failing_fsync(&broker, &site, &step.to_string());
         assert_eq!(
-            patch_args(&site.socket(), r#"{"n": 2}"#),
+            site.patch(r#"{"n": 2}"#, None),
             Err((
                 Code::Internal,
                 format!(
@@ -315,7 +315,7 @@ fn a_failing_fsync_at_any_step_refuses_the_write_and_changes_nothing() {
         nothing_changed(&site, &mut broker, &before, &file);
     }
 
-    let patched = patch_args(&site.socket(), r#"{"n": 3}"#).unwrap();
+    let patched = site.patch(r#"{"n": 3}"#, None).unwrap();
     assert_eq!(patched.revision, 2);
     broker.stop();
     let _broker = site.start_broker();
@@ -335,7 +335,7 @@ fn a_full_args_directory_refuses_the_write_and_changes_nothing() {
 
     let big = format!(r#"{{"big": "{}"}}"#, "x".repeat(8192));
     assert_eq!(
-        patch_args(&site.socket(), &big),
+        site.patch(&big, None),
         Err((
             Code::Internal,
             format!(
@@ -347,6 +347,6 @@ fn a_full_args_directory_refuses_the_write_and_changes_nothing() {
     nothing_changed(&site, &mut broker, &before, &file);
 
     std::fs::remove_file(filler).unwrap();
-    assert_eq!(patch_args(&site.socket(), &big).unwrap().revision, 2);
+    assert_eq!(site.patch(&big, None).unwrap().revision, 2);
     drop(broker);
 }

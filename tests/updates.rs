@@ -18,49 +18,6 @@ async fn client(site: &Site) -> Client {
         .expect("connect")
 }
 
-fn current(site: &Site) -> pb::Args {
-    grpc(|| async {
-        let request = pb::GetArgsRequest {
-            pointer: String::new(),
-            if_none_match: None,
-        };
-        client(site)
-            .await
-            .get_args(request)
-            .await
-            .expect("GetArgs")
-            .into_inner()
-    })
-}
-
-fn set(site: &Site, json: &str, expected: Option<u64>) -> Result<pb::Args, tonic::Status> {
-    grpc(|| async {
-        let request = pb::SetArgsRequest {
-            json: json.into(),
-            expected_revision: expected,
-        };
-        client(site)
-            .await
-            .set_args(request)
-            .await
-            .map(|r| r.into_inner())
-    })
-}
-
-fn patch(site: &Site, merge_patch: &str, expected: Option<u64>) -> Result<pb::Args, tonic::Status> {
-    grpc(|| async {
-        let request = pb::PatchArgsRequest {
-            merge_patch: merge_patch.into(),
-            expected_revision: expected,
-        };
-        client(site)
-            .await
-            .patch_args(request)
-            .await
-            .map(|r| r.into_inner())
-    })
-}
-
 fn cli(site: &Site, args: &[&str]) -> (i32, String, String) {
     let mut cmd = Command::new(BROKER);
     cmd.arg(args[0])
@@ -72,16 +29,10 @@ fn cli(site: &Site, args: &[&str]) -> (i32, String, String) {
 
 /// Asserts a refused write: its code and message, and the document unchanged.
 /// (The catalogue of refused input is bad_input.rs.)
-fn assert_refused(
-    site: &Site,
-    write: impl FnOnce() -> Result<pb::Args, tonic::Status>,
-    code: Code,
-    message: &str,
-) {
-    let before = current(site);
-    let status = write().expect_err("the write should be refused");
-    assert_eq!((status.code(), status.message()), (code, message));
-    let after = current(site);
+fn assert_refused(site: &Site, write: impl FnOnce() -> Outcome, code: Code, message: &str) {
+    let before = site.current();
+    assert_eq!(write(), Err((code, message.to_owned())));
+    let after = site.current();
     assert_eq!(
         (after.revision, after.json),
         (before.revision, before.json),
@@ -94,25 +45,25 @@ fn assert_refused(
 fn set_and_patch_keep_the_document_exact() {
     let site = Site::new(r#"{"z": 1, "big": 123456789012345678901234567890, "名": "✓"}"#);
     let _broker = site.start_broker();
-    let reply = patch(
-        &site,
-        r#"{"z": null, "a": 0.100000000000000000000000000001, "名": "値"}"#,
-        None,
-    )
-    .unwrap();
+    let reply = site
+        .patch(
+            r#"{"z": null, "a": 0.100000000000000000000000000001, "名": "値"}"#,
+            None,
+        )
+        .unwrap();
     assert_eq!(reply.revision, 2);
     assert_eq!(
         reply.json,
         r#"{"big":123456789012345678901234567890,"名":"値","a":0.100000000000000000000000000001}"#
     );
-    assert_eq!(current(&site).json, reply.json);
+    assert_eq!(site.current().json, reply.json);
     // Acknowledged means on disk.
     let on_disk =
         argsbroker::document::Document::parse(&std::fs::read(site.args()).unwrap()).unwrap();
     assert_eq!(on_disk.json_str(), reply.json);
     assert_eq!(on_disk.sha256(), reply.sha256);
 
-    let reply = set(&site, r#"{"only": [1, 2]}"#, Some(2)).unwrap();
+    let reply = site.set(r#"{"only": [1, 2]}"#, Some(2)).unwrap();
     assert_eq!(
         (reply.revision, reply.json_str().unwrap()),
         (3, r#"{"only":[1,2]}"#)
@@ -124,10 +75,10 @@ fn set_and_patch_keep_the_document_exact() {
 fn identical_writes_make_no_revision() {
     let site = Site::new(r#"{"a": 1}"#);
     let _broker = site.start_broker();
-    assert_eq!(set(&site, "{ \"a\" : 1 }", None).unwrap().revision, 1);
-    assert_eq!(patch(&site, r#"{"a": 1}"#, None).unwrap().revision, 1);
+    assert_eq!(site.set("{ \"a\" : 1 }", None).unwrap().revision, 1);
+    assert_eq!(site.patch(r#"{"a": 1}"#, None).unwrap().revision, 1);
     assert_eq!(
-        patch(&site, r#"{"missing": null}"#, None).unwrap().revision,
+        site.patch(r#"{"missing": null}"#, None).unwrap().revision,
         1
     );
 }
@@ -139,7 +90,7 @@ fn concurrent_writers_lose_nothing() {
     let site = Site::new(r#"{"a": 0}"#);
     let _broker = site.start_broker();
     for round in 1..=10u64 {
-        let base = current(&site).revision;
+        let base = site.current().revision;
         let results = grpc(|| async {
             let (mut one, mut two) = (client(&site).await, client(&site).await);
             let a = one.patch_args(pb::PatchArgsRequest {
@@ -159,8 +110,9 @@ fn concurrent_writers_lose_nothing() {
             "round {round}: {results:?}"
         );
         // Make the next round's two writes differ from the current content.
-        patch(&site, &format!(r#"{{"w": null, "round": {round}}}"#), None).unwrap();
-        assert_eq!(current(&site).revision, base + 2);
+        site.patch(&format!(r#"{{"w": null, "round": {round}}}"#), None)
+            .unwrap();
+        assert_eq!(site.current().revision, base + 2);
     }
 
     let site = &site;
@@ -174,7 +126,7 @@ fn concurrent_writers_lose_nothing() {
         });
         futures_util::future::join_all(writers).await;
     });
-    let doc: serde_json::Value = serde_json::from_slice(&current(site).json).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&site.current().json).unwrap();
     let keys = (0..20)
         .filter(|i| doc.get(format!("k{i}")).is_some())
         .count();
@@ -189,13 +141,13 @@ fn read_only_refuses_writes() {
     let message = "the broker is read-only (--read-only): change the args file and send SIGHUP";
     assert_refused(
         &site,
-        || patch(&site, r#"{"a": 2}"#, None),
+        || site.patch(r#"{"a": 2}"#, None),
         Code::FailedPrecondition,
         message,
     );
     assert_refused(
         &site,
-        || set(&site, r#"{"a": 2}"#, None),
+        || site.set(r#"{"a": 2}"#, None),
         Code::FailedPrecondition,
         message,
     );
@@ -248,7 +200,7 @@ fn history_and_rollback() {
     let site = Site::new(r#"{"v": 1}"#);
     let _broker = site.start_broker_with(&["--history", "3"]);
     for v in 2..=4 {
-        patch(&site, &format!(r#"{{"v": {v}}}"#), None).unwrap();
+        site.patch(&format!(r#"{{"v": {v}}}"#), None).unwrap();
     }
     let revisions = grpc(|| async {
         client(&site)
@@ -310,7 +262,7 @@ fn history_and_rollback() {
 fn history_survives_a_restart() {
     let site = Site::new(r#"{"v": 1}"#);
     let mut broker = site.start_broker();
-    patch(&site, r#"{"v": 2}"#, None).unwrap();
+    site.patch(r#"{"v": 2}"#, None).unwrap();
     broker.stop();
     std::fs::write(site.args(), r#"{"v": 3}"#).unwrap();
     let _broker = site.start_broker();
@@ -339,7 +291,7 @@ fn watch_replays_from_a_revision() {
     let site = Site::new(r#"{"v": 1}"#);
     let _broker = site.start_broker_with(&["--history", "3"]);
     for v in 2..=5 {
-        patch(&site, &format!(r#"{{"v": {v}}}"#), None).unwrap();
+        site.patch(&format!(r#"{{"v": {v}}}"#), None).unwrap();
     }
     let first_messages = |start: Option<u64>, n: usize| {
         grpc(|| async {
@@ -393,7 +345,7 @@ fn sighup_reloads_and_an_invalid_file_keeps_the_old_revision() {
         )),
         "{line}"
     );
-    assert_eq!(current(&site).revision, 2);
+    assert_eq!(site.current().revision, 2);
     assert!(broker.log().lines().all(|l| !l.contains("panicked")));
 }
 
@@ -404,19 +356,19 @@ fn watch_flag_follows_the_file_on_disk() {
     let _broker = site.start_broker_with(&["--watch"]);
     std::fs::write(site.args(), r#"{"v": 2}"#).unwrap();
     eventually("an in-place write to be published", || {
-        Some(current(&site)).filter(|a| a.json == r#"{"v":2}"#)
+        Some(site.current()).filter(|a| a.json == r#"{"v":2}"#)
     });
     let tmp = site.path("args.json.new");
     std::fs::write(&tmp, r#"{"v": 3}"#).unwrap();
     std::fs::rename(&tmp, site.args()).unwrap();
     let args = eventually("a rename over the file to be published", || {
-        Some(current(&site)).filter(|a| a.json == r#"{"v":3}"#)
+        Some(site.current()).filter(|a| a.json == r#"{"v":3}"#)
     });
     assert_eq!(args.revision, 3);
     // The broker's own writes are not taken as a new change.
-    let reply = patch(&site, r#"{"v": 4}"#, None).unwrap();
+    let reply = site.patch(r#"{"v": 4}"#, None).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(current(&site).revision, reply.revision);
+    assert_eq!(site.current().revision, reply.revision);
 }
 
 /// Three workers (two sharing a port) all serve a patched value; a burst of
@@ -440,7 +392,7 @@ fn changes_reach_every_worker() {
             assert_eq!(answer.body, body);
         }
     };
-    let reply = patch(&site, r#"{"n": 1, "model": "b"}"#, None).unwrap();
+    let reply = site.patch(r#"{"n": 1, "model": "b"}"#, None).unwrap();
     wait_for(reply.revision, r#"{"args":{"n":1,"model":"b"}}"#);
 
     let last = grpc(|| async {
@@ -475,7 +427,7 @@ fn kill_9_during_a_write_storm_loses_nothing() {
     };
     for round in 0..20u64 {
         let broker = site.start_broker();
-        let served = current(&site);
+        let served = site.current();
         assert!(
             served.revision >= max_acked,
             "round {round}: revision went back from {max_acked} to {}",

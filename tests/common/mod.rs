@@ -432,23 +432,63 @@ pub fn raise_nofile(wanted: u64) {
     );
 }
 
-/// A gRPC call's outcome as a test compares it: the reply, or the status code and message.
+/// A gRPC call's outcome as a test compares it: the reply, or the status
+/// code and message.
 pub type Outcome = Result<argsbroker::pb::Args, (tonic::Code, String)>;
 
-/// PatchArgs on a fresh connection.
-pub fn patch_args(socket: &Path, merge_patch: &str) -> Outcome {
-    let request = argsbroker::pb::PatchArgsRequest {
-        merge_patch: merge_patch.to_owned(),
-        expected_revision: None,
-    };
+type Client = argsbroker::pb::args_broker_client::ArgsBrokerClient<tonic::transport::Channel>;
+
+/// Runs one call on a fresh connection to the broker at `socket`.
+pub fn call<T>(
+    socket: &Path,
+    f: impl AsyncFnOnce(Client) -> Result<tonic::Response<T>, tonic::Status>,
+) -> Result<T, (tonic::Code, String)> {
     grpc(|| async {
-        let mut client = argsbroker::client::connect(socket).await.expect("connect");
-        client
-            .patch_args(request)
+        let client = argsbroker::client::connect(socket).await.expect("connect");
+        f(client)
             .await
             .map(tonic::Response::into_inner)
             .map_err(|status| (status.code(), status.message().to_owned()))
     })
+}
+
+/// The tests' typed client of the args service: one call per method, each
+/// on a fresh connection, each answering an [`Outcome`].
+impl Site {
+    /// The whole document (GetArgs); panics if the broker does not answer.
+    pub fn current(&self) -> argsbroker::pb::Args {
+        get_args(&self.socket())
+    }
+
+    /// GetArgs at `pointer` ("" for the whole document).
+    pub fn get(&self, pointer: &str) -> Outcome {
+        let request = argsbroker::pb::GetArgsRequest {
+            pointer: pointer.to_owned(),
+            if_none_match: None,
+        };
+        call(&self.socket(), async |mut c| c.get_args(request).await)
+    }
+
+    pub fn set(&self, json: &str, expected_revision: Option<u64>) -> Outcome {
+        let request = argsbroker::pb::SetArgsRequest {
+            json: json.to_owned(),
+            expected_revision,
+        };
+        call(&self.socket(), async |mut c| c.set_args(request).await)
+    }
+
+    pub fn patch(&self, merge_patch: &str, expected_revision: Option<u64>) -> Outcome {
+        patch_args(&self.socket(), merge_patch, expected_revision)
+    }
+}
+
+/// PatchArgs on a fresh connection to the broker at `socket`.
+pub fn patch_args(socket: &Path, merge_patch: &str, expected_revision: Option<u64>) -> Outcome {
+    let request = argsbroker::pb::PatchArgsRequest {
+        merge_patch: merge_patch.to_owned(),
+        expected_revision,
+    };
+    call(socket, async |mut c| c.patch_args(request).await)
 }
 
 /// A tmpfs of `size` bytes mounted at `dir` (created) for as long as this
