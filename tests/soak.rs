@@ -117,6 +117,28 @@ fn short(s: &str) -> &str {
     &s[..s.len().min(12)]
 }
 
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    KillBroker,
+    Sighup,
+    OutsideEdit,
+    DiskFull,
+    KillWorker,
+}
+
+/// A fault drawn from `enabled` by weight.
+fn pick(rng: &mut Rng, enabled: &[(Fault, u64)]) -> Fault {
+    let total: u64 = enabled.iter().map(|(_, w)| w).sum();
+    let mut at = rng.range(0, total);
+    for (fault, weight) in enabled {
+        if at < *weight {
+            return *fault;
+        }
+        at -= weight;
+    }
+    unreachable!()
+}
+
 #[derive(Default)]
 struct Faults {
     broker_kills: u64,
@@ -150,6 +172,28 @@ fn fault_soak() {
         .unwrap_or_else(fresh_seed);
     eprintln!("soak: {seconds} s, seed {seed} (SOAK_SEED={seed} replays the fault schedule)");
     let mut rng = Rng::new(seed);
+    // SOAK_FAULTS=kill,sighup,edit,disk,worker (the default: all) narrows the schedule.
+    let enabled: Vec<(Fault, u64)> = {
+        let wanted = std::env::var("SOAK_FAULTS").unwrap_or_default();
+        let all = [
+            (Fault::KillBroker, "kill", 25),
+            (Fault::Sighup, "sighup", 20),
+            (Fault::OutsideEdit, "edit", 20),
+            (Fault::DiskFull, "disk", 15),
+            (Fault::KillWorker, "worker", 20),
+        ];
+        all.into_iter()
+            .filter(|(_, name, _)| {
+                wanted.is_empty() || wanted.split(',').any(|w| w.trim() == *name)
+            })
+            .map(|(fault, _, weight)| (fault, weight))
+            .collect()
+    };
+    assert!(
+        !enabled.is_empty(),
+        "SOAK_FAULTS names no fault: kill,sighup,edit,disk,worker"
+    );
+    eprintln!("soak: faults {enabled:?}");
 
     let start_json = r#"{"start": true}"#;
     let site = Site::new_in(Path::new("/dev/shm"), start_json);
@@ -203,6 +247,10 @@ fn fault_soak() {
         let (socket, ledger, stop) = (site.socket(), ledger.clone(), stop.clone());
         std::thread::spawn(move || observe(&socket, &ledger, &stop))
     };
+    let poller = {
+        let (ports, stop) = (ports.clone(), stop.clone());
+        std::thread::spawn(move || poll_workers(&ports, &stop))
+    };
 
     // The fault schedule.
     let mut faults = Faults::default();
@@ -219,8 +267,8 @@ fn fault_soak() {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(rng.range(150, 600)));
-        match rng.range(0, 100) {
-            0..25 => {
+        match pick(&mut rng, &enabled) {
+            Fault::KillBroker => {
                 faults.broker_kills += 1;
                 let restarted = kill_and_restart(&mut broker, &restarter, &mut || {});
                 if let Err(log) = restarted {
@@ -230,11 +278,15 @@ fn fault_soak() {
                     break;
                 }
             }
-            25..45 => {
-                faults.sighups += 1;
-                broker.signal(libc::SIGHUP);
+            Fault::Sighup => {
+                // A burst, as a config-management run that reloads several times.
+                for _ in 0..rng.range(1, 6) {
+                    faults.sighups += 1;
+                    broker.signal(libc::SIGHUP);
+                    std::thread::sleep(Duration::from_millis(rng.range(10, 70)));
+                }
             }
-            45..65 => {
+            Fault::OutsideEdit => {
                 faults.outside_edits += 1;
                 let i = faults.outside_edits;
                 let json = format!(r#"{{"outside": {i}, "outside_{i}": "deploy {i}"}}"#);
@@ -245,7 +297,7 @@ fn fault_soak() {
                 write_by_rename(&site.args(), &json);
                 outside_edits.push((i, sha));
             }
-            65..80 => {
+            Fault::DiskFull => {
                 faults.disk_full += 1;
                 fill(&filler);
                 std::thread::sleep(Duration::from_millis(rng.range(200, 800)));
@@ -294,7 +346,7 @@ fn fault_soak() {
                     }
                 }
             }
-            _ => {
+            Fault::KillWorker => {
                 faults.worker_kills += 1;
                 let i = rng.range(0, worker_count as u64) as usize;
                 workers[i].signal(libc::SIGKILL);
@@ -310,7 +362,18 @@ fn fault_soak() {
         .flat_map(|w| w.join().expect("writer thread"))
         .collect();
     observer.join().expect("observer thread");
+    let served = poller.join().expect("worker poller thread");
     let _ = std::fs::remove_file(&filler);
+
+    if !broker.is_running() {
+        match restart_broker(&site, &broker_cmd) {
+            Ok(b) => broker = b,
+            Err(log) => panic!(
+                "the broker is down and cannot restart ({log}); findings so far:\n{}",
+                findings.join("\n")
+            ),
+        }
+    }
 
     // (4) Every worker converges to what the broker serves.
     let final_args = converge(&site.socket(), &ports, &mut findings);
@@ -325,7 +388,8 @@ fn fault_soak() {
     );
     let ledger = ledger.lock().unwrap();
     findings.extend(ledger.two_documents.iter().cloned());
-    check(
+    check_workers(&ledger, &served, &final_rev.0, &mut findings);
+    let recovered = check(
         &ledger,
         &ops,
         &outside_edits,
@@ -371,7 +435,7 @@ fn fault_soak() {
         "soak figures (seed {seed}, {seconds} s, {worker_count} workers):\n  \
          writes: {} sent, {acked} acknowledged {acked_by:?}, {refused} refused {refused_by:?}, {unknown} unknown {unknown_by:?} (connection broken by kill -9)\n  \
          faults: {} broker kill -9, {} SIGHUP, {} outside edits, {} full state disk (of which {} with a SIGHUP, {} with kill -9, {} with a restart on the full disk), {} worker kill -9\n  \
-         revisions seen: {}, final revision {} (lineage {})\n  \
+         revisions seen: {}, final revision {} (lineage {}); {recovered} write(s) in flight at a kill -9 taken at the restart\n  \
          lost = {lost}, findings = {}",
         ops.len(),
         faults.broker_kills,
@@ -715,6 +779,90 @@ fn fill(path: &Path) {
     panic!("the state disk never filled up");
 }
 
+/// What a worker answered to GET /args during the run.
+struct Served {
+    port: u16,
+    revision: u64,
+    etag: String,
+    /// The sha256 of the document in the body, as the worker sent it.
+    body_sha256: String,
+}
+
+/// Polls GET /args on every worker until `stop`.
+fn poll_workers(ports: &[u16], stop: &AtomicBool) -> Vec<Served> {
+    let mut served = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        for &port in ports {
+            let Some(answer) = try_get(port, "/args", &[]) else {
+                continue; // killed, or not listening yet
+            };
+            if answer.status != 200 {
+                continue;
+            }
+            let (Some(revision), Some(etag)) = (
+                answer
+                    .header("x-args-revision")
+                    .and_then(|r| r.parse().ok()),
+                answer.header("etag"),
+            ) else {
+                continue;
+            };
+            let document = answer
+                .body
+                .strip_prefix("{\"args\":")
+                .and_then(|b| b.strip_suffix('}'))
+                .unwrap_or_default();
+            served.push(Served {
+                port,
+                revision,
+                etag: etag.trim_matches('"').to_owned(),
+                body_sha256: sha256_hex(document.as_bytes()),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    served
+}
+
+/// What the workers served: each revision is the broker's document of that
+/// revision (3), the body is the document the ETag names, and no worker's
+/// revision goes back (the lineage never changes in the soak).
+fn check_workers(ledger: &Ledger, served: &[Served], lineage: &str, findings: &mut Vec<String>) {
+    let mut last: HashMap<u16, u64> = HashMap::new();
+    let mut reported = HashSet::new();
+    for s in served {
+        if !s.body_sha256.starts_with(&s.etag) && reported.insert((s.port, s.revision, 0)) {
+            findings.push(format!(
+                "(3) worker on port {} served revision {} with ETag {} but a body whose sha256 is {}",
+                s.port,
+                s.revision,
+                s.etag,
+                short(&s.body_sha256)
+            ));
+        }
+        if let Some(seen) = ledger.seen.get(&(lineage.to_owned(), s.revision)) {
+            if !seen.sha256.starts_with(&s.etag) && reported.insert((s.port, s.revision, 1)) {
+                findings.push(format!(
+                    "(3) worker on port {} served revision {} as sha256 {}, but the broker's revision {} is {} (seen via {})",
+                    s.port,
+                    s.revision,
+                    short(&s.etag),
+                    s.revision,
+                    short(&seen.sha256),
+                    seen.via
+                ));
+            }
+        }
+        let before = last.insert(s.port, s.revision).unwrap_or(0);
+        if s.revision < before && reported.insert((s.port, s.revision, 2)) {
+            findings.push(format!(
+                "(4) worker on port {} went back from revision {before} to {}",
+                s.port, s.revision
+            ));
+        }
+    }
+}
+
 /// Waits until every worker serves the broker's current revision and
 /// document, and says so on /readyz; returns that snapshot.
 fn converge(socket: &Path, ports: &[u16], findings: &mut Vec<String>) -> pb::Args {
@@ -776,7 +924,7 @@ fn check(
     restarts: &[Restart],
     (start_sha256, final_rev, final_args): (&str, &Rev, &pb::Args),
     findings: &mut Vec<String>,
-) {
+) -> usize {
     let keys_of = |json: &Bytes| -> HashSet<String> { object(json).keys().cloned().collect() };
     // Each seen document's keys, parsed once.
     let keys_at: HashMap<&Rev, HashSet<String>> = ledger
@@ -902,6 +1050,18 @@ fn check(
         .map(|op| op.key.as_str())
         .collect();
     let outside: HashSet<&str> = outside_edits.iter().map(|(_, s)| s.as_str()).collect();
+    let mut recovered_writes = 0;
+    let outcome_of: HashMap<&str, &str> = ops
+        .iter()
+        .map(|op| {
+            let outcome = match op.outcome {
+                Outcome::Acked { .. } => "acknowledged",
+                Outcome::Refused { .. } => "refused",
+                Outcome::Unknown { .. } => "outcome unknown",
+            };
+            (op.key.as_str(), outcome)
+        })
+        .collect();
     for (r, seen) in &ledger.seen {
         if seen.source.as_deref() != Some("file") {
             continue;
@@ -917,35 +1077,51 @@ fn check(
                     .any(|k| unknown_keys.contains(k.as_str()))
         });
         if recovered {
+            recovered_writes += 1;
             continue;
         }
         let about = match keys_at.get(r) {
             Some(keys) => {
-                let refused_in: Vec<&str> = refused
+                let before = keys_at.get(&(r.0.clone(), r.1 - 1));
+                let mut parts = vec![format!("{} keys", keys.len())];
+                if let Some(before) = before {
+                    let mut dropped: Vec<&str> = before
+                        .iter()
+                        .filter(|k| !keys.contains(*k))
+                        .map(|k| k.as_str())
+                        .collect();
+                    let mut added: Vec<String> = keys
+                        .iter()
+                        .filter(|k| !before.contains(*k))
+                        .map(|k| {
+                            format!(
+                                "{k} ({})",
+                                outcome_of
+                                    .get(k.as_str())
+                                    .copied()
+                                    .unwrap_or("not written by a writer")
+                            )
+                        })
+                        .collect();
+                    dropped.sort();
+                    added.sort();
+                    parts.push(format!(
+                        "against revision {}: dropped [{}], added [{}]",
+                        r.1 - 1,
+                        dropped.join(", "),
+                        added.join(", ")
+                    ));
+                }
+                let mut refused_in: Vec<&str> = refused
                     .keys()
                     .filter(|k| keys.contains(**k))
                     .copied()
                     .collect();
-                let before = keys_at.get(&(r.0.clone(), r.1 - 1));
-                if refused_in.is_empty() {
-                    let dropped: Vec<&str> = before
-                        .map(|b| {
-                            b.iter()
-                                .filter(|k| !keys.contains(*k))
-                                .map(|k| k.as_str())
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    format!(
-                        "{} keys; it dropped {} key(s) of revision {}: {}",
-                        keys.len(),
-                        dropped.len(),
-                        r.1 - 1,
-                        dropped.join(", ")
-                    )
-                } else {
-                    format!("it holds refused key(s) {}", refused_in.join(", "))
+                refused_in.sort();
+                if !refused_in.is_empty() {
+                    parts.push(format!("holds refused key(s) {}", refused_in.join(", ")));
                 }
+                parts.join("; ")
             }
             None => "content not seen".into(),
         };
@@ -955,4 +1131,5 @@ fn check(
             short(&seen.sha256)
         ));
     }
+    recovered_writes
 }
