@@ -322,15 +322,47 @@ fn check_reload_storm(site: &Site, acks: &[Ack]) -> Vec<String> {
 /// the error names the history path and says nothing was changed; once space
 /// returns, the next write takes the next revision (no gap, no reuse).
 #[test]
-fn a_write_refused_for_a_full_disk_changes_nothing() {
+fn a_write_refused_for_a_full_state_disk_changes_nothing() {
+    full_disk_refuses_and_changes_nothing(FullDisk::StateDir);
+}
+
+/// The same with the args file's own directory on the small tmpfs (and the
+/// default state directory, `args.json.state`, beside it).
+#[test]
+fn a_write_refused_for_a_full_args_disk_changes_nothing() {
+    full_disk_refuses_and_changes_nothing(FullDisk::ArgsDir);
+}
+
+#[derive(Clone, Copy, Debug)]
+enum FullDisk {
+    /// `--state-dir` on a 24 KiB tmpfs; the args file elsewhere.
+    StateDir,
+    /// The args file and its default state directory on a 24 KiB tmpfs.
+    ArgsDir,
+}
+
+fn full_disk_refuses_and_changes_nothing(case: FullDisk) {
     let site = Site::new(r#"{"n": 0}"#);
-    let state = site.path("state");
-    let disk = Tmpfs::mount(&state, "24k");
+    let mount = site.path("small");
+    let disk = Tmpfs::mount(&mount, "24k");
+    let (args_path, state) = match case {
+        FullDisk::StateDir => (site.args(), mount.clone()),
+        FullDisk::ArgsDir => {
+            let args = mount.join("args.json");
+            std::fs::copy(site.args(), &args).expect("copy the args file");
+            (args, mount.join("args.json.state"))
+        }
+    };
     let broker_cmd = || {
-        let mut cmd = site.broker_cmd();
-        cmd.arg("--state-dir")
-            .arg(&state)
+        let mut cmd = std::process::Command::new(BROKER);
+        cmd.arg("--args")
+            .arg(&args_path)
+            .arg("--socket")
+            .arg(site.socket())
             .env("RUST_LOG", "info,broker::reload=debug");
+        if let FullDisk::StateDir = case {
+            cmd.arg("--state-dir").arg(&state);
+        }
         cmd
     };
     let mut broker = site.spawn_broker(broker_cmd());
@@ -362,10 +394,10 @@ fn a_write_refused_for_a_full_disk_changes_nothing() {
             }
         }
     }
-    let (refused_n, status) = refused.expect("a 24 KiB state disk fills up within 100 writes");
+    let (refused_n, status) = refused.expect("a 24 KiB disk fills up within 100 writes");
     let refused_revision = last_ack.revision + 1;
     eprintln!(
-        "patch n={refused_n} refused ({:?}: {}); last acknowledged: revision {}",
+        "{case:?}: patch n={refused_n} refused ({:?}: {}); last acknowledged: revision {}",
         status.code(),
         status.message(),
         last_ack.revision
@@ -376,11 +408,18 @@ fn a_write_refused_for_a_full_disk_changes_nothing() {
     );
 
     // The message names the path and the cause, and says nothing changed.
-    let history_path = state
-        .join("history")
-        .join(format!("{refused_revision}.json"));
+    // On the state disk that is the history entry; on the args disk, the
+    // args file's temp file or the entry, whichever did not fit.
+    let path_needle = match case {
+        FullDisk::StateDir => state
+            .join("history")
+            .join(format!("{refused_revision}.json"))
+            .display()
+            .to_string(),
+        FullDisk::ArgsDir => mount.display().to_string(),
+    };
     for needle in [
-        history_path.display().to_string(),
+        path_needle,
         "No space left on device".into(),
         "nothing was changed".into(),
     ] {
@@ -406,7 +445,7 @@ fn a_write_refused_for_a_full_disk_changes_nothing() {
         }
     };
     let file_holds = |when: &str, failures: &mut Vec<String>| {
-        match file_document(&site.args()) {
+        match file_document(&args_path) {
         Ok(doc) if doc.sha256() == last_ack.sha256 => {}
         Ok(doc) => failures.push(format!(
             "{when}: args.json holds n={} (sha256 {}), not the last acknowledged revision {} (n={}); patch n={refused_n} was refused",
@@ -483,7 +522,7 @@ fn a_write_refused_for_a_full_disk_changes_nothing() {
     }
     assert!(
         failures.is_empty(),
-        "a write refused for a full disk changed things:\n{}",
+        "{case:?}: a write refused for a full disk changed things:\n{}",
         failures.join("\n")
     );
 }
