@@ -551,3 +551,169 @@ fn sighup_and_wait(broker: &Proc) {
         Some(()).filter(|_| sighup_outcomes(&broker.log()).0 > before)
     });
 }
+
+/// A write whose fsync fails changes nothing, whichever fsync of the write
+/// it is (the args file's temp file, the args directory, the history
+/// entry's temp file, the history directory): strace attaches to the
+/// running broker and makes the Nth fsync after it fail with EIO.
+#[test]
+fn a_write_whose_fsync_fails_changes_nothing() {
+    require_root("attaching strace to the broker");
+    let site = Site::new(r#"{"n": 0}"#);
+    let broker_cmd = || {
+        let mut cmd = site.broker_cmd();
+        cmd.env("RUST_LOG", "info,broker::reload=debug");
+        cmd
+    };
+    let mut broker = site.spawn_broker(broker_cmd());
+    let patch = |n: u64| -> Result<pb::Args, tonic::Status> {
+        grpc(|| async {
+            connect(&site.socket())
+                .await
+                .expect("connect")
+                .patch_args(pb::PatchArgsRequest {
+                    merge_patch: format!(r#"{{"n": {n}}}"#),
+                    expected_revision: None,
+                })
+                .await
+                .map(|r| r.into_inner())
+        })
+    };
+    let mut last_ack = patch(1).expect("a write with no fault");
+    let mut failures = Vec::new();
+    let mut n = 1;
+    for step in 1..=4 {
+        n += 1;
+        let trace = site.path(&format!("strace-{step}.out"));
+        let strace = Strace::attach(broker.pid(), step, &trace);
+        let result = patch(n);
+        strace.detach(broker.pid());
+        let injected = std::fs::read_to_string(&trace)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains("INJECTED"))
+            .map(str::to_owned);
+        let status = match (result, injected) {
+            (Ok(reply), None) => {
+                eprintln!("fsync {step}: the write made fewer than {step} fsyncs; acknowledged");
+                last_ack = reply;
+                continue;
+            }
+            (Ok(reply), Some(line)) => {
+                failures.push(format!(
+                    "fsync {step} of the write failed ({line}), but patch n={n} was acknowledged at revision {}",
+                    reply.revision
+                ));
+                last_ack = reply;
+                continue;
+            }
+            (Err(status), _) => status,
+        };
+        eprintln!("fsync {step}: patch n={n} refused: {}", status.message());
+        let site_dir = site.dir.path().display().to_string();
+        for needle in [
+            site_dir.as_str(),
+            "Input/output error",
+            "nothing was changed",
+        ] {
+            if !status.message().contains(needle) {
+                failures.push(format!(
+                    "fsync {step}: the refusal of patch n={n} does not say {needle:?}: {:?}",
+                    status.message()
+                ));
+            }
+        }
+        let check = |when: &str, failures: &mut Vec<String>| {
+            let now = get_args(&site.socket());
+            if (now.revision, &now.sha256) != (last_ack.revision, &last_ack.sha256) {
+                failures.push(format!(
+                    "fsync {step}, {when}: the broker serves revision {} (n={}), not the last acknowledged revision {} (n={}); patch n={n} was refused",
+                    now.revision,
+                    object(&now.json)["n"],
+                    last_ack.revision,
+                    object(&last_ack.json)["n"]
+                ));
+            }
+            match file_document(&site.args()) {
+                Ok(doc) if doc.sha256() == last_ack.sha256 => {}
+                Ok(doc) => failures.push(format!(
+                    "fsync {step}, {when}: args.json holds n={}, not the last acknowledged n={}; patch n={n} was refused",
+                    object(doc.json())["n"],
+                    object(&last_ack.json)["n"]
+                )),
+                Err(err) => failures.push(format!("fsync {step}, {when}: {err}")),
+            }
+            now
+        };
+        check("after the refusal", &mut failures);
+        sighup_and_wait(&broker);
+        check("after a SIGHUP", &mut failures);
+        broker.signal(libc::SIGKILL);
+        broker.wait();
+        broker = site.spawn_broker(broker_cmd());
+        let now = check("after kill -9 and a restart", &mut failures);
+        // Carry on from what is served, so each step is judged on its own.
+        last_ack = now;
+    }
+    match patch(1000) {
+        Ok(reply) if reply.revision == last_ack.revision + 1 => {}
+        Ok(reply) => failures.push(format!(
+            "the next write got revision {}, not {}",
+            reply.revision,
+            last_ack.revision + 1
+        )),
+        Err(status) => failures.push(format!("the next write was refused: {status:?}")),
+    }
+    assert!(
+        failures.is_empty(),
+        "a write whose fsync failed changed things:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// strace attached to a running process, failing its `nth` fsync (counted
+/// per thread from the attach) with EIO.
+struct Strace(Proc);
+
+impl Strace {
+    fn attach(pid: i32, nth: u32, out: &std::path::Path) -> Self {
+        let mut cmd = std::process::Command::new("strace");
+        cmd.args(["-f", "-qq", "-e", "trace=fsync,fdatasync"])
+            .arg("-e")
+            .arg(format!("inject=fsync,fdatasync:error=EIO:when={nth}"))
+            .arg("-o")
+            .arg(out)
+            .arg("-p")
+            .arg(pid.to_string());
+        let log = out.with_extension("log");
+        let mut strace = Proc::spawn(cmd, log);
+        let tracer = strace.pid();
+        eventually("strace to attach to every thread of the broker", || {
+            assert!(strace.is_running(), "strace exited: {}", strace.log());
+            Some(()).filter(|_| tracer_pids(pid).iter().all(|t| *t == tracer))
+        });
+        Self(strace)
+    }
+
+    fn detach(mut self, pid: i32) {
+        self.0.stop();
+        eventually("strace to detach from the broker", || {
+            Some(()).filter(|_| tracer_pids(pid).iter().all(|t| *t == 0))
+        });
+    }
+}
+
+/// The TracerPid of every thread of `pid`.
+fn tracer_pids(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect()
+}
