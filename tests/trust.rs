@@ -686,6 +686,13 @@ impl Strace {
             .arg("-p")
             .arg(pid.to_string());
         let log = out.with_extension("log");
+        assert!(
+            std::process::Command::new("strace")
+                .arg("-V")
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "this test needs strace (tests/run installs it: apt-get install strace)"
+        );
         let mut strace = Proc::spawn(cmd, log);
         let tracer = strace.pid();
         eventually("strace to attach to every thread of the broker", || {
