@@ -104,7 +104,9 @@ impl Ledger {
             return;
         }
         if entry.json.is_none() && json.is_some() {
-            entry.json = json;
+            // A copy: the decoded field may share (and keep alive) the
+            // whole receive buffer it came in.
+            entry.json = json.map(|j| Bytes::copy_from_slice(&j));
             entry.via = via;
         }
         if entry.source.is_none() {
@@ -454,13 +456,41 @@ fn fault_soak() {
     drop(workers);
     drop(broker);
     drop(disk);
-    let shown = findings.len().min(60);
     assert!(
         findings.is_empty(),
-        "the soak found {} broken promise(s) (seed {seed}; SOAK_SEED={seed} replays the schedule); the first {shown}:\n{}",
+        "the soak found {} broken promise(s) (seed {seed}; SOAK_SEED={seed} replays the schedule):\n{}",
         findings.len(),
-        findings[..shown].join("\n")
+        summarize(&findings, 12)
     );
+}
+
+/// The findings grouped by invariant (the tag each starts with): a count per
+/// group, then at most `per_group` of each, so that one flood does not hide
+/// the others.
+fn summarize(findings: &[String], per_group: usize) -> String {
+    let mut groups: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
+    for f in findings {
+        let tag = f.split_once(' ').map_or("", |(t, _)| t);
+        groups.entry(tag).or_default().push(f);
+    }
+    let counts: Vec<String> = groups
+        .iter()
+        .map(|(tag, fs)| format!("{tag} {}", fs.len()))
+        .collect();
+    let mut out = format!("by invariant: {}", counts.join(", "));
+    for fs in groups.values() {
+        for f in fs.iter().take(per_group) {
+            out.push('\n');
+            out.push_str(f);
+        }
+        if fs.len() > per_group {
+            out.push_str(&format!(
+                "\n  ... and {} more like it",
+                fs.len() - per_group
+            ));
+        }
+    }
+    out
 }
 
 /// A writer on its own connection: mostly PatchArgs of its own keys
@@ -779,6 +809,14 @@ fn fill(path: &Path) {
     panic!("the state disk never filled up");
 }
 
+/// A key's hash, for the checker's sets of keys.
+fn key_hash(key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
+
 /// What a worker answered to GET /args during the run.
 struct Served {
     port: u16,
@@ -926,12 +964,17 @@ fn check(
     findings: &mut Vec<String>,
 ) -> usize {
     let keys_of = |json: &Bytes| -> HashSet<String> { object(json).keys().cloned().collect() };
-    // Each seen document's keys, parsed once.
-    let keys_at: HashMap<&Rev, HashSet<String>> = ledger
+    // Each seen document's keys, parsed once and kept as hashes (a long
+    // soak sees hundreds of thousands of revisions).
+    let keys_at: HashMap<&Rev, HashSet<u64>> = ledger
         .seen
         .iter()
-        .filter_map(|(r, s)| s.json.as_ref().map(|j| (r, keys_of(j))))
+        .filter_map(|(r, s)| {
+            let json = s.json.as_ref()?;
+            Some((r, object(json).keys().map(|k| key_hash(k)).collect()))
+        })
         .collect();
+    let names_at = |rev: &Rev| ledger.seen.get(rev)?.json.as_ref().map(keys_of);
     let source_of = |rev: &Rev| {
         ledger
             .seen
@@ -970,6 +1013,7 @@ fn check(
     // next whole-document replacement, and in the final document if none.
     let mut lost_keys = HashSet::new();
     let final_keys = keys_of(&final_args.json);
+    let final_keys: HashSet<u64> = final_keys.iter().map(|k| key_hash(k)).collect();
     for op in ops {
         let (Outcome::Acked { rev, .. }, Kind::Patch | Kind::CasPatch) = (&op.outcome, op.kind)
         else {
@@ -983,7 +1027,7 @@ fn check(
             .skip(1);
         for (r, seen) in later {
             let Some(keys) = keys_at.get(r) else { continue };
-            if !keys.contains(&op.key) && lost_keys.insert(op.key.clone()) {
+            if !keys.contains(&key_hash(&op.key)) && lost_keys.insert(op.key.clone()) {
                 findings.push(format!(
                     "(1) lost: key {} (acknowledged at revision {}) is missing from revision {} (source={}, seen via {}), and no whole-document write came between",
                     op.key, rev.1, r.1, source_of(r), seen.via
@@ -992,7 +1036,7 @@ fn check(
         }
         if until.is_none()
             && rev.0 == final_rev.0
-            && !final_keys.contains(&op.key)
+            && !final_keys.contains(&key_hash(&op.key))
             && lost_keys.insert(op.key.clone())
         {
             findings.push(format!(
@@ -1017,21 +1061,22 @@ fn check(
     }
 
     // (2) No refused write is in any revision.
-    let refused: HashMap<&str, &Op> = ops
+    let refused: HashMap<u64, &Op> = ops
         .iter()
         .filter(|op| matches!(op.outcome, Outcome::Refused { .. }))
-        .map(|op| (op.key.as_str(), op))
+        .map(|op| (key_hash(&op.key), op))
         .collect();
     let mut reported = HashSet::new();
     for (r, seen) in &ledger.seen {
         let Some(keys) = keys_at.get(r) else { continue };
         for key in keys {
-            let Some(op) = refused.get(key.as_str()) else {
+            let Some(op) = refused.get(key) else {
                 continue;
             };
-            if !reported.insert(key.clone()) {
+            if !reported.insert(*key) {
                 continue;
             }
+            let key = &op.key;
             let Outcome::Refused { code, message } = &op.outcome else {
                 unreachable!()
             };
@@ -1080,9 +1125,9 @@ fn check(
             recovered_writes += 1;
             continue;
         }
-        let about = match keys_at.get(r) {
+        let about = match names_at(r) {
             Some(keys) => {
-                let before = keys_at.get(&(r.0.clone(), r.1 - 1));
+                let before = names_at(&(r.0.clone(), r.1 - 1));
                 let mut parts = vec![format!("{} keys", keys.len())];
                 if let Some(before) = before {
                     let mut dropped: Vec<&str> = before
@@ -1112,10 +1157,10 @@ fn check(
                         added.join(", ")
                     ));
                 }
-                let mut refused_in: Vec<&str> = refused
-                    .keys()
-                    .filter(|k| keys.contains(**k))
-                    .copied()
+                let mut refused_in: Vec<&str> = keys
+                    .iter()
+                    .filter(|k| refused.contains_key(&key_hash(k)))
+                    .map(|k| k.as_str())
                     .collect();
                 refused_in.sort();
                 if !refused_in.is_empty() {
