@@ -65,7 +65,9 @@ struct Op {
 #[derive(Default)]
 struct Seen {
     sha256: String,
-    json: Option<Bytes>,
+    /// The document's top-level keys, as sorted hashes (names in
+    /// `Ledger::names`): a long soak sees hundreds of thousands of revisions.
+    keys: Option<Box<[u64]>>,
     source: Option<String>,
     via: &'static str,
 }
@@ -76,6 +78,14 @@ struct Ledger {
     seen: BTreeMap<Rev, Seen>,
     /// Invariant 3 findings, found as observations come in.
     two_documents: Vec<String>,
+    /// Every key name seen, by hash.
+    names: HashMap<u64, String>,
+}
+
+impl Seen {
+    fn has(&self, hash: u64) -> Option<bool> {
+        Some(self.keys.as_ref()?.binary_search(&hash).is_ok())
+    }
 }
 
 impl Ledger {
@@ -103,10 +113,17 @@ impl Ledger {
             ));
             return;
         }
-        if entry.json.is_none() && json.is_some() {
-            // A copy: the decoded field may share (and keep alive) the
-            // whole receive buffer it came in.
-            entry.json = json.map(|j| Bytes::copy_from_slice(&j));
+        if let (None, Some(json)) = (&entry.keys, json) {
+            let mut keys: Vec<u64> = object(&json)
+                .into_iter()
+                .map(|(name, _)| {
+                    let hash = key_hash(&name);
+                    self.names.entry(hash).or_insert(name);
+                    hash
+                })
+                .collect();
+            keys.sort_unstable();
+            entry.keys = Some(keys.into());
             entry.via = via;
         }
         if entry.source.is_none() {
@@ -692,7 +709,7 @@ async fn record_revisions_async(socket: &Path, ledger: &Mutex<Ledger>) {
                 Some(&r.source),
                 "ListRevisions",
             );
-            if r.source == "file" && seen.seen.get(&rev).is_some_and(|s| s.json.is_none()) {
+            if r.source == "file" && seen.seen.get(&rev).is_some_and(|s| s.keys.is_none()) {
                 unseen_file_revisions.push(r.revision);
             }
         }
@@ -964,17 +981,10 @@ fn check(
     findings: &mut Vec<String>,
 ) -> usize {
     let keys_of = |json: &Bytes| -> HashSet<String> { object(json).keys().cloned().collect() };
-    // Each seen document's keys, parsed once and kept as hashes (a long
-    // soak sees hundreds of thousands of revisions).
-    let keys_at: HashMap<&Rev, HashSet<u64>> = ledger
-        .seen
-        .iter()
-        .filter_map(|(r, s)| {
-            let json = s.json.as_ref()?;
-            Some((r, object(json).keys().map(|k| key_hash(k)).collect()))
-        })
-        .collect();
-    let names_at = |rev: &Rev| ledger.seen.get(rev)?.json.as_ref().map(keys_of);
+    let names_at = |rev: &Rev| -> Option<HashSet<String>> {
+        let keys = ledger.seen.get(rev)?.keys.as_ref()?;
+        Some(keys.iter().map(|h| ledger.names[h].clone()).collect())
+    };
     let source_of = |rev: &Rev| {
         ledger
             .seen
@@ -1026,8 +1036,7 @@ fn check(
             .take_while(|(r, _)| r.0 == rev.0 && until.is_none_or(|u| r.1 < u))
             .skip(1);
         for (r, seen) in later {
-            let Some(keys) = keys_at.get(r) else { continue };
-            if !keys.contains(&key_hash(&op.key)) && lost_keys.insert(op.key.clone()) {
+            if seen.has(key_hash(&op.key)) == Some(false) && lost_keys.insert(op.key.clone()) {
                 findings.push(format!(
                     "(1) lost: key {} (acknowledged at revision {}) is missing from revision {} (source={}, seen via {}), and no whole-document write came between",
                     op.key, rev.1, r.1, source_of(r), seen.via
@@ -1068,8 +1077,8 @@ fn check(
         .collect();
     let mut reported = HashSet::new();
     for (r, seen) in &ledger.seen {
-        let Some(keys) = keys_at.get(r) else { continue };
-        for key in keys {
+        let Some(keys) = &seen.keys else { continue };
+        for key in keys.iter() {
             let Some(op) = refused.get(key) else {
                 continue;
             };

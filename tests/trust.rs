@@ -14,6 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const WRITERS: u64 = 4;
+/// The broker's log filter in these tests: its own modules at debug, so an
+/// unchanged file on SIGHUP is logged too (see `sighup_outcomes`).
+const RELOAD_LOG: &str = "info,broker=debug";
 const PATCHES_PER_WRITER: u64 = 150;
 /// Each writer's cap when it keeps writing until the signals are all sent.
 const MAX_PATCHES_PER_WRITER: u64 = 5_000;
@@ -144,7 +147,7 @@ fn reload_storm(trigger: Trigger, seed: u64) -> Vec<String> {
     let site = Site::new_in(std::path::Path::new("/dev/shm"), r#"{"start": true}"#);
     let mut cmd = site.broker_cmd();
     cmd.args(["--history", "100000"])
-        .env("RUST_LOG", "info,broker::reload=debug");
+        .env("RUST_LOG", RELOAD_LOG);
     if let Trigger::Watch = trigger {
         cmd.arg("--watch");
     }
@@ -213,7 +216,7 @@ fn reload_storm(trigger: Trigger, seed: u64) -> Vec<String> {
     if let Trigger::Sighup = trigger {
         // Signals sent close together may be taken as one: wait until no
         // reload is running, so the checks see its result.
-        let (done, _) = eventually("the last SIGHUP reload to finish", || {
+        let (done, _) = eventually("the last SIGHUP reload to finish (a log line with 'reload', 'unchanged' or 'args file' after 'SIGHUP: reloading')", || {
             Some(sighup_outcomes(&broker.log())).filter(|(done, pending)| *done > 0 && !pending)
         });
         eprintln!(
@@ -359,7 +362,7 @@ fn full_disk_refuses_and_changes_nothing(case: FullDisk) {
             .arg(&args_path)
             .arg("--socket")
             .arg(site.socket())
-            .env("RUST_LOG", "info,broker::reload=debug");
+            .env("RUST_LOG", RELOAD_LOG);
         if let FullDisk::StateDir = case {
             cmd.arg("--state-dir").arg(&state);
         }
@@ -410,19 +413,18 @@ fn full_disk_refuses_and_changes_nothing(case: FullDisk) {
     // The message names the path and the cause, and says nothing changed.
     // On the state disk that is the history entry; on the args disk, the
     // args file's temp file or the entry, whichever did not fit.
-    let path_needle = match case {
-        FullDisk::StateDir => state
-            .join("history")
-            .join(format!("{refused_revision}.json"))
-            .display()
-            .to_string(),
-        FullDisk::ArgsDir => mount.display().to_string(),
+    // (The entry may be named by its temp file: `.7.json.<pid>.tmp`.)
+    let path_needles = match case {
+        FullDisk::StateDir => vec![
+            state.join("history").display().to_string(),
+            format!("{refused_revision}.json"),
+        ],
+        FullDisk::ArgsDir => vec![mount.display().to_string()],
     };
-    for needle in [
-        path_needle,
+    for needle in path_needles.into_iter().chain([
         "No space left on device".into(),
         "nothing was changed".into(),
-    ] {
+    ]) {
         if !status.message().contains(&needle) {
             failures.push(format!(
                 "the refusal of patch n={refused_n} does not say {needle:?}: {:?}",
@@ -528,14 +530,21 @@ fn full_disk_refuses_and_changes_nothing(case: FullDisk) {
 }
 
 /// How many SIGHUP reloads the broker's log shows finished, and whether one
-/// is still running (the broker runs with broker::reload at debug, so an
-/// unchanged file says so too).
+/// is still running. A reload starts with the line `SIGHUP: reloading the
+/// args file`; its outcome is the next line that mentions a reload, an
+/// unchanged file or the args file (`reloaded the args file`, `not reloaded,
+/// ...`, and at debug `the args file is unchanged`). If the broker's wording
+/// changes, change it here: a wait that times out names these words.
 fn sighup_outcomes(log: &str) -> (usize, bool) {
     let (mut done, mut pending) = (0, false);
     for line in log.lines() {
         if line.contains("SIGHUP: reloading") {
             pending = true;
-        } else if pending && (line.contains("reload") || line.contains("unchanged")) {
+        } else if pending
+            && ["reload", "unchanged", "args file"]
+                .iter()
+                .any(|w| line.contains(w))
+        {
             done += 1;
             pending = false;
         }
@@ -547,7 +556,7 @@ fn sighup_outcomes(log: &str) -> (usize, bool) {
 fn sighup_and_wait(broker: &Proc) {
     let (before, _) = sighup_outcomes(&broker.log());
     broker.signal(libc::SIGHUP);
-    eventually("the broker to log the outcome of the SIGHUP", || {
+    eventually("the broker to log the outcome of the SIGHUP (a line with 'reload', 'unchanged' or 'args file' after 'SIGHUP: reloading')", || {
         Some(()).filter(|_| sighup_outcomes(&broker.log()).0 > before)
     });
 }
@@ -562,7 +571,7 @@ fn a_write_whose_fsync_fails_changes_nothing() {
     let site = Site::new(r#"{"n": 0}"#);
     let broker_cmd = || {
         let mut cmd = site.broker_cmd();
-        cmd.env("RUST_LOG", "info,broker::reload=debug");
+        cmd.env("RUST_LOG", RELOAD_LOG);
         cmd
     };
     let mut broker = site.spawn_broker(broker_cmd());
