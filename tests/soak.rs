@@ -1120,7 +1120,7 @@ fn check(
         if seen.source.as_deref() != Some("file") {
             continue;
         }
-        if seen.sha256 == start_sha256 || outside.contains(seen.sha256.as_str()) {
+        if (r.1 == 1 && seen.sha256 == start_sha256) || outside.contains(seen.sha256.as_str()) {
             continue;
         }
         let recovered = restarts.iter().any(|restart| {
@@ -1186,4 +1186,168 @@ fn check(
         ));
     }
     recovered_writes
+}
+
+/// The checker itself, on small made-up logs: it passes a clean history and
+/// names each kind of broken promise.
+mod checker {
+    use super::*;
+
+    const L: &str = "lineage-a";
+
+    fn doc(json: &str) -> (String, Bytes) {
+        let d = argsbroker::document::Document::parse(json.as_bytes()).unwrap();
+        (d.sha256().to_owned(), d.json().clone())
+    }
+
+    fn rev(r: u64) -> Rev {
+        (L.to_owned(), r)
+    }
+
+    /// A ledger from (revision, document, source).
+    fn ledger(revisions: &[(u64, &str, &str)]) -> Ledger {
+        let mut ledger = Ledger::default();
+        for (r, json, source) in revisions {
+            let (sha, bytes) = doc(json);
+            ledger.observe(rev(*r), &sha, Some(bytes), Some(source), "test");
+        }
+        ledger
+    }
+
+    fn patch(key: &str, outcome: Outcome) -> Op {
+        Op {
+            key: key.into(),
+            kind: Kind::Patch,
+            set_sha256: None,
+            outcome,
+        }
+    }
+
+    fn acked(r: u64) -> Outcome {
+        Outcome::Acked { rev: rev(r) }
+    }
+
+    fn findings(ledger: &Ledger, ops: &[Op], outside: &[(u64, String)]) -> Vec<String> {
+        let last = ledger.seen.keys().next_back().unwrap().clone();
+        let names = |r: &Rev| {
+            let keys = ledger.seen[r].keys.as_ref().unwrap();
+            let mut names: Vec<&str> = keys.iter().map(|h| ledger.names[h].as_str()).collect();
+            names.sort();
+            names
+        };
+        // The final document: the last revision, rebuilt from its keys.
+        let json = format!(
+            "{{{}}}",
+            names(&last)
+                .iter()
+                .map(|k| format!("\"{k}\": 1"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let final_args = pb::Args {
+            revision: last.1,
+            json: json.into(),
+            sha256: ledger.seen[&last].sha256.clone(),
+            not_modified: false,
+            lineage: L.into(),
+        };
+        let (start_sha, _) = doc(r#"{"start": 1}"#);
+        let mut found = ledger.two_documents.clone();
+        check(
+            ledger,
+            ops,
+            outside,
+            &[],
+            (&start_sha, &last, &final_args),
+            &mut found,
+        );
+        found
+    }
+
+    #[test]
+    fn a_clean_history_passes() {
+        let (set_sha, _) = doc(r#"{"set_by": "w0_3", "w0_3": 1}"#);
+        let (edit_sha, _) = doc(r#"{"outside": 1}"#);
+        let ledger = ledger(&[
+            (1, r#"{"start": 1}"#, "file"),
+            (2, r#"{"start": 1, "w0_1": 1}"#, "patch"),
+            (3, r#"{"set_by": "w0_3", "w0_3": 1}"#, "set"),
+            (4, r#"{"outside": 1}"#, "file"),
+            (5, r#"{"outside": 1, "w1_1": 1}"#, "patch"),
+        ]);
+        let mut set = patch("w0_3", acked(3));
+        set.kind = Kind::Set;
+        set.set_sha256 = Some(set_sha);
+        let ops = [
+            patch("w0_1", acked(2)),
+            set,
+            patch("w1_1", acked(5)),
+            patch("w1_2", Outcome::Unknown { why: "kill".into() }),
+        ];
+        assert_eq!(
+            findings(&ledger, &ops, &[(1, edit_sha)]),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn it_names_a_lost_key_and_the_revision_that_dropped_it() {
+        let ledger = ledger(&[
+            (1, r#"{"start": 1}"#, "file"),
+            (2, r#"{"start": 1, "w0_1": 1}"#, "patch"),
+            (3, r#"{"start": 1}"#, "file"),
+            (4, r#"{"start": 1, "w1_1": 1}"#, "patch"),
+        ]);
+        let ops = [patch("w0_1", acked(2)), patch("w1_1", acked(4))];
+        let found = findings(&ledger, &ops, &[]);
+        assert!(
+            found[0].starts_with("(1) lost: key w0_1 (acknowledged at revision 2) is missing from revision 3 (source=file"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("(5) own write reloaded: revision 3 has source=file"),
+            "{found:?}"
+        );
+        assert!(found[1].contains("dropped [w0_1], added []"), "{found:?}");
+        assert_eq!(found.len(), 2, "{found:?}");
+    }
+
+    #[test]
+    fn it_names_a_refused_key_that_was_applied() {
+        let ledger = ledger(&[
+            (1, r#"{"start": 1}"#, "file"),
+            (2, r#"{"start": 1, "w0_1": 1}"#, "file"),
+        ]);
+        let ops = [patch(
+            "w0_1",
+            Outcome::Refused {
+                code: Code::Internal,
+                message: "No space left on device".into(),
+            },
+        )];
+        let found = findings(&ledger, &ops, &[]);
+        assert!(
+            found[0].starts_with("(2) refused but applied: key w0_1"),
+            "{found:?}"
+        );
+        assert!(
+            found[0].contains("is in revision 2 (source=file"),
+            "{found:?}"
+        );
+        assert!(found[1].contains("holds refused key(s) w0_1"), "{found:?}");
+        assert_eq!(found.len(), 2, "{found:?}");
+    }
+
+    #[test]
+    fn it_names_a_revision_with_two_documents() {
+        let mut ledger = ledger(&[(1, r#"{"start": 1}"#, "file")]);
+        let (other, bytes) = doc(r#"{"other": 1}"#);
+        ledger.observe(rev(1), &other, Some(bytes), None, "WatchArgs");
+        let found = findings(&ledger, &[], &[]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("(3) revision 1 of lineage lineage-a names two documents"),
+            "{found:?}"
+        );
+    }
 }
