@@ -733,3 +733,124 @@ fn tracer_pids(pid: i32) -> Vec<i32> {
         })
         .collect()
 }
+
+/// A write refused because the history directory cannot be written (mode
+/// 0500; the broker runs as uid 65534, so the mode binds it) changes
+/// nothing: not what is served, not the args file, not what a SIGHUP or a
+/// restart serves; once the mode is back, the next write takes the next
+/// revision.
+#[test]
+fn a_write_refused_for_an_unwritable_history_changes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    require_root("running the broker as uid 65534");
+    let site = Site::new(r#"{"n": 0}"#);
+    open_dir(site.dir.path());
+    std::os::unix::fs::chown(site.dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    std::os::unix::fs::chown(site.args(), Some(NOBODY), Some(NOBODY)).unwrap();
+    let binary = site.broker_copy();
+    let broker_cmd = || {
+        let mut cmd = std::process::Command::new(&binary);
+        cmd.arg("--args")
+            .arg(site.args())
+            .arg("--socket")
+            .arg(site.socket())
+            .env("RUST_LOG", RELOAD_LOG)
+            .uid(NOBODY)
+            .gid(NOBODY);
+        cmd
+    };
+    let mut broker = site.spawn_broker(broker_cmd());
+    let history = site.path("args.json.state").join("history");
+    let patch = |n: u64| -> Result<pb::Args, tonic::Status> {
+        grpc(|| async {
+            connect(&site.socket())
+                .await
+                .expect("connect")
+                .patch_args(pb::PatchArgsRequest {
+                    merge_patch: format!(r#"{{"n": {n}}}"#),
+                    expected_revision: None,
+                })
+                .await
+                .map(|r| r.into_inner())
+        })
+    };
+    let last_ack = patch(1).expect("a write with the history writable");
+    let chmod = |mode| {
+        std::fs::set_permissions(&history, std::fs::Permissions::from_mode(mode))
+            .expect("chmod the history directory")
+    };
+    chmod(0o500);
+    let status = patch(2).expect_err("a write with the history directory mode 0500");
+    eprintln!("patch n=2 refused: {}", status.message());
+    let mut failures = Vec::new();
+    for needle in [
+        history.display().to_string(),
+        "Permission denied".into(),
+        "nothing was changed".into(),
+    ] {
+        if !status.message().contains(&needle) {
+            failures.push(format!(
+                "the refusal of patch n=2 does not say {needle:?}: {:?}",
+                status.message()
+            ));
+        }
+    }
+    let check = |when: &str, failures: &mut Vec<String>| {
+        let now = get_args(&site.socket());
+        if (now.revision, &now.sha256) != (last_ack.revision, &last_ack.sha256) {
+            failures.push(format!(
+                "{when}: the broker serves revision {} (n={}), not the last acknowledged revision {} (n=1); patch n=2 was refused",
+                now.revision,
+                object(&now.json)["n"],
+                last_ack.revision
+            ));
+        }
+        match file_document(&site.args()) {
+            Ok(doc) if doc.sha256() == last_ack.sha256 => {}
+            Ok(doc) => failures.push(format!(
+                "{when}: args.json holds n={}, not the last acknowledged n=1; patch n=2 was refused",
+                object(doc.json())["n"]
+            )),
+            Err(err) => failures.push(format!("{when}: {err}")),
+        }
+    };
+    check("after the refusal", &mut failures);
+    sighup_and_wait(&broker);
+    check("after a SIGHUP", &mut failures);
+    broker.signal(libc::SIGKILL);
+    broker.wait();
+    drop(broker);
+    match try_start_broker(&site, broker_cmd()) {
+        Ok(b) => {
+            broker = b;
+            check("after kill -9 and a restart", &mut failures);
+        }
+        Err(log) => {
+            failures.push(format!(
+                "the broker cannot restart with the history directory mode 0500 (it has nothing new to record): {log}"
+            ));
+            chmod(0o700);
+            broker = site.spawn_broker(broker_cmd());
+            check("after the mode was restored and a restart", &mut failures);
+        }
+    }
+    chmod(0o700);
+    match patch(3) {
+        Ok(reply) if reply.revision == last_ack.revision + 1 => {}
+        Ok(reply) => failures.push(format!(
+            "the first write after the mode was restored got revision {}, not {}",
+            reply.revision,
+            last_ack.revision + 1
+        )),
+        Err(status) => failures.push(format!(
+            "the first write after the mode was restored was refused: {status:?}"
+        )),
+    }
+    drop(broker);
+    assert!(
+        failures.is_empty(),
+        "a write refused for an unwritable history directory changed things:\n{}",
+        failures.join("\n")
+    );
+}
