@@ -345,18 +345,16 @@ fn fault_soak() {
                         // kill -9 and restart while the disk is still full:
                         // the last write was refused, so there is nothing to record.
                         faults.disk_full_kill_restart_full += 1;
-                        if let Err(log) = kill_and_restart(&mut broker, &restarter, &mut || {}) {
-                            findings.push(format!(
-                                "(restart) the broker could not restart on the full state disk (every write since the disk filled was refused, so it has nothing new to record): {log}"
-                            ));
-                            free();
-                            match restart_broker(&site, &broker_cmd) {
-                                Ok(b) => broker = b,
-                                Err(log) => {
-                                    findings
-                                        .push(format!("(restart) nor once space returned: {log}"));
-                                    break;
-                                }
+                        match kill_and_restart_or(&mut broker, &restarter, &mut || {}, Some(&mut || free())) {
+                            Ok(None) => {}
+                            Ok(Some(log)) => findings.push(format!(
+                                "(restart) after kill -9 on the full state disk (no write acknowledged since it filled), the broker could not start until space returned: {log}"
+                            )),
+                            Err(log) => {
+                                findings.push(format!(
+                                    "(restart) the broker could restart neither on the full state disk nor once space returned: {log}"
+                                ));
+                                break;
                             }
                         }
                         if exists(&filler) {
@@ -769,6 +767,18 @@ fn kill_and_restart(
     r: &Restarter,
     between: &mut dyn FnMut(),
 ) -> Result<(), String> {
+    kill_and_restart_or(broker, r, between, None).map(|_| ())
+}
+
+/// `kill_and_restart`; if the restart fails and there is a `remedy`, it is
+/// applied and the restart tried again: `Ok(Some(log))` says the first
+/// restart failed, with its log.
+fn kill_and_restart_or(
+    broker: &mut Proc,
+    r: &Restarter,
+    between: &mut dyn FnMut(),
+    remedy: Option<&mut dyn FnMut()>,
+) -> Result<Option<String>, String> {
     let socket = r.site.socket();
     record_revisions(&socket, r.ledger);
     let max_acked_before = max_revision(r.ledger);
@@ -776,7 +786,16 @@ fn kill_and_restart(
     broker.wait();
     let _alone = r.gate.blocking_write();
     between();
-    *broker = restart_broker(r.site, r.cmd)?;
+    let mut failed_first = None;
+    *broker = match (restart_broker(r.site, r.cmd), remedy) {
+        (Ok(b), _) => b,
+        (Err(log), Some(remedy)) => {
+            failed_first = Some(log);
+            remedy();
+            restart_broker(r.site, r.cmd)?
+        }
+        (Err(log), None) => return Err(log),
+    };
     let now = get_args(&socket);
     let rev = (now.lineage.clone(), now.revision);
     r.ledger.lock().unwrap().observe(
@@ -794,7 +813,7 @@ fn kill_and_restart(
     });
     drop(_alone);
     record_revisions(&socket, r.ledger);
-    Ok(())
+    Ok(failed_first)
 }
 
 /// Restarts the broker; a restart that fails is retried a few times (the
