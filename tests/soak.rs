@@ -479,35 +479,6 @@ fn fault_soak() {
     );
 }
 
-/// The findings grouped by invariant (the tag each starts with): a count per
-/// group, then at most `per_group` of each, so that one flood does not hide
-/// the others.
-fn summarize(findings: &[String], per_group: usize) -> String {
-    let mut groups: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
-    for f in findings {
-        let tag = f.split_once(' ').map_or("", |(t, _)| t);
-        groups.entry(tag).or_default().push(f);
-    }
-    let counts: Vec<String> = groups
-        .iter()
-        .map(|(tag, fs)| format!("{tag} {}", fs.len()))
-        .collect();
-    let mut out = format!("by invariant: {}", counts.join(", "));
-    for fs in groups.values() {
-        for f in fs.iter().take(per_group) {
-            out.push('\n');
-            out.push_str(f);
-        }
-        if fs.len() > per_group {
-            out.push_str(&format!(
-                "\n  ... and {} more like it",
-                fs.len() - per_group
-            ));
-        }
-    }
-    out
-}
-
 /// A writer on its own connection: mostly PatchArgs of its own keys
 /// (`w<w>_<n>`), sometimes a compare-and-set patch, sometimes a SetArgs
 /// (plain or compare-and-set) that replaces the whole document.

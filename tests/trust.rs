@@ -130,12 +130,11 @@ fn reload_storm_rounds(trigger: Trigger) {
         );
     }
     let lost = failures.iter().filter(|f| f.contains("[lost]")).count();
-    let shown = failures.len().min(40);
     assert!(
         failures.is_empty(),
-        "{trigger:?} racing writes: {lost} acknowledged write(s) lost, {} finding(s) in all (seed {seed}); the first {shown}:\n{}",
+        "{trigger:?} racing writes: {lost} acknowledged write(s) lost, {} finding(s) in all (seed {seed}):\n{}",
         failures.len(),
-        failures[..shown].join("\n")
+        summarize(&failures, 15)
     );
 }
 
@@ -261,7 +260,7 @@ fn check_reload_storm(site: &Site, acks: &[Ack]) -> Vec<String> {
         // (3) One revision, one document.
         if at.sha256 != ack.sha256 {
             failures.push(format!(
-                "[two documents] revision {} names two documents: acknowledged with sha256 {}, the history has {}",
+                "[two-documents] revision {} names two documents: acknowledged with sha256 {}, the history has {}",
                 ack.revision, ack.sha256, at.sha256
             ));
         }
@@ -304,7 +303,7 @@ fn check_reload_storm(site: &Site, acks: &[Ack]) -> Vec<String> {
                     _ => Vec::new(),
                 };
             failures.push(format!(
-                "[own write reloaded] revision {revision} has source=file, but only the broker wrote the file; it dropped {} key(s) of revision {}: {}",
+                "[own-write-reloaded] revision {revision} has source=file, but only the broker wrote the file; it dropped {} key(s) of revision {}: {}",
                 dropped.len(),
                 revision - 1,
                 dropped.join(", ")
@@ -313,7 +312,7 @@ fn check_reload_storm(site: &Site, acks: &[Ack]) -> Vec<String> {
     }
     if last_ack > final_args.revision {
         failures.push(format!(
-            "[went back] the final revision {} is older than the last acknowledged {last_ack}",
+            "[went-back] the final revision {} is older than the last acknowledged {last_ack}",
             final_args.revision
         ));
     }

@@ -209,3 +209,35 @@ pub fn write_by_rename(path: &Path, json: &str) {
     std::fs::write(&tmp, json).expect("write the deploy temp file");
     std::fs::rename(&tmp, path).expect("rename over the args file");
 }
+
+/// Findings grouped by their tag (the first word that starts with `(` or
+/// `[`, e.g. `(1)` or `[lost]`): a count per group, then at most
+/// `per_group` of each, so that one flood does not hide the others.
+pub fn summarize(findings: &[String], per_group: usize) -> String {
+    let mut groups: std::collections::BTreeMap<&str, Vec<&String>> = Default::default();
+    for f in findings {
+        let tag = f
+            .split_whitespace()
+            .find(|w| w.starts_with('(') || w.starts_with('['))
+            .unwrap_or("");
+        groups.entry(tag).or_default().push(f);
+    }
+    let counts: Vec<String> = groups
+        .iter()
+        .map(|(tag, fs)| format!("{tag} {}", fs.len()))
+        .collect();
+    let mut out = format!("by kind: {}", counts.join(", "));
+    for fs in groups.values() {
+        for f in fs.iter().take(per_group) {
+            out.push('\n');
+            out.push_str(f);
+        }
+        if fs.len() > per_group {
+            out.push_str(&format!(
+                "\n  ... and {} more like it",
+                fs.len() - per_group
+            ));
+        }
+    }
+    out
+}
