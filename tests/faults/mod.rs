@@ -1,0 +1,243 @@
+//! Fault helpers for trust.rs and soak.rs: a tmpfs mounted by the test (so a
+//! full disk is a real ENOSPC), a seeded RNG, and readers of the broker's
+//! history (ListRevisions, and the documents themselves by a WatchArgs replay).
+#![allow(dead_code)]
+
+use crate::common::*;
+use argsbroker::pb;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub type Client = pb::args_broker_client::ArgsBrokerClient<tonic::transport::Channel>;
+
+/// A tmpfs of a given size mounted on a directory by the test (which runs as
+/// root), unmounted when dropped, also when the test fails.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as mount(8) takes it: "24k", "1m") on `path`, created 0700.
+    pub fn mount(path: &Path, size: &str) -> Self {
+        require_root("mounting a tmpfs for a real full disk");
+        std::fs::create_dir_all(path).expect("create the mount point");
+        let tmpfs = Self {
+            path: path.to_path_buf(),
+        };
+        tmpfs.call_mount(size, 0);
+        tmpfs
+    }
+
+    /// Changes the size of the mounted tmpfs (a full disk gets room again).
+    pub fn resize(&self, size: &str) {
+        self.call_mount(size, libc::MS_REMOUNT);
+    }
+
+    fn call_mount(&self, size: &str, flags: libc::c_ulong) {
+        let target = CString::new(self.path.as_os_str().as_bytes()).expect("path");
+        let options = CString::new(format!("size={size},mode=0700")).expect("options");
+        // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                flags,
+                options.as_ptr().cast(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "mount -t tmpfs -o size={size} on {}: {}",
+            self.path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let target = CString::new(self.path.as_os_str().as_bytes()).expect("path");
+        // SAFETY: umount2(2) on the directory this guard mounted. MNT_DETACH:
+        // a process still holding a file there cannot keep it mounted.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// A small seeded RNG (splitmix64): a seed printed by a test replays its run.
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo).max(1)
+    }
+
+    /// True with probability `percent` in 100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.next_u64() % 100 < percent
+    }
+}
+
+/// A seed from the clock, for a run that is not a replay.
+pub fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+pub async fn connect(socket: &Path) -> Option<Client> {
+    argsbroker::client::connect(socket).await.ok()
+}
+
+/// The broker's retained revisions (ListRevisions), oldest first.
+pub fn list_revisions(socket: &Path) -> Vec<pb::Revision> {
+    grpc(|| async {
+        connect(socket)
+            .await
+            .expect("connect for ListRevisions")
+            .list_revisions(pb::ListRevisionsRequest {})
+            .await
+            .expect("ListRevisions")
+            .into_inner()
+            .revisions
+    })
+}
+
+/// Every retained revision's document, oldest first, up to and including
+/// `last`: a WatchArgs replay from revision 0 (the broker must retain all of
+/// them: run it with a large --history).
+pub fn replay_history(socket: &Path, last: u64) -> Vec<pb::Args> {
+    grpc(|| async {
+        let mut stream = connect(socket)
+            .await
+            .expect("connect for the replay")
+            .watch_args(pb::WatchArgsRequest {
+                start_revision: Some(0),
+            })
+            .await
+            .expect("WatchArgs")
+            .into_inner();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + PATIENCE;
+        while got.last().is_none_or(|a: &pb::Args| a.revision < last) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, stream.message()).await {
+                Ok(Ok(Some(args))) => got.push(args),
+                other => panic!(
+                    "the history replay stopped before revision {last} ({} revisions read): {other:?}",
+                    got.len()
+                ),
+            }
+        }
+        got
+    })
+}
+
+/// The top-level object of a document.
+pub fn object(json: &[u8]) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::from_slice(json) {
+        Ok(serde_json::Value::Object(map)) => map,
+        other => panic!(
+            "not a JSON object ({other:?}): {}",
+            String::from_utf8_lossy(json)
+        ),
+    }
+}
+
+/// The lowercase hex SHA-256 of `bytes` (what `Args.sha256` is of the compact text).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The compact text and sha256 of the args file as it is on disk.
+pub fn file_document(path: &Path) -> Result<argsbroker::document::Document, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    argsbroker::document::Document::parse(&bytes)
+        .map_err(|e| format!("{} does not parse: {e}", path.display()))
+}
+
+/// Starts a broker on `site` and waits until it answers, or returns its log
+/// if it exits first (a broker that cannot start is a finding, not a panic).
+pub fn try_start_broker(site: &Site, cmd: Command) -> Result<Proc, String> {
+    let mut proc = Proc::spawn(cmd, site.fresh_log("broker"));
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if !proc.is_running() {
+            return Err(format!("the broker exited: {}", proc.log().trim()));
+        }
+        if grpc(|| async { connect(&site.socket()).await.is_some() }) {
+            return Ok(proc);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the broker did not answer within {PATIENCE:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Writes `json` over `path` the way deploy tools do: a temp file in the
+/// same directory, then a rename over it.
+pub fn write_by_rename(path: &Path, json: &str) {
+    let tmp = path.with_extension("deploy-tmp");
+    std::fs::write(&tmp, json).expect("write the deploy temp file");
+    std::fs::rename(&tmp, path).expect("rename over the args file");
+}
+
+/// Findings grouped by their tag (the first word that starts with `(` or
+/// `[`, e.g. `(1)` or `[lost]`): a count per group, then at most
+/// `per_group` of each, so that one flood does not hide the others.
+pub fn summarize(findings: &[String], per_group: usize) -> String {
+    let mut groups: std::collections::BTreeMap<&str, Vec<&String>> = Default::default();
+    for f in findings {
+        let tag = f
+            .split_whitespace()
+            .find(|w| w.starts_with('(') || w.starts_with('['))
+            .unwrap_or("");
+        groups.entry(tag).or_default().push(f);
+    }
+    let counts: Vec<String> = groups
+        .iter()
+        .map(|(tag, fs)| format!("{tag} {}", fs.len()))
+        .collect();
+    let mut out = format!("by kind: {}", counts.join(", "));
+    for fs in groups.values() {
+        for f in fs.iter().take(per_group) {
+            out.push('\n');
+            out.push_str(f);
+        }
+        if fs.len() > per_group {
+            out.push_str(&format!(
+                "\n  ... and {} more like it",
+                fs.len() - per_group
+            ));
+        }
+    }
+    out
+}
