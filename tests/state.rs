@@ -1,15 +1,14 @@
-//! The broker's state on disk under real faults and odd files: one broker
-//! per args file and state directory, private state, the args file's mode,
-//! owner and symlink kept, writes refused with nothing changed when a step
-//! of saving fails (permissions, fsync errors, a full disk), files that are
-//! not regular, and a socket file deleted under a running broker.
+//! The broker's state on disk: one broker per args file and state
+//! directory, private state, the args file's mode, owner and symlink kept,
+//! files that are not regular, and a socket file deleted under a running
+//! broker. Writes refused by real faults (fsync errors, a full disk, an
+//! unwritable history) are in trust.rs.
 mod common;
 
 use common::*;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use tonic::Code;
 
 const DOC: &str = "{\n  \"n\": 1\n}\n";
 
@@ -24,26 +23,6 @@ fn temp_files(dir: &Path) -> Vec<PathBuf> {
         .map(|e| e.unwrap().path())
         .filter(|p| p.to_string_lossy().ends_with(".tmp"))
         .collect()
-}
-
-/// The refused write left the served document, the args file's bytes and
-/// the history as they were; a SIGHUP and a restart serve the same.
-fn nothing_changed(site: &Site, broker: &mut Proc, before: &argsbroker::pb::Args, file: &[u8]) {
-    assert_eq!(
-        std::fs::read(site.args()).unwrap(),
-        file,
-        "the args file changed"
-    );
-    let now = get_args(&site.socket());
-    assert_eq!((now.revision, &now.json), (before.revision, &before.json));
-    let seen = broker.log().matches("nothing to reload").count();
-    broker.signal(libc::SIGHUP);
-    eventually("the SIGHUP to be handled", || {
-        (broker.log().matches("nothing to reload").count() > seen).then_some(())
-    });
-    let now = get_args(&site.socket());
-    assert_eq!((now.revision, &now.json), (before.revision, &before.json));
-    assert_eq!(temp_files(site.dir.path()), Vec::<PathBuf>::new());
 }
 
 #[test]
@@ -209,144 +188,4 @@ fn a_deleted_socket_file_is_bound_again() {
     std::fs::remove_file(site.socket()).unwrap();
     broker.log_line("the socket file was deleted; bound it again");
     assert_eq!(get_args(&site.socket()).revision, 1);
-}
-
-/// The broker runs as uid 65534 (root ignores permissions), the test writes
-/// as root: a history directory it may not write refuses the write whole.
-#[test]
-fn a_history_directory_that_cannot_be_written_refuses_and_changes_nothing() {
-    require_root("a_history_directory_that_cannot_be_written_refuses_and_changes_nothing");
-    let site = Site::new(DOC);
-    open_dir(site.dir.path());
-    std::os::unix::fs::chown(site.dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
-    std::os::unix::fs::chown(site.args(), Some(NOBODY), Some(NOBODY)).unwrap();
-    let as_nobody = || {
-        use std::os::unix::process::CommandExt;
-        let mut cmd = Command::new(site.broker_copy());
-        cmd.arg("--args")
-            .arg(site.args())
-            .arg("--socket")
-            .arg(site.socket())
-            .uid(NOBODY)
-            .gid(NOBODY);
-        cmd
-    };
-    let mut broker = site.spawn_broker(as_nobody());
-    let before = get_args(&site.socket());
-    let file = std::fs::read(site.args()).unwrap();
-    let history = site.path("args.json.state/history");
-    std::fs::set_permissions(&history, std::fs::Permissions::from_mode(0o500)).unwrap();
-
-    assert_eq!(
-        site.patch(r#"{"n": 2}"#, None),
-        Err((
-            Code::Internal,
-            format!(
-                "could not save revision 2: {}/00000000000000000002.json: Permission denied; nothing was changed",
-                history.display()
-            )
-        ))
-    );
-    nothing_changed(&site, &mut broker, &before, &file);
-
-    std::fs::set_permissions(&history, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let patched = site.patch(r#"{"n": 3}"#, None).unwrap();
-    assert_eq!(
-        (patched.revision, &patched.json[..]),
-        (2, &b"{\"n\":3}"[..])
-    );
-    broker.stop();
-    let _broker = site.spawn_broker(as_nobody());
-    let now = get_args(&site.socket());
-    assert_eq!((now.revision, &now.json[..]), (2, &b"{\"n\":3}"[..]));
-}
-
-/// Starts strace on the running broker, failing its fsync calls with EIO
-/// as `when` says (strace's syntax: `1+` is every one from the first on).
-fn failing_fsync(broker: &Proc, site: &Site, when: &str) -> Proc {
-    let mut cmd = Command::new("strace");
-    cmd.args(["-f", "-qq", "-e", "trace=fsync"])
-        .arg("-e")
-        .arg(format!("inject=fsync:error=EIO:when={when}"))
-        .arg("-o")
-        .arg(site.path("strace.out"))
-        .arg("-p")
-        .arg(broker.pid().to_string());
-    let strace = Proc::spawn(cmd, site.fresh_log("strace"));
-    // strace writes its output file once it has attached.
-    eventually("strace to attach", || {
-        site.path("strace.out").exists().then_some(())
-    });
-    strace
-}
-
-/// Each fsync of a write in turn: the args file's temp file, its directory
-/// after the exchange, the history entry, its directory. Whichever fails,
-/// the write is refused and nothing changed.
-#[test]
-fn a_failing_fsync_at_any_step_refuses_the_write_and_changes_nothing() {
-    require_root("a_failing_fsync_at_any_step_refuses_the_write_and_changes_nothing");
-    let site = Site::new(DOC);
-    let mut broker = site.start_broker();
-    let before = get_args(&site.socket());
-    let file = std::fs::read(site.args()).unwrap();
-    let history = site.path("args.json.state/history/00000000000000000002.json");
-    for (step, path) in [
-        (1, site.args()),
-        (2, site.args()),
-        (3, history.clone()),
-        (4, history),
-    ] {
-        let _ = std::fs::remove_file(site.path("strace.out"));
-        let mut strace = failing_fsync(&broker, &site, &step.to_string());
-        assert_eq!(
-            site.patch(r#"{"n": 2}"#, None),
-            Err((
-                Code::Internal,
-                format!(
-                    "could not save revision 2: {}: Input/output error; nothing was changed",
-                    path.display()
-                )
-            )),
-            "fsync {step} failing"
-        );
-        strace.signal(libc::SIGINT);
-        strace.wait();
-        nothing_changed(&site, &mut broker, &before, &file);
-    }
-
-    let patched = site.patch(r#"{"n": 3}"#, None).unwrap();
-    assert_eq!(patched.revision, 2);
-    broker.stop();
-    let _broker = site.start_broker();
-    assert_eq!(get_args(&site.socket()).json, patched.json);
-}
-
-#[test]
-fn a_full_args_directory_refuses_the_write_and_changes_nothing() {
-    let parent = tempfile::tempdir().unwrap();
-    let disk = Tmpfs::mount(&parent.path().join("disk"), "64k");
-    let site = Site::new_in(&disk.dir, DOC);
-    let state = parent.path().join("state");
-    let mut broker = site.start_broker_with(&["--state-dir", state.to_str().unwrap()]);
-    let before = get_args(&site.socket());
-    let file = std::fs::read(site.args()).unwrap();
-    let filler = disk.fill("filler");
-
-    let big = format!(r#"{{"big": "{}"}}"#, "x".repeat(8192));
-    assert_eq!(
-        site.patch(&big, None),
-        Err((
-            Code::Internal,
-            format!(
-                "could not save revision 2: {}: No space left on device; nothing was changed",
-                site.args().display()
-            )
-        ))
-    );
-    nothing_changed(&site, &mut broker, &before, &file);
-
-    std::fs::remove_file(filler).unwrap();
-    assert_eq!(site.patch(&big, None).unwrap().revision, 2);
-    drop(broker);
 }
