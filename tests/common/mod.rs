@@ -490,3 +490,40 @@ pub fn patch_args(socket: &Path, merge_patch: &str, expected_revision: Option<u6
     };
     call(socket, async |mut c| c.patch_args(request).await)
 }
+
+/// GET `path` on a new connection, and which of `pids` accepted it (the
+/// process holding the server end of that TCP connection, found through
+/// /proc): tells apart workers that share a port with SO_REUSEPORT.
+pub fn get_from(port: u16, path: &str, pids: &[i32]) -> (HttpResponse, Option<i32>) {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let client_port = stream.local_addr().expect("local addr").port();
+    let inode = server_socket_inode(port, client_port);
+    let holder = inode.and_then(|inode| {
+        let link = format!("socket:[{inode}]");
+        pids.iter().copied().find(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|fds| {
+                    fds.flatten().any(|fd| {
+                        std::fs::read_link(fd.path())
+                            .is_ok_and(|target| target.as_os_str() == link.as_str())
+                    })
+                })
+                .unwrap_or(false)
+        })
+    });
+    let response = exchange(stream, path, &[]).expect("an HTTP answer");
+    (response, holder)
+}
+
+/// The inode of the accepted socket 127.0.0.1:`port` <- 127.0.0.1:`client_port`.
+fn server_socket_inode(port: u16, client_port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let local = format!("0100007F:{port:04X}");
+    let remote = format!("0100007F:{client_port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.len() > 9 && fields[1] == local && fields[2] == remote)
+            .then(|| fields[9].parse().ok())
+            .flatten()
+    })
+}
