@@ -21,8 +21,8 @@
 //! ```
 //!
 //! `--target broker` calls `argsbroker.v1.ArgsBroker/GetArgs` on the broker;
-//! `--target floor` calls `floor.Floor/GetArgs` on the bare tonic server of
-//! `bench/tonic-floor` (a handler that returns prepared `Bytes`). Both go
+//! `--target floor` calls `floor.Floor/GetArgs` on `floor-server` (bench/floor.rs),
+//! the bare tonic server of this package (a handler that returns prepared `Bytes`). Both go
 //! through the same channel code and decode the document as bytes (the wire
 //! is the same as a `string`), so the two differ only in the server. `--typed`
 //! uses the library's own client (`argsbroker::client::connect`, `json` decoded
@@ -56,15 +56,9 @@ struct RawArgs {
     not_modified: bool,
 }
 
-/// `floor.GetArgsRequest` of bench/tonic-floor/proto/floor.proto.
-#[derive(Clone, PartialEq, prost::Message)]
-struct FloorRequest {}
-
-/// `floor.ArgsReply` of bench/tonic-floor/proto/floor.proto.
-#[derive(Clone, PartialEq, prost::Message)]
-struct FloorReply {
-    #[prost(bytes = "bytes", tag = "1")]
-    payload: Bytes,
+/// The floor's messages, from the proto `floor-server` is built from (bench/proto/floor.proto).
+mod floor {
+    tonic::include_proto!("floor");
 }
 
 #[derive(Debug, Parser)]
@@ -306,10 +300,13 @@ impl Getter {
                         Ok(reply.into_inner().json.len())
                     }
                     Target::Floor => {
-                        let codec = tonic_prost::ProstCodec::<FloorRequest, FloorReply>::default();
+                        let codec = tonic_prost::ProstCodec::<
+                            floor::GetArgsRequest,
+                            floor::ArgsReply,
+                        >::default();
                         let path = PathAndQuery::from_static("/floor.Floor/GetArgs");
                         let reply = grpc
-                            .unary(tonic::Request::new(FloorRequest {}), path, codec)
+                            .unary(tonic::Request::new(floor::GetArgsRequest {}), path, codec)
                             .await?;
                         Ok(reply.into_inner().payload.len())
                     }
