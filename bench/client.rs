@@ -111,12 +111,6 @@ struct Get {
     /// Calls in flight (conc).
     #[arg(long, default_value_t = 64)]
     inflight: usize,
-    /// HTTP/2 initial stream and connection window of the client, in bytes.
-    #[arg(long)]
-    window: Option<u32>,
-    /// HTTP/2 SETTINGS_MAX_FRAME_SIZE the client advertises (16 KiB by default, at most 16 MiB - 1).
-    #[arg(long)]
-    max_frame_size: Option<u32>,
     /// Use the library's client (json decoded as a String) instead of raw bytes.
     #[arg(long)]
     typed: bool,
@@ -222,15 +216,9 @@ fn multi_thread() -> Result<tokio::runtime::Runtime> {
 // ------------------------------------------------------------------ GetArgs
 
 /// A channel over the Unix socket with `:authority` localhost, as the library's client opens it.
-async fn channel(path: &Path, window: Option<u32>, frame: Option<u32>) -> Result<Channel> {
+async fn channel(path: &Path) -> Result<Channel> {
     let path = path.to_path_buf();
-    let mut endpoint = Endpoint::from_static("http://localhost").max_frame_size(frame);
-    if let Some(w) = window {
-        endpoint = endpoint
-            .initial_stream_window_size(w)
-            .initial_connection_window_size(w);
-    }
-    let channel = endpoint
+    let channel = Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
             async move {
@@ -258,12 +246,9 @@ impl Getter {
             if g.target != Target::Broker {
                 bail!("--typed calls the broker only");
             }
-            if g.window.is_some() || g.max_frame_size.is_some() {
-                bail!("--typed uses the library's channel; --window and --max-frame-size do not apply");
-            }
             return Ok(Getter::Typed(argsbroker::client::connect(&g.socket).await?));
         }
-        let grpc = tonic::client::Grpc::new(channel(&g.socket, g.window, g.max_frame_size).await?)
+        let grpc = tonic::client::Grpc::new(channel(&g.socket).await?)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         Ok(Getter::Raw {
@@ -886,8 +871,6 @@ async fn grpc_ready(sock: &Path, target: Target) -> bool {
         warmup_secs: 0.0,
         conns: 1,
         inflight: 1,
-        window: None,
-        max_frame_size: None,
         typed: false,
     };
     match Getter::new(&g).await {
