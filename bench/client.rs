@@ -21,8 +21,8 @@
 //! ```
 //!
 //! `--target broker` calls `argsbroker.v1.ArgsBroker/GetArgs` on the broker;
-//! `--target floor` calls `floor.Floor/GetArgs` on the bare tonic server of
-//! `bench/tonic-floor` (a handler that returns prepared `Bytes`). Both go
+//! `--target floor` calls `floor.Floor/GetArgs` on `floor-server` (bench/floor.rs),
+//! the bare tonic server of this package (a handler that returns prepared `Bytes`). Both go
 //! through the same channel code and decode the document as bytes (the wire
 //! is the same as a `string`), so the two differ only in the server. `--typed`
 //! uses the library's own client (`argsbroker::client::connect`, `json` decoded
@@ -56,15 +56,9 @@ struct RawArgs {
     not_modified: bool,
 }
 
-/// `floor.GetArgsRequest` of bench/tonic-floor/proto/floor.proto.
-#[derive(Clone, PartialEq, prost::Message)]
-struct FloorRequest {}
-
-/// `floor.ArgsReply` of bench/tonic-floor/proto/floor.proto.
-#[derive(Clone, PartialEq, prost::Message)]
-struct FloorReply {
-    #[prost(bytes = "bytes", tag = "1")]
-    payload: Bytes,
+/// The floor's messages, from the proto `floor-server` is built from (bench/proto/floor.proto).
+mod floor {
+    tonic::include_proto!("floor");
 }
 
 #[derive(Debug, Parser)]
@@ -117,12 +111,6 @@ struct Get {
     /// Calls in flight (conc).
     #[arg(long, default_value_t = 64)]
     inflight: usize,
-    /// HTTP/2 initial stream and connection window of the client, in bytes.
-    #[arg(long)]
-    window: Option<u32>,
-    /// HTTP/2 SETTINGS_MAX_FRAME_SIZE the client advertises (16 KiB by default, at most 16 MiB - 1).
-    #[arg(long)]
-    max_frame_size: Option<u32>,
     /// Use the library's client (json decoded as a String) instead of raw bytes.
     #[arg(long)]
     typed: bool,
@@ -228,15 +216,9 @@ fn multi_thread() -> Result<tokio::runtime::Runtime> {
 // ------------------------------------------------------------------ GetArgs
 
 /// A channel over the Unix socket with `:authority` localhost, as the library's client opens it.
-async fn channel(path: &Path, window: Option<u32>, frame: Option<u32>) -> Result<Channel> {
+async fn channel(path: &Path) -> Result<Channel> {
     let path = path.to_path_buf();
-    let mut endpoint = Endpoint::from_static("http://localhost").max_frame_size(frame);
-    if let Some(w) = window {
-        endpoint = endpoint
-            .initial_stream_window_size(w)
-            .initial_connection_window_size(w);
-    }
-    let channel = endpoint
+    let channel = Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
             async move {
@@ -264,12 +246,9 @@ impl Getter {
             if g.target != Target::Broker {
                 bail!("--typed calls the broker only");
             }
-            if g.window.is_some() || g.max_frame_size.is_some() {
-                bail!("--typed uses the library's channel; --window and --max-frame-size do not apply");
-            }
             return Ok(Getter::Typed(argsbroker::client::connect(&g.socket).await?));
         }
-        let grpc = tonic::client::Grpc::new(channel(&g.socket, g.window, g.max_frame_size).await?)
+        let grpc = tonic::client::Grpc::new(channel(&g.socket).await?)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         Ok(Getter::Raw {
@@ -306,10 +285,13 @@ impl Getter {
                         Ok(reply.into_inner().json.len())
                     }
                     Target::Floor => {
-                        let codec = tonic_prost::ProstCodec::<FloorRequest, FloorReply>::default();
+                        let codec = tonic_prost::ProstCodec::<
+                            floor::GetArgsRequest,
+                            floor::ArgsReply,
+                        >::default();
                         let path = PathAndQuery::from_static("/floor.Floor/GetArgs");
                         let reply = grpc
-                            .unary(tonic::Request::new(FloorRequest {}), path, codec)
+                            .unary(tonic::Request::new(floor::GetArgsRequest {}), path, codec)
                             .await?;
                         Ok(reply.into_inner().payload.len())
                     }
@@ -889,8 +871,6 @@ async fn grpc_ready(sock: &Path, target: Target) -> bool {
         warmup_secs: 0.0,
         conns: 1,
         inflight: 1,
-        window: None,
-        max_frame_size: None,
         typed: false,
     };
     match Getter::new(&g).await {
