@@ -95,8 +95,13 @@ fn workers_share_a_port_with_reuse_port() {
 fn worker_started_before_the_broker_waits_for_it() {
     let site = Site::new(EXACT);
     let port = free_port();
-    let mut worker = Proc::spawn(site.worker_cmd(port, false), site.fresh_log("worker"));
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut cmd = site.worker_cmd(port, false);
+    cmd.env("RUST_LOG", "debug");
+    let mut worker = Proc::spawn(cmd, site.fresh_log("worker"));
+    // It has tried and is still waiting: several attempts are logged.
+    eventually("the worker to retry", || {
+        (worker.log().matches("broker not ready yet").count() >= 3).then_some(())
+    });
     assert!(
         worker.is_running(),
         "worker gave up early: {}",

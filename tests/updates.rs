@@ -353,7 +353,9 @@ fn sighup_reloads_and_an_invalid_file_keeps_the_old_revision() {
 #[test]
 fn watch_flag_follows_the_file_on_disk() {
     let site = Site::new(r#"{"v": 1}"#);
-    let _broker = site.start_broker_with(&["--watch"]);
+    let mut cmd = site.broker_cmd();
+    cmd.arg("--watch").env("RUST_LOG", "info,broker=debug");
+    let broker = site.spawn_broker(cmd);
     std::fs::write(site.args(), r#"{"v": 2}"#).unwrap();
     eventually("an in-place write to be published", || {
         Some(site.current()).filter(|a| a.json == r#"{"v":2}"#)
@@ -365,9 +367,14 @@ fn watch_flag_follows_the_file_on_disk() {
         Some(site.current()).filter(|a| a.json == r#"{"v":3}"#)
     });
     assert_eq!(args.revision, 3);
-    // The broker's own writes are not taken as a new change.
+    // The broker's own writes are not taken as a new change: the watcher
+    // sees the file change and finds it is what the broker wrote.
+    let unchanged = || broker.log().matches("the args file is unchanged").count();
+    let seen = unchanged();
     let reply = site.patch(r#"{"v": 4}"#, None).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    eventually("the watcher to look at the broker's own write", || {
+        (unchanged() > seen).then_some(())
+    });
     assert_eq!(site.current().revision, reply.revision);
 }
 
