@@ -5,8 +5,8 @@
 //! in a debug event. This layer watches h2's debug events for that refusal
 //! and logs one warning (at most one a minute) that says what to change.
 use argsbroker::logging::ExtraLayer;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use argsbroker::throttle::Throttle;
+use std::time::Duration;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::filter::Targets;
@@ -15,9 +15,7 @@ use tracing_subscriber::layer::{Context, Layer};
 const QUIET: Duration = Duration::from_secs(60);
 
 pub struct AuthorityHint {
-    started: Instant,
-    /// Milliseconds after `started` of the last warning, plus one (0: never).
-    last_warned: AtomicU64,
+    throttle: Throttle,
 }
 
 impl AuthorityHint {
@@ -26,8 +24,7 @@ impl AuthorityHint {
     /// per-frame debug events live in `h2::codec`, and stay disabled).
     pub fn layer() -> ExtraLayer {
         let hint = Self {
-            started: Instant::now(),
-            last_warned: AtomicU64::new(0),
+            throttle: Throttle::new(QUIET),
         };
         hint.with_filter(Targets::new().with_target("h2::server", Level::DEBUG))
             .boxed()
@@ -41,16 +38,7 @@ impl<S: Subscriber> Layer<S> for AuthorityHint {
         let Some(at) = message.0.find("malformed authority (") else {
             return;
         };
-        let now = self.started.elapsed().as_millis() as u64 + 1;
-        let last = self.last_warned.load(Ordering::Relaxed);
-        if last != 0 && now - last < QUIET.as_millis() as u64 {
-            return;
-        }
-        if self
-            .last_warned
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
+        if self.throttle.ready().is_none() {
             return;
         }
         // h2 prints the value as a byte string literal: b"/tmp/b.sock"

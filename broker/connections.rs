@@ -4,6 +4,7 @@
 //! Anything else is closed: silence, random bytes, or an HTTP/1.1 request
 //! (which is told in one line what this socket is).
 use crate::peer::Peer;
+use argsbroker::throttle::Throttle;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,23 +35,6 @@ pub type Rebind = Box<dyn FnMut() -> Option<std::os::unix::net::UnixListener> + 
 
 /// At most one warning of a kind this often, however hard a flood pushes.
 const WARN_EVERY: Duration = Duration::from_secs(60);
-
-/// Says when a repeated warning may be logged again.
-#[derive(Default)]
-struct Quiet(Option<std::time::Instant>);
-
-impl Quiet {
-    fn ready(&mut self) -> bool {
-        let now = std::time::Instant::now();
-        let ready = self
-            .0
-            .is_none_or(|last| now.duration_since(last) >= WARN_EVERY);
-        if ready {
-            self.0 = Some(now);
-        }
-        ready
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -97,12 +81,12 @@ async fn accept_loop(
     let mut socket_check = tokio::time::interval(SOCKET_CHECK_EVERY);
     socket_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let (mut full, mut failing) = (Quiet::default(), Quiet::default());
+    let (full, failing) = (Throttle::new(WARN_EVERY), Throttle::new(WARN_EVERY));
     loop {
         let permit = match permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                if full.ready() {
+                if full.ready().is_some() {
                     tracing::warn!(
                         "{} connections are open (--max-connections): new ones wait until one closes",
                         limits.max_connections
@@ -121,7 +105,7 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(err) => {
-                    if failing.ready() {
+                    if failing.ready().is_some() {
                         tracing::warn!(%err, "cannot accept a connection");
                     }
                     tokio::time::sleep(ACCEPT_BACKOFF).await;

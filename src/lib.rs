@@ -16,6 +16,7 @@
 //! - [`frame`]: a gRPC response message encoded once and sent many times.
 //! - [`sd_notify`]: systemd readiness notification.
 //! - [`sys`]: every libc call, as a safe function with its reason.
+//! - [`throttle`]: one warning of a kind at most once a period.
 //! - [`logging`], [`cmdline`], [`shutdown`]: what both binaries share at their edges.
 //!
 //! # Example: an axum app that serves the live args
@@ -49,6 +50,7 @@ pub mod pointer;
 pub mod sd_notify;
 pub mod shutdown;
 pub mod sys;
+pub mod throttle;
 pub mod wire;
 
 /// The generated protobuf types and gRPC stubs for `argsbroker.v1`.

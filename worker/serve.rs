@@ -14,6 +14,7 @@
 //! hyper's own `header_read_timeout` is not used: its timer also runs while
 //! a keep-alive connection waits for its next request, so it cannot tell a
 //! slow head from an idle connection.
+use argsbroker::throttle::Throttle;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -52,9 +53,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a sender; recv() ends when all are gone.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-    // When an accept error was last logged, and how many since.
-    let mut accept_logged: Option<Instant> = None;
-    let mut accept_unlogged = 0u64;
+    let accept_errors = Throttle::new(ACCEPT_LOG_EVERY);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -75,22 +74,15 @@ pub async fn run(
             // The peer gave up before it was accepted: nothing to report.
             Err(err) if is_connection_error(&err) => {}
             Err(err) => {
-                match accept_logged {
-                    Some(at) if at.elapsed() < ACCEPT_LOG_EVERY => accept_unlogged += 1,
-                    None => {
-                        tracing::error!(
-                            "cannot accept connections: {err}; retrying every {ACCEPT_PAUSE:?} (logged at most once a minute)"
-                        );
-                        accept_logged = Some(Instant::now());
-                    }
-                    Some(_) => {
-                        tracing::error!(
-                            "cannot accept connections: {err} ({} times since the last report); retrying every {ACCEPT_PAUSE:?}",
-                            accept_unlogged + 1
-                        );
-                        accept_logged = Some(Instant::now());
-                        accept_unlogged = 0;
-                    }
+                match accept_errors.ready() {
+                    Some(0) => tracing::error!(
+                        "cannot accept connections: {err}; retrying every {ACCEPT_PAUSE:?} (logged at most once a minute)"
+                    ),
+                    Some(held) => tracing::error!(
+                        "cannot accept connections: {err} ({} times since the last report); retrying every {ACCEPT_PAUSE:?}",
+                        held + 1
+                    ),
+                    None => {}
                 }
                 tokio::select! {
                     _ = &mut shutdown => break,
