@@ -115,7 +115,7 @@ impl History {
             path: dir.to_path_buf(),
             source,
         };
-        crate::store::create_private_dir(dir).map_err(read_dir_err)?;
+        durable::create_private_dir(dir).map_err(read_dir_err)?;
         let mut found = Vec::new();
         for item in std::fs::read_dir(dir).map_err(read_dir_err)? {
             let path = item.map_err(read_dir_err)?.path();

@@ -134,7 +134,7 @@ fn own_state(
     socket: &Path,
     read_only: bool,
 ) -> anyhow::Result<Vec<lockfile::LockFile>> {
-    store::create_private_dir(state_dir).with_context(|| {
+    argsbroker::durable::create_private_dir(state_dir).with_context(|| {
         format!(
             "cannot create the state directory {} (choose another with --state-dir)",
             state_dir.display()

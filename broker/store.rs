@@ -201,7 +201,7 @@ impl Store {
     /// the broker was down (so a revision never names two documents).
     pub fn open(args_path: &Path, state_dir: &Path, limits: Limits) -> Result<Self, OpenError> {
         let (document, stamp) = read_document(args_path, limits.max_args_bytes)?;
-        create_private_dir(state_dir).map_err(|source| OpenError::StateDir {
+        durable::create_private_dir(state_dir).map_err(|source| OpenError::StateDir {
             path: state_dir.to_path_buf(),
             source,
         })?;
@@ -653,24 +653,4 @@ fn remove_leftover_temp_files(args_path: &Path) {
             let _ = std::fs::remove_file(item.path());
         }
     }
-}
-
-/// Creates `dir` and its missing parents with mode 0700: the state holds
-/// every retained document, which only the broker's user may read.
-/// One made by an older broker with a looser mode is tightened, and logged.
-pub fn create_private_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let mode = std::fs::metadata(dir)?.mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        tracing::warn!(
-            dir = %dir.display(),
-            "the state directory was mode {mode:04o}; made it 0700 (it holds every retained document)"
-        );
-    }
-    Ok(())
 }

@@ -131,6 +131,26 @@ impl Replaced {
     }
 }
 
+/// Creates `dir` and its missing parents with mode 0700: the state holds
+/// every retained document, which only the broker's user may read.
+/// One made by an older broker with a looser mode is tightened, and logged.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        tracing::warn!(
+            dir = %dir.display(),
+            "the state directory was mode {mode:04o}; made it 0700 (it holds every retained document)"
+        );
+    }
+    Ok(())
+}
+
 /// An I/O error's reason without the `(os error N)` suffix:
 /// `No space left on device`.
 pub fn reason(err: &io::Error) -> String {
