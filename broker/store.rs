@@ -200,7 +200,7 @@ impl Store {
     /// entry's if the content is unchanged, the next one if it changed while
     /// the broker was down (so a revision never names two documents).
     pub fn open(args_path: &Path, state_dir: &Path, limits: Limits) -> Result<Self, OpenError> {
-        let (document, stamp) = read_document(args_path, limits.max_args_bytes)?;
+        let (mut document, mut stamp) = read_document(args_path, limits.max_args_bytes)?;
         durable::create_private_dir(state_dir).map_err(|source| OpenError::StateDir {
             path: state_dir.to_path_buf(),
             source,
@@ -208,6 +208,13 @@ impl Store {
         let lineage = crate::lineage::load_or_create(state_dir)?;
         let history_dir = state_dir.join("history");
         let mut history = History::open(&history_dir, limits.history, limits.history_bytes)?;
+        if let Some(newest) = history.newest() {
+            if newest.sha256 != document.sha256() {
+                if let Some(restored) = undo_interrupted_write(args_path, newest, &limits) {
+                    (document, stamp) = restored;
+                }
+            }
+        }
         let revision = match history.newest() {
             Some(newest) if newest.sha256 == document.sha256() => newest.revision,
             Some(newest) => newest.revision + 1,
@@ -499,15 +506,18 @@ impl Store {
                 let target = std::fs::canonicalize(&self.args_path)
                     .unwrap_or_else(|_| self.args_path.clone());
                 let keep = std::fs::metadata(&target).ok().map(|m| Keep::of(&m));
-                let replaced = durable::replace(&target, text, keep).map_err(|error| {
-                    failed(
-                        SaveError {
-                            path: self.args_path.clone(),
-                            error,
-                        },
-                        None,
-                    )
-                })?;
+                // The old file keeps a name that says which document replaced it.
+                let tag = Some(&document.sha256()[..TAG_LEN]);
+                let replaced =
+                    durable::replace_tagged(&target, text, keep, tag).map_err(|error| {
+                        failed(
+                            SaveError {
+                                path: self.args_path.clone(),
+                                error,
+                            },
+                            None,
+                        )
+                    })?;
                 Some(replaced)
             }
         };
@@ -636,21 +646,79 @@ fn read_document(path: &Path, max_bytes: usize) -> Result<(Document, Stamp), Ope
 /// Removes what a broker killed in the middle of a write left beside the
 /// args file (`.args.json.PID.N.tmp`, never a document being served).
 fn remove_leftover_temp_files(args_path: &Path) {
+    for leftover in leftover_temp_files(args_path) {
+        let _ = std::fs::remove_file(leftover);
+    }
+}
+
+/// How much of the new document's sha256 names the temp file of a write.
+const TAG_LEN: usize = 16;
+
+/// `.args.json.PID.N.tmp` beside the (resolved) args file.
+fn leftover_temp_files(args_path: &Path) -> Vec<PathBuf> {
     let target = std::fs::canonicalize(args_path).unwrap_or_else(|_| args_path.to_path_buf());
     let Some(name) = target.file_name().and_then(|n| n.to_str()) else {
-        return;
+        return Vec::new();
     };
     let prefix = format!(".{name}.");
     let Ok(items) = std::fs::read_dir(durable::parent_or_dot(&target)) else {
-        return;
+        return Vec::new();
     };
-    for item in items.flatten() {
-        let file_name = item.file_name();
-        let Some(file_name) = file_name.to_str() else {
+    items
+        .flatten()
+        .filter(|item| {
+            item.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".tmp"))
+        })
+        .map(|item| item.path())
+        .collect()
+}
+
+/// A broker killed after it swapped a new args file in but before it wrote
+/// the history entry that commits it leaves the old file under its temp
+/// name, `.args.json.TAG.PID.N.tmp`, TAG being the start of the new
+/// document's sha256. When the args file is still exactly that new document
+/// (nobody edited it since) and the old one is what the newest entry names,
+/// that write was never acknowledged: the old file is put back, so the
+/// broker starts on its last committed revision without recording anything
+/// (which a full disk would refuse). Returns the restored document.
+fn undo_interrupted_write(
+    args_path: &Path,
+    newest: &Entry,
+    limits: &Limits,
+) -> Option<(Document, Stamp)> {
+    let target = std::fs::canonicalize(args_path).ok()?;
+    let (in_file, _) = read_document(args_path, limits.max_args_bytes).ok()?;
+    let prefix = format!(".{}.", target.file_name()?.to_str()?);
+    for leftover in leftover_temp_files(args_path) {
+        let name = leftover
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let tag = name[prefix.len()..].split('.').next().unwrap_or_default();
+        if tag.len() != TAG_LEN || !in_file.sha256().starts_with(tag) {
+            continue;
+        }
+        let Ok((document, _)) = read_document(&leftover, limits.max_args_bytes) else {
             continue;
         };
-        if file_name.starts_with(&prefix) && file_name.ends_with(".tmp") {
-            let _ = std::fs::remove_file(item.path());
+        if document.sha256() != newest.sha256 {
+            continue;
         }
+        if let Err(err) =
+            std::fs::rename(&leftover, &target).and_then(|()| durable::sync_dir(&target))
+        {
+            tracing::warn!(args = %args_path.display(), %err, "cannot undo a write interrupted by a crash");
+            return None;
+        }
+        tracing::warn!(
+            args = %args_path.display(),
+            revision = newest.revision,
+            "a write interrupted by a crash left the args file ahead of its history; put back the file of revision {}",
+            newest.revision
+        );
+        return read_document(args_path, limits.max_args_bytes).ok();
     }
+    None
 }

@@ -68,7 +68,19 @@ enum Old {
 /// the new file gets that owner and mode before any content is in it. On
 /// error every step is undone and `path` is as it was.
 pub fn replace(path: &Path, contents: &[u8], keep: Option<Keep>) -> io::Result<Replaced> {
-    let tmp = temp_path(path);
+    replace_tagged(path, contents, keep, None)
+}
+
+/// [`replace`], with `tag` in the temp file's name (`.NAME.TAG.PID.N.tmp`):
+/// the name the old file keeps until the replacement is finished, so that
+/// after a crash it says which replacement it belongs to.
+pub fn replace_tagged(
+    path: &Path,
+    contents: &[u8],
+    keep: Option<Keep>,
+    tag: Option<&str>,
+) -> io::Result<Replaced> {
+    let tmp = temp_path(path, tag);
     let new = match write_temp(&tmp, contents, keep) {
         Ok(meta) => meta,
         Err(err) => {
@@ -174,14 +186,15 @@ pub fn parent_or_dot(path: &Path) -> &Path {
     }
 }
 
-fn temp_path(path: &Path) -> PathBuf {
+fn temp_path(path: &Path, tag: Option<&str>) -> PathBuf {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    parent_or_dot(path).join(format!(".{name}.{}.{seq}.tmp", std::process::id()))
+    let tag = tag.map(|t| format!("{t}.")).unwrap_or_default();
+    parent_or_dot(path).join(format!(".{name}.{tag}{}.{seq}.tmp", std::process::id()))
 }
 
 fn write_temp(tmp: &Path, contents: &[u8], keep: Option<Keep>) -> io::Result<fs::Metadata> {
@@ -225,7 +238,7 @@ fn exchange(from: &Path, to: &Path) -> io::Result<Old> {
             fs::rename(from, to).map(|()| Old::None)
         }
         Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
-            let backup = temp_path(to);
+            let backup = temp_path(to, None);
             let old = match fs::hard_link(to, &backup) {
                 Ok(()) => Old::Kept(backup.clone()),
                 Err(_) => Old::Lost,

@@ -242,3 +242,62 @@ async fn writes_over_the_limit_or_read_only_are_refused() {
         Err(WriteError::ReadOnly)
     ));
 }
+
+/// The state a broker killed in the middle of a write leaves: the new
+/// document swapped into the args file, the old one under the temp name
+/// that names the new one, and no history entry for it yet.
+fn interrupted_write(dir: &std::path::Path, new_text: &str) {
+    let args = dir.join("args.json");
+    let new = argsbroker::document::Document::parse(new_text.as_bytes()).unwrap();
+    let old = dir.join(format!(".args.json.{}.4242.0.tmp", &new.sha256()[..16]));
+    std::fs::rename(&args, &old).unwrap();
+    std::fs::write(&args, new_text).unwrap();
+}
+
+/// A write interrupted by kill -9 was never acknowledged: the next start
+/// puts the old file back and serves the last committed revision, without
+/// recording anything (a full disk could not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_interrupted_by_a_crash_is_undone_at_the_next_start() {
+    let dir = site(DOC);
+    let committed = {
+        let store = open(dir.path(), limits());
+        store.patch(r#"{"a": 2}"#, None, None).await.unwrap();
+        json(&store)
+    };
+    let file_before = std::fs::read(dir.path().join("args.json")).unwrap();
+    interrupted_write(dir.path(), r#"{"never": "acknowledged"}"#);
+    let store = open(dir.path(), limits());
+    assert_eq!((store.current().revision, json(&store)), (2, committed));
+    assert_eq!(store.revisions().len(), 2);
+    assert_eq!(
+        std::fs::read(dir.path().join("args.json")).unwrap(),
+        file_before
+    );
+    let leftovers = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".tmp")
+        })
+        .count();
+    assert_eq!(leftovers, 0);
+}
+
+/// After such a crash, an args file edited by someone before the restart is
+/// theirs: it becomes the next revision, and the old file is not put back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_after_a_crashed_write_is_kept() {
+    let dir = site(DOC);
+    drop(open(dir.path(), limits()));
+    interrupted_write(dir.path(), r#"{"never": "acknowledged"}"#);
+    write_outside(dir.path(), r#"{"operator": 1}"#);
+    let store = open(dir.path(), limits());
+    assert_eq!(
+        (store.current().revision, json(&store)),
+        (2, r#"{"operator":1}"#.into())
+    );
+}
