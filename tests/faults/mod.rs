@@ -241,3 +241,70 @@ pub fn summarize(findings: &[String], per_group: usize) -> String {
     }
     out
 }
+
+/// Records in `failures` when the broker at `socket` does not serve `ack`,
+/// the last acknowledged document (`when`: after what; `refused`: which
+/// write was refused).
+pub fn check_serves(
+    socket: &Path,
+    ack: &pb::Args,
+    when: &str,
+    refused: &str,
+    failures: &mut Vec<String>,
+) {
+    let now = get_args(socket);
+    if (now.revision, &now.sha256) != (ack.revision, &ack.sha256) {
+        failures.push(format!(
+            "{when}: the broker serves revision {} (n={}), not the last acknowledged revision {} (n={}); {refused} was refused",
+            now.revision,
+            object(&now.json)["n"],
+            ack.revision,
+            object(&ack.json)["n"]
+        ));
+    }
+}
+
+/// Records in `failures` when the args file at `args` does not hold `ack`.
+pub fn check_file_holds(
+    args: &Path,
+    ack: &pb::Args,
+    when: &str,
+    refused: &str,
+    failures: &mut Vec<String>,
+) {
+    match file_document(args) {
+        Ok(doc) if doc.sha256() == ack.sha256 => {}
+        Ok(doc) => failures.push(format!(
+            "{when}: args.json holds n={} (sha256 {}), not the last acknowledged revision {} (n={}); {refused} was refused",
+            object(doc.json())["n"],
+            &doc.sha256()[..12],
+            ack.revision,
+            object(&ack.json)["n"]
+        )),
+        Err(err) => failures.push(format!("{when}: {err}")),
+    }
+}
+
+/// Records in `failures` when a refusal is not INTERNAL with one of `expected`.
+pub fn check_refusal(
+    status: &tonic::Status,
+    expected: &[String],
+    refused: &str,
+    failures: &mut Vec<String>,
+) {
+    let message = status.message().to_owned();
+    if status.code() != tonic::Code::Internal || !expected.contains(&message) {
+        failures.push(format!(
+            "{refused} was refused with {:?} {message:?}, not INTERNAL {expected:?}",
+            status.code()
+        ));
+    }
+}
+
+/// `could not save revision R: PATH: CAUSE; nothing was changed`
+pub fn save_refused(revision: u64, path: &Path, cause: &str) -> String {
+    format!(
+        "could not save revision {revision}: {}: {cause}; nothing was changed",
+        path.display()
+    )
+}
