@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod etcd;
+
 pub const BROKER: &str = env!("CARGO_BIN_EXE_broker");
 pub const WORKER: &str = env!("CARGO_BIN_EXE_worker");
 
