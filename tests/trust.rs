@@ -378,19 +378,7 @@ fn full_disk_refuses_and_changes_nothing(case: FullDisk) {
 
     // Write until the disk is full: each history entry takes a page of the 6.
     let pad = "x".repeat(1500);
-    let patch = |n: u64| -> Result<pb::Args, tonic::Status> {
-        grpc(|| async {
-            connect(&site.socket())
-                .await
-                .expect("connect")
-                .patch_args(pb::PatchArgsRequest {
-                    merge_patch: format!(r#"{{"n": {n}, "pad": "{pad}{n}"}}"#),
-                    expected_revision: None,
-                })
-                .await
-                .map(|r| r.into_inner())
-        })
-    };
+    let patch = |n: u64| site.patch(&format!(r#"{{"n": {n}, "pad": "{pad}{n}"}}"#), None);
     let mut last_ack = get_args(&site.socket());
     let mut refused = None;
     for n in 1..=100 {
@@ -406,9 +394,7 @@ fn full_disk_refuses_and_changes_nothing(case: FullDisk) {
     let refused_revision = last_ack.revision + 1;
     eprintln!(
         "{case:?}: patch n={refused_n} refused ({:?}: {}); last acknowledged: revision {}",
-        status.code(),
-        status.message(),
-        last_ack.revision
+        status.0, status.1, last_ack.revision
     );
     assert!(
         last_ack.revision >= 2,
@@ -557,19 +543,7 @@ fn a_write_whose_fsync_fails_changes_nothing() {
         cmd
     };
     let mut broker = site.spawn_broker(broker_cmd());
-    let patch = |n: u64| -> Result<pb::Args, tonic::Status> {
-        grpc(|| async {
-            connect(&site.socket())
-                .await
-                .expect("connect")
-                .patch_args(pb::PatchArgsRequest {
-                    merge_patch: format!(r#"{{"n": {n}}}"#),
-                    expected_revision: None,
-                })
-                .await
-                .map(|r| r.into_inner())
-        })
-    };
+    let patch = |n: u64| site.patch(&format!(r#"{{"n": {n}}}"#), None);
     let mut last_ack = patch(1).expect("a write with no fault");
     let mut failures = Vec::new();
     let mut n = 1;
@@ -600,7 +574,7 @@ fn a_write_whose_fsync_fails_changes_nothing() {
             }
             (Err(status), _) => status,
         };
-        eprintln!("fsync {step}: patch n={n} refused: {}", status.message());
+        eprintln!("fsync {step}: patch n={n} refused: {}", status.1);
         // The 1st and 2nd fsync are the args file's (its temp file, then its
         // directory after the exchange), the 3rd and 4th the history entry's.
         let revision = last_ack.revision + 1;
@@ -609,13 +583,8 @@ fn a_write_whose_fsync_fails_changes_nothing() {
             _ => site.path(&format!("args.json.state/history/{revision:020}.json")),
         };
         let expected = [save_refused(revision, &path, "Input/output error")];
-        check_refusal(
-            &status,
-            &expected,
-            &format!("fsync {step}: patch n={n}"),
-            &mut failures,
-        );
         let refused = format!("fsync {step}: patch n={n}");
+        check_refusal(&status, &expected, &refused, &mut failures);
         let check = |when: &str, failures: &mut Vec<String>| {
             check_serves(&site.socket(), &last_ack, when, &refused, failures);
             check_file_holds(&site.args(), &last_ack, when, &refused, failures);
@@ -729,19 +698,7 @@ fn a_write_refused_for_an_unwritable_history_changes_nothing() {
     };
     let mut broker = site.spawn_broker(broker_cmd());
     let history = site.path("args.json.state").join("history");
-    let patch = |n: u64| -> Result<pb::Args, tonic::Status> {
-        grpc(|| async {
-            connect(&site.socket())
-                .await
-                .expect("connect")
-                .patch_args(pb::PatchArgsRequest {
-                    merge_patch: format!(r#"{{"n": {n}}}"#),
-                    expected_revision: None,
-                })
-                .await
-                .map(|r| r.into_inner())
-        })
-    };
+    let patch = |n: u64| site.patch(&format!(r#"{{"n": {n}}}"#), None);
     let last_ack = patch(1).expect("a write with the history writable");
     let chmod = |mode| {
         std::fs::set_permissions(&history, std::fs::Permissions::from_mode(mode))
@@ -749,7 +706,7 @@ fn a_write_refused_for_an_unwritable_history_changes_nothing() {
     };
     chmod(0o500);
     let status = patch(2).expect_err("a write with the history directory mode 0500");
-    eprintln!("patch n=2 refused: {}", status.message());
+    eprintln!("patch n=2 refused: {}", status.1);
     let mut failures = Vec::new();
     let entry = history.join(format!("{:020}.json", last_ack.revision + 1));
     let expected = [save_refused(
