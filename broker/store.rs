@@ -476,8 +476,14 @@ impl Store {
             source: Source::File,
             uid: None,
         };
+        let sha256 = document.sha256().to_owned();
         let snapshot = self.commit(file, current.revision + 1, document, origin, None)?;
-        file.stamp = Some(stamp);
+        // What the file holds now is this edit: a later edit back to the
+        // broker's own last write is someone else's change too.
+        *file = FileSeen {
+            stamp: Some(stamp),
+            sha256,
+        };
         Ok(Some(snapshot))
     }
 

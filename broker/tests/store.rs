@@ -301,3 +301,21 @@ async fn an_edit_after_a_crashed_write_is_kept() {
         (2, r#"{"operator":1}"#.into())
     );
 }
+
+/// An outside edit, then another one back to the broker's own last write:
+/// both are someone else's changes, and both become revisions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outside_edit_back_to_the_brokers_own_write_is_a_revision() {
+    let dir = site(DOC);
+    let store = open(dir.path(), limits());
+    store.patch(r#"{"a": 2}"#, None, None).await.unwrap();
+    let own = std::fs::read_to_string(dir.path().join("args.json")).unwrap();
+    write_outside(dir.path(), r#"{"deployed": 1}"#);
+    assert_eq!(store.reload().await.unwrap().unwrap().revision, 3);
+    write_outside(dir.path(), &own);
+    let reverted = store.reload().await.unwrap().expect("a new revision");
+    assert_eq!(
+        (reverted.revision, json(&store)),
+        (4, r#"{"a":2,"list":[10,20],"nested":{"k":"v"}}"#.into())
+    );
+}
