@@ -8,14 +8,13 @@
 //! publishes them is atomic.
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Writes `contents` to a new temp file beside `path`, fsyncs it, renames it
 /// over `path` and fsyncs the directory. On error nothing is left behind and
-/// `path` is as it was. The new file has mode 0600 (for the worker's cache
-/// and the broker's history entries).
+/// `path` is as it was. The new file has mode 0600 (the worker's cache).
 pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
     replace(path, contents, None)?.finish();
     Ok(())
@@ -30,7 +29,7 @@ pub struct Keep {
 }
 
 impl Keep {
-    /// The mode and owner of the file at `path` now.
+    /// The mode and owner in `meta` (the file's as it is now).
     pub fn of(meta: &fs::Metadata) -> Self {
         Self {
             mode: meta.mode() & 0o7777,
@@ -147,7 +146,6 @@ impl Replaced {
 /// every retained document, which only the broker's user may read.
 /// One made by an older broker with a looser mode is tightened, and logged.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -208,14 +206,19 @@ fn write_temp(tmp: &Path, contents: &[u8], keep: Option<Keep>) -> io::Result<fs:
         let meta = file.metadata()?;
         if (meta.uid(), meta.gid()) != (keep.uid, keep.gid) {
             // Owner first: chown clears setuid and setgid bits.
-            if let Err(err) = std::os::unix::fs::fchown(&file, Some(keep.uid), Some(keep.gid)) {
-                tracing::warn!(
-                    path = %tmp.display(),
-                    %err,
-                    "cannot give the rewritten file its owner back (uid {}, gid {}); it will belong to the broker's user",
-                    keep.uid,
-                    keep.gid
-                );
+            let chowned = std::os::unix::fs::fchown(&file, Some(keep.uid), Some(keep.gid));
+            // Said once: it fails the same way on every write.
+            static TOLD: AtomicBool = AtomicBool::new(false);
+            if let Err(err) = chowned {
+                if !TOLD.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        path = %tmp.display(),
+                        %err,
+                        "cannot give the rewritten file its owner back (uid {}, gid {}); it will belong to the broker's user",
+                        keep.uid,
+                        keep.gid
+                    );
+                }
             }
         }
         file.set_permissions(fs::Permissions::from_mode(keep.mode))?;
