@@ -23,10 +23,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut claim = socket::claim(&args.socket, args.allow_unsafe_dir)?;
     let stack = args.stack()?;
     let state_dir = (args.state_dir.clone()).unwrap_or_else(|| default_state_dir(&args_path));
+    // Read before the state is touched: a file that is refused leaves nothing.
+    let file = store::ArgsFile::read(&args_path, args.max_args_bytes as usize)?;
     // One broker per args file and per state directory: two would both
     // call their next write the same revision.
     let _owner = own_state(&args_path, &state_dir, &args.socket, args.read_only)?;
-    let store = Arc::new(store::Store::open(&args_path, &state_dir, args.limits())?);
+    let store = Arc::new(store::Store::open(file, &state_dir, args.limits())?);
     store::release_freed_memory();
     // Reloads are set up before the socket exists: once a client can
     // connect, a SIGHUP or a change to the file is never missed.

@@ -80,6 +80,10 @@ pub fn claim(path: &Path, allow_unsafe_dir: bool) -> Result<Claim, BindError> {
         return Err(BindError::NoDirectory(dir.to_path_buf()));
     }
     check_directory(dir, allow_unsafe_dir)?;
+    // Refused here, before anything is read or written, not only at bind.
+    if fs::symlink_metadata(path).is_ok_and(|meta| !meta.file_type().is_socket()) {
+        return Err(BindError::NotASocket(path.to_path_buf()));
+    }
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);

@@ -174,6 +174,25 @@ struct FileSeen {
     sha256: String,
 }
 
+/// The args file as read at start, before anything is written: a file the
+/// broker refuses leaves no state behind.
+pub struct ArgsFile {
+    path: PathBuf,
+    document: Document,
+    stamp: Stamp,
+}
+
+impl ArgsFile {
+    pub fn read(path: &Path, max_bytes: usize) -> Result<Self, OpenError> {
+        let (document, stamp) = read_document(path, max_bytes)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            document,
+            stamp,
+        })
+    }
+}
+
 /// Which file, and which version of it: another inode, size or mtime means
 /// someone may have changed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,11 +215,16 @@ impl Stamp {
 }
 
 impl Store {
-    /// Loads the args file and gives it its revision: the newest history
+    /// Gives the args file (read by [`ArgsFile::read`]) its revision: the newest history
     /// entry's if the content is unchanged, the next one if it changed while
     /// the broker was down (so a revision never names two documents).
-    pub fn open(args_path: &Path, state_dir: &Path, limits: Limits) -> Result<Self, OpenError> {
-        let (mut document, mut stamp) = read_document(args_path, limits.max_args_bytes)?;
+    pub fn open(args: ArgsFile, state_dir: &Path, limits: Limits) -> Result<Self, OpenError> {
+        let ArgsFile {
+            path: args_path,
+            mut document,
+            mut stamp,
+        } = args;
+        let args_path = args_path.as_path();
         durable::create_private_dir(state_dir).map_err(|source| OpenError::StateDir {
             path: state_dir.to_path_buf(),
             source,

@@ -17,6 +17,11 @@ fn broker_fails(args: &std::path::Path, socket: &std::path::Path) -> (i32, Strin
         "a socket was left at {}",
         socket.display()
     );
+    let state = format!("{}.state", args.display());
+    assert!(
+        !exists(std::path::Path::new(&state)),
+        "{state} was left behind"
+    );
     (code, stderr.lines().last().unwrap_or_default().to_owned())
 }
 

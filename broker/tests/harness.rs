@@ -1,6 +1,6 @@
 //! `start_broker`: the broker's engine serving a temp directory's
 //! `args.json` on `b.sock`, in this process, until dropped.
-use crate::store::{Limits, Store};
+use crate::store::{ArgsFile, Limits, Store};
 use crate::{access, connections, server, socket};
 use argsbroker::pb::{self, args_broker_client::ArgsBrokerClient};
 use std::path::{Path, PathBuf};
@@ -30,8 +30,9 @@ pub fn site(args: &str) -> tempfile::TempDir {
 
 /// Opens the store of `dir/args.json` (state in `dir/args.json.state`).
 pub fn open(dir: &Path, limits: Limits) -> Store {
-    Store::open(&dir.join("args.json"), &dir.join("args.json.state"), limits)
-        .expect("open the store")
+    let args =
+        ArgsFile::read(&dir.join("args.json"), limits.max_args_bytes).expect("read the args");
+    Store::open(args, &dir.join("args.json.state"), limits).expect("open the store")
 }
 
 /// A broker serving in this process; stopped (watches ended, socket

@@ -77,6 +77,10 @@ pub fn file_refused(contents: &[u8], flags: &[&str], message: impl Fn(&Path) -> 
         !exists(&site.socket()) && !exists(&site.path("b.sock.lock")),
         "a socket or its lock file was left behind"
     );
+    assert!(
+        !exists(&site.path("args.json.state")),
+        "a state directory was left behind"
+    );
 
     std::fs::write(site.args(), DOC).unwrap();
     let mut broker = site.start_broker_with(flags);
