@@ -29,7 +29,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // call their next write the same revision.
     let _owner = own_state(&args_path, &state_dir, &args.socket, args.read_only)?;
     let store = Arc::new(store::Store::open(file, &state_dir, args.limits())?);
-    store::release_freed_memory();
     // Reloads are set up before the socket exists: once a client can
     // connect, a SIGHUP or a change to the file is never missed.
     reload::on_sighup(store.clone()).context("cannot handle SIGHUP")?;

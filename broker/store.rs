@@ -262,6 +262,8 @@ impl Store {
             stamp: Some(stamp),
             sha256: document.sha256().to_owned(),
         };
+        // As after every parse (see `commit`).
+        argsbroker::sys::release_freed_memory();
         let snapshot = Arc::new(Published::new(revision, document, &lineage));
         Ok(Self {
             lineage,
@@ -569,7 +571,11 @@ impl Store {
         let snapshot = Arc::new(Published::new(revision, document, &self.lineage));
         self.current.store(snapshot.clone());
         self.watch.send_replace(snapshot.clone());
-        release_freed_memory();
+        // Parsing a document briefly takes about 15 times its size, and glibc
+        // keeps freed memory in its arenas: without this the broker's resident
+        // size would track its largest parse, not what it holds (for a 1 MiB
+        // document, 20 MiB instead of 7).
+        argsbroker::sys::release_freed_memory();
         tracing::info!(
             revision,
             source = origin.source.as_str(),
@@ -578,15 +584,6 @@ impl Store {
         );
         Ok(snapshot)
     }
-}
-
-/// Hands memory freed by building a snapshot back to the OS. Parsing a
-/// document briefly takes about 15 times its size, and glibc keeps freed
-/// memory in its arenas: without this the broker's resident size would
-/// track its largest parse, not what it holds (for a 1 MiB document, 20 MiB
-/// instead of 7).
-pub fn release_freed_memory() {
-    argsbroker::sys::release_freed_memory();
 }
 
 fn entry(revision: u64, document: &Document, origin: Origin) -> Entry {
