@@ -22,7 +22,7 @@ const ARGS_SERVICE: &str = "/argsbroker.v1.ArgsBroker/";
 
 /// The methods of the args service that change nothing. Any other method of
 /// that service counts as a write, so a new RPC is closed until it is listed.
-const READ_METHODS: [&str; 3] = ["GetArgs", "WatchArgs", "ListRevisions"];
+const READ_METHODS: [&str; 4] = ["GetArgs", "WatchArgs", "ListRevisions", "GetStatus"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -271,6 +271,7 @@ mod tests {
         use Access::*;
         let want = [
             ("GetArgs", Read),
+            ("GetStatus", Read),
             ("ListRevisions", Read),
             ("PatchArgs", Write),
             ("Rollback", Write),

@@ -54,6 +54,14 @@ pub enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Print the revision served and whether the broker is in touch with where the args live (etcd).
+    Status {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Print one JSON object instead of lines, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Make a new revision with the content of an older, retained one.
     Rollback {
         #[command(flatten)]
@@ -226,13 +234,16 @@ pub async fn run(command: Command) -> Result<(), Failure> {
             )
             .context("cannot write to stdout")?;
             for r in list.revisions {
-                let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.unix_millis);
                 let uid = r.writer_uid.map_or("-".to_owned(), |u| u.to_string());
                 writeln!(
                     out,
                     "{:>8}  {:<24}  {:<12}  {:>10}  {:>6}  {}",
                     r.revision,
-                    humantime::format_rfc3339_millis(time).to_string(),
+                    // etcd keeps no time per revision.
+                    match r.unix_millis {
+                        0 => "-".to_owned(),
+                        millis => rfc3339(millis),
+                    },
                     &r.sha256[..r.sha256.len().min(12)],
                     r.size_bytes,
                     uid,
@@ -240,6 +251,19 @@ pub async fn run(command: Command) -> Result<(), Failure> {
                 )
                 .context("cannot write to stdout")?;
             }
+        }
+        Command::Status { socket, json } => {
+            let mut broker = client::connect(&socket.socket).await?;
+            let status = broker
+                .get_status(pb::GetStatusRequest {})
+                .await
+                .map_err(rpc_failure)?
+                .into_inner();
+            let text = match json {
+                true => status_json(&status),
+                false => status_lines(&status),
+            };
+            writeln!(out, "{text}").context("cannot write to stdout")?;
         }
         Command::Rollback {
             socket,
@@ -259,6 +283,47 @@ pub async fn run(command: Command) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+fn rfc3339(unix_millis: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_millis);
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// `broker status`, for people:
+/// ```text
+/// revision 42 sha256 5f1c9a0e3b2d lineage etcd-8e9e05c52164694d-7
+/// backend etcd http://10.0.0.5:2379 key /argsbroker/myapp: connected since 2026-11-26T14:03:02.120Z
+/// ```
+fn status_lines(status: &pb::BrokerStatus) -> String {
+    let since = rfc3339(status.backend_since_unix_millis);
+    let contact = match status.backend_connected {
+        true => format!("connected since {since}"),
+        false => format!(
+            "OUT OF REACH since {since} ({}); serving revision {} from memory, writes fail",
+            status.backend_error, status.revision
+        ),
+    };
+    format!(
+        "revision {} sha256 {} lineage {}\nbackend {}: {contact}",
+        status.revision,
+        &status.sha256[..status.sha256.len().min(12)],
+        status.lineage,
+        status.backend
+    )
+}
+
+fn status_json(status: &pb::BrokerStatus) -> String {
+    serde_json::json!({
+        "revision": status.revision,
+        "sha256": status.sha256,
+        "lineage": status.lineage,
+        "backend": status.backend,
+        "backend_connected": status.backend_connected,
+        "backend_error": status.backend_error,
+        "backend_since_unix_millis": status.backend_since_unix_millis,
+    })
+    .to_string()
 }
 
 fn read_input(file: &PathBuf) -> anyhow::Result<String> {

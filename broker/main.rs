@@ -2,8 +2,11 @@
 //! with a subcommand, a command-line client of a running broker.
 mod access;
 mod authority;
+mod backend;
 mod connections;
 mod ctl;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod history;
 mod lineage;
 mod lockfile;
@@ -59,15 +62,20 @@ struct Cli {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// The args file: a JSON object. Numbers, key order and Unicode are served exactly.
-    #[arg(long, value_name = "FILE", env = "ARGSBROKER_ARGS", required = true)]
+    /// The args file: a JSON object. Numbers, key order and Unicode are served exactly. With --etcd-endpoints: creates the etcd key if it does not exist yet (otherwise unused).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ARGSBROKER_ARGS",
+        required_unless_present = "etcd_endpoints"
+    )]
     args: Option<PathBuf>,
 
     /// The Unix socket to serve on.
     #[arg(long, value_name = "PATH", env = "ARGSBROKER_SOCKET", default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
 
-    /// Where revisions are kept across restarts [default: FILE.state beside the args file]
+    /// Where revisions (with etcd: the last-known-good copy) are kept across restarts [default: FILE.state beside the args file]
     #[arg(long, value_name = "DIR", env = "ARGSBROKER_STATE_DIR")]
     state_dir: Option<PathBuf>,
 
@@ -93,7 +101,7 @@ struct ServeArgs {
     read_only: bool,
 
     /// Follow the args file on disk and publish each valid change as a new revision.
-    #[arg(long, env = "ARGSBROKER_WATCH")]
+    #[arg(long, env = "ARGSBROKER_WATCH", conflicts_with = "etcd_endpoints")]
     watch: bool,
 
     /// Also run N worker processes sharing --http (0: the broker alone). Each is restarted if it dies.
@@ -165,6 +173,94 @@ struct ServeArgs {
     /// Ping a connection after this many seconds without a frame from it; close it if the ping is not answered within as long again.
     #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_KEEPALIVE", default_value = "30", value_parser = argsbroker::cmdline::seconds)]
     keepalive: Duration,
+
+    #[command(flatten)]
+    etcd: EtcdArgs,
+}
+
+/// Many hosts: the document lives in etcd, and this host's broker serves a
+/// live copy of it. Reads never wait for etcd.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Many hosts (etcd)")]
+struct EtcdArgs {
+    /// Keep the document in etcd at these endpoints (comma-separated URLs, https:// for TLS) instead of in the args file.
+    #[arg(
+        long,
+        value_name = "URLS",
+        env = "ARGSBROKER_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        requires = "etcd_key"
+    )]
+    etcd_endpoints: Vec<String>,
+
+    /// The etcd key holding the document as compact JSON, e.g. /argsbroker/myapp.
+    #[arg(long, value_name = "KEY", env = "ARGSBROKER_ETCD_KEY", requires = "etcd_endpoints", value_parser = etcd_key)]
+    etcd_key: Option<String>,
+
+    /// The CA certificate (PEM) that etcd's server certificates are checked against.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ARGSBROKER_ETCD_CACERT",
+        requires = "etcd_endpoints"
+    )]
+    etcd_cacert: Option<PathBuf>,
+
+    /// A client certificate (PEM) for etcd's --client-cert-auth, with --etcd-cert-key.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ARGSBROKER_ETCD_CERT",
+        requires = "etcd_cert_key"
+    )]
+    etcd_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ARGSBROKER_ETCD_CERT_KEY",
+        requires = "etcd_cert"
+    )]
+    etcd_cert_key: Option<PathBuf>,
+
+    /// The etcd user; its password comes from --etcd-password-file or the ARGSBROKER_ETCD_PASSWORD variable, never from a flag.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "ARGSBROKER_ETCD_USER",
+        requires = "etcd_endpoints"
+    )]
+    etcd_user: Option<String>,
+
+    /// A file holding the etcd user's password (one line; a trailing newline is ignored).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ARGSBROKER_ETCD_PASSWORD_FILE",
+        requires = "etcd_user"
+    )]
+    etcd_password_file: Option<PathBuf>,
+
+    /// How long one etcd request may take before a write fails with UNAVAILABLE, in seconds.
+    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_ETCD_TIMEOUT", default_value = "5", value_parser = argsbroker::cmdline::positive_seconds)]
+    etcd_timeout: Duration,
+
+    /// etcd's --max-request-bytes: larger documents are refused by the broker (RESOURCE_EXHAUSTED) before etcd sees them.
+    #[arg(long, value_name = "BYTES", env = "ARGSBROKER_ETCD_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024, value_parser = clap::value_parser!(u64).range(8192..))]
+    etcd_max_request_bytes: u64,
+
+    /// How long to wait for etcd at start when the state directory has no last-known-good copy to serve, in seconds.
+    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_STARTUP_TIMEOUT", default_value = "10", value_parser = argsbroker::cmdline::positive_seconds)]
+    startup_timeout: Duration,
+}
+
+/// An etcd key: not empty.
+fn etcd_key(text: &str) -> Result<String, String> {
+    match text.is_empty() {
+        true => Err("the etcd key cannot be empty".to_owned()),
+        false => Ok(text.to_owned()),
+    }
 }
 
 /// `0660`, `660` or `0o660`: permission bits that keep the owner's read and write.

@@ -1,6 +1,7 @@
 //! `broker --args FILE --socket PATH`: the composition of a serving broker,
 //! in the order that makes it safe: claim the socket, own the state, open
 //! the store, set up reloads, bind, serve.
+use crate::backend::Backend;
 use crate::{
     access, connections, lockfile, parent, reload, server, socket, store, supervisor, ServeArgs,
 };
@@ -12,9 +13,6 @@ use std::sync::{Arc, Mutex};
 /// opens the store, sets up reloads, binds, then serves (with the workers
 /// under the supervisor when `--workers` asks for them).
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let Some(args_path) = args.args.clone() else {
-        anyhow::bail!("--args FILE is required to serve (or give a subcommand; see --help)");
-    };
     if let Some(pid) = args.exit_with_parent {
         parent::exit_with_parent(pid)?;
     }
@@ -22,22 +20,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // the path exits before it reads or records anything.
     let mut claim = socket::claim(&args.socket, args.allow_unsafe_dir)?;
     let stack = args.stack()?;
-    let state_dir = (args.state_dir.clone()).unwrap_or_else(|| default_state_dir(&args_path));
-    // Read before the state is touched: a file that is refused leaves nothing.
-    let file = store::ArgsFile::read(&args_path, args.max_args_bytes as usize)?;
-    // One broker per args file and per state directory: two would both
-    // call their next write the same revision.
-    let _owner = own_state(&args_path, &state_dir, &args.socket, args.read_only)?;
-    let store = Arc::new(store::Store::open(file, &state_dir, args.limits())?);
-    // Reloads are set up before the socket exists: once a client can
-    // connect, a SIGHUP or a change to the file is never missed.
-    reload::on_sighup(store.clone()).context("cannot handle SIGHUP")?;
-    let _watcher = match args.watch {
-        true => Some(
-            reload::watch_file(store.clone(), &args_path).context("cannot watch the args file")?,
-        ),
-        false => None,
+    let opened = match args.etcd.etcd_endpoints.is_empty() {
+        true => open_file(&args)?,
+        false => open_etcd(&args).await?,
     };
+    let store = opened.backend;
     let shutdown = argsbroker::shutdown::signal();
     let listener = claim.bind(socket::Options {
         mode: args.socket_mode,
@@ -47,7 +34,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tokio::net::UnixListener::from_std(listener).context("cannot use the bound socket")?;
     tracing::info!(
         socket = %args.socket.display(),
-        args = %args_path.display(),
+        backend = store.describe(),
         revision = store.current().revision,
         read_only = args.read_only,
         watch = args.watch,
@@ -68,9 +55,138 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     lock(&claim).remove_socket();
+    drop(opened.keep);
     result?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The backend, and what must live as long as it serves (locks, a file watcher).
+struct Opened {
+    backend: Backend,
+    keep: Box<dyn std::any::Any>,
+}
+
+/// One host: the args file, its state, reloads on SIGHUP and with --watch.
+fn open_file(args: &ServeArgs) -> anyhow::Result<Opened> {
+    let Some(args_path) = args.args.clone() else {
+        anyhow::bail!("--args FILE is required to serve (or give a subcommand; see --help)");
+    };
+    let state_dir = (args.state_dir.clone()).unwrap_or_else(|| default_state_dir(&args_path));
+    // Read before the state is touched: a file that is refused leaves nothing.
+    let file = store::ArgsFile::read(&args_path, args.max_args_bytes as usize)?;
+    // One broker per args file and per state directory: two would both
+    // call their next write the same revision.
+    let owner = own_state(&args_path, &state_dir, &args.socket, args.read_only)?;
+    let store = Arc::new(store::Store::open(file, &state_dir, args.limits())?);
+    // Reloads are set up before the socket exists: once a client can
+    // connect, a SIGHUP or a change to the file is never missed.
+    reload::on_sighup(store.clone()).context("cannot handle SIGHUP")?;
+    let watcher = match args.watch {
+        true => Some(
+            reload::watch_file(store.clone(), &args_path).context("cannot watch the args file")?,
+        ),
+        false => None,
+    };
+    Ok(Opened {
+        backend: Backend::File(store),
+        keep: Box::new((owner, watcher)),
+    })
+}
+
+/// Many hosts: the document in etcd, this host's last-known-good copy in
+/// the state directory (locked, one broker per state directory).
+#[cfg(feature = "etcd")]
+async fn open_etcd(args: &ServeArgs) -> anyhow::Result<Opened> {
+    use crate::etcd::{Config, EtcdStore, Tls};
+    let flags = &args.etcd;
+    let state_dir = match (&args.state_dir, &args.args) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(file)) => default_state_dir(file),
+        (None, None) => anyhow::bail!(
+            "--etcd-endpoints needs --state-dir DIR (or --args FILE, whose FILE.state it uses): the broker keeps its last-known-good copy there"
+        ),
+    };
+    let seed = match &args.args {
+        Some(path) => Some(store::ArgsFile::read(path, args.max_args_bytes as usize)?),
+        None => None,
+    };
+    argsbroker::durable::create_private_dir(&state_dir).with_context(|| {
+        format!(
+            "cannot create the state directory {} (choose another with --state-dir)",
+            state_dir.display()
+        )
+    })?;
+    let owner = lock_file(&state_dir.join("lock"), &args.socket, || {
+        format!("the state directory {}", state_dir.display())
+    })?;
+    let user = match &flags.etcd_user {
+        Some(user) => Some((user.clone(), etcd_password(flags)?)),
+        None => None,
+    };
+    let tls = match (&flags.etcd_cacert, &flags.etcd_cert, &flags.etcd_cert_key) {
+        (None, None, None) => None,
+        (ca, cert, key) => Some(Tls {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+    };
+    let store = EtcdStore::open(Config {
+        endpoints: flags.etcd_endpoints.clone(),
+        key: flags.etcd_key.clone().unwrap_or_default(),
+        seed,
+        state_dir,
+        startup_timeout: flags.startup_timeout,
+        timeout: flags.etcd_timeout,
+        max_args_bytes: args.max_args_bytes as usize,
+        max_request_bytes: flags.etcd_max_request_bytes as usize,
+        history: args.history,
+        read_only: args.read_only,
+        tls,
+        user,
+    })
+    .await?;
+    // SIGHUP reloads the args file in file mode; here there is none to
+    // reload, and the signal must not end the broker.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot handle SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: nothing to reload (the args live in etcd)");
+        }
+    });
+    Ok(Opened {
+        backend: Backend::Etcd(store),
+        keep: Box::new(owner),
+    })
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn open_etcd(_: &ServeArgs) -> anyhow::Result<Opened> {
+    anyhow::bail!("--etcd-endpoints: this broker was built without etcd (cargo feature `etcd`, on by default); build it again with the default features")
+}
+
+/// The etcd user's password: from --etcd-password-file, else from
+/// ARGSBROKER_ETCD_PASSWORD; never a flag's value, which `ps` shows.
+#[cfg(feature = "etcd")]
+fn etcd_password(flags: &crate::EtcdArgs) -> anyhow::Result<String> {
+    if let Some(path) = &flags.etcd_password_file {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read the etcd password file {} (--etcd-password-file)",
+                path.display()
+            )
+        })?;
+        let password = text.strip_suffix('\n').unwrap_or(&text);
+        return Ok(password.strip_suffix('\r').unwrap_or(password).to_owned());
+    }
+    match std::env::var("ARGSBROKER_ETCD_PASSWORD") {
+        Ok(password) => Ok(password),
+        Err(_) => anyhow::bail!(
+            "--etcd-user needs a password: --etcd-password-file FILE, or the ARGSBROKER_ETCD_PASSWORD variable"
+        ),
+    }
 }
 
 /// The flags, as the parts of the broker take them.

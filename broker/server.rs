@@ -1,12 +1,11 @@
 //! Serving: the args service, health and reflection on one Unix listener,
 //! behind one access check, until a shutdown signal.
 use crate::access::{AccessLayer, Policy};
+use crate::backend::Backend;
 use crate::connections::{self, Limits};
 use crate::service::{self, ArgsService};
-use crate::store::Store;
 use argsbroker::pb;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
@@ -40,17 +39,34 @@ pub struct Config {
 /// watch and drains connections for a bounded time.
 pub async fn run(
     listener: UnixListener,
-    store: Arc<Store>,
+    store: Backend,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (stopping_tx, stopping) = watch::channel(false);
     let message_limit = store.max_args_bytes().saturating_add(MESSAGE_OVERHEAD);
-    let args = ArgsService::new(store, stopping.clone(), message_limit);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_service_status(service::NAME, ServingStatus::Serving)
         .await;
+    // With etcd: NOT_SERVING while it is out of reach (reads are still
+    // served, from the last revision received; writes are refused).
+    let reporting = store.contact().map(|mut contact| {
+        let reporter = health_reporter.clone();
+        tokio::spawn(async move {
+            loop {
+                let status = match contact.borrow_and_update().connected {
+                    true => ServingStatus::Serving,
+                    false => ServingStatus::NotServing,
+                };
+                reporter.set_service_status(service::NAME, status).await;
+                if contact.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    });
+    let args = ArgsService::new(store, stopping.clone(), message_limit);
     let mut routes = Routes::new(args)
         .add_service(health)
         .add_service(reflection().build_v1()?)
@@ -75,6 +91,9 @@ pub async fn run(
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             tracing::info!("shutting down");
+            if let Some(reporting) = reporting {
+                reporting.abort();
+            }
             health_reporter
                 .set_service_status(service::NAME, ServingStatus::NotServing)
                 .await;

@@ -9,8 +9,9 @@
 //! would make); anything else is encoded per call. GetArgs and WatchArgs are
 //! the hot paths, and this is why the service is routed here rather than by
 //! tonic's generated `ArgsBrokerServer`.
+use crate::backend::Backend;
 use crate::peer::Peer;
-use crate::store::{Published, Store, WriteError};
+use crate::store::{Published, WriteError};
 use argsbroker::frame::Frame;
 use argsbroker::pb;
 use argsbroker::pointer::PointerError;
@@ -41,6 +42,7 @@ enum Method {
     PatchArgs,
     ListRevisions,
     Rollback,
+    GetStatus,
 }
 
 impl Method {
@@ -56,6 +58,7 @@ impl Method {
             "PatchArgs" => Self::PatchArgs,
             "ListRevisions" => Self::ListRevisions,
             "Rollback" => Self::Rollback,
+            "GetStatus" => Self::GetStatus,
             _ => return None,
         })
     }
@@ -68,6 +71,7 @@ impl Method {
             Self::PatchArgs => "PatchArgs",
             Self::ListRevisions => "ListRevisions",
             Self::Rollback => "Rollback",
+            Self::GetStatus => "GetStatus",
         }
     }
 }
@@ -75,7 +79,7 @@ impl Method {
 /// The args service, cloned per connection by tonic's router.
 #[derive(Clone)]
 pub struct ArgsService {
-    store: Arc<Store>,
+    store: Backend,
     /// Flips to true when the broker shuts down, ending every watch.
     shutdown: watch::Receiver<bool>,
     /// The largest request message accepted.
@@ -83,7 +87,7 @@ pub struct ArgsService {
 }
 
 impl ArgsService {
-    pub fn new(store: Arc<Store>, shutdown: watch::Receiver<bool>, limit: usize) -> Self {
+    pub fn new(store: Backend, shutdown: watch::Receiver<bool>, limit: usize) -> Self {
         Self {
             store,
             shutdown,
@@ -156,7 +160,8 @@ impl ArgsService {
             }
             Method::WatchArgs => {
                 let request: pb::WatchArgsRequest = self.decode(body, method).await?;
-                let updates = watch_args(store, self.shutdown.clone(), request.start_revision);
+                let updates =
+                    watch_args(store, self.shutdown.clone(), request.start_revision).await;
                 Either::Right(Box::pin(updates))
             }
             Method::SetArgs => {
@@ -176,9 +181,12 @@ impl ArgsService {
             }
             Method::ListRevisions => {
                 let _: pb::ListRevisionsRequest = self.decode(body, method).await?;
-                one(Frame::message(&pb::ListRevisionsResponse {
-                    revisions: store.revisions(),
-                }))
+                let revisions = store.revisions().await.map_err(write_status)?;
+                one(Frame::message(&pb::ListRevisionsResponse { revisions }))
+            }
+            Method::GetStatus => {
+                let _: pb::GetStatusRequest = self.decode(body, method).await?;
+                one(Frame::message(&status(store)))
             }
         })
     }
@@ -252,7 +260,7 @@ pub enum GetArgsReply {
     Made(pb::Args),
 }
 
-pub fn get_args(store: &Store, request: pb::GetArgsRequest) -> Result<GetArgsReply, Status> {
+pub fn get_args(store: &Backend, request: pb::GetArgsRequest) -> Result<GetArgsReply, Status> {
     let snapshot = store.current();
     if request.if_none_match == Some(snapshot.revision) {
         return Ok(GetArgsReply::Made(pb::Args {
@@ -288,15 +296,15 @@ pub fn get_args(store: &Store, request: pb::GetArgsRequest) -> Result<GetArgsRep
 /// retained), then every newer snapshot, until the broker shuts down. The
 /// watch channel holds only the newest snapshot: a slow reader skips to it
 /// and the broker never queues revisions per watcher.
-pub fn watch_args(
-    store: &Store,
+pub async fn watch_args(
+    store: &Backend,
     mut shutdown: watch::Receiver<bool>,
     start_revision: Option<u64>,
 ) -> impl Stream<Item = Frame> + Send + 'static {
     // Subscribe before reading the history, so no revision falls between.
     let updates = store.subscribe();
     let replay = match start_revision {
-        Some(after) => store.revisions_after(after).unwrap_or_default(),
+        Some(after) => store.revisions_after(after).await.unwrap_or_default(),
         None => Vec::new(),
     };
     let mut last_sent = replay.last().map_or(0, |args| args.revision);
@@ -310,6 +318,27 @@ pub fn watch_args(
         .take_until(async move {
             let _ = shutdown.wait_for(|stopping| *stopping).await;
         })
+}
+
+/// GetStatus: the current snapshot and the backend's state.
+fn status(store: &Backend) -> pb::BrokerStatus {
+    let current = store.current();
+    let contact = store
+        .contact()
+        .map_or_else(crate::backend::Contact::connected, |c| c.borrow().clone());
+    let since = contact
+        .since
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    pb::BrokerStatus {
+        revision: current.revision,
+        sha256: current.reply.sha256.clone(),
+        lineage: current.reply.lineage.clone(),
+        backend: store.describe(),
+        backend_connected: contact.connected,
+        backend_error: contact.reason,
+        backend_since_unix_millis: since.as_millis() as u64,
+    }
 }
 
 fn write_status(err: WriteError) -> Status {
@@ -328,7 +357,22 @@ fn write_status(err: WriteError) -> Status {
         WriteError::Invalid(_) | WriteError::PatchNotAnObject(_) => {
             Status::invalid_argument(message)
         }
-        WriteError::TooLarge { .. } => Status::resource_exhausted(message),
+        WriteError::TooLarge { .. } | WriteError::TooLargeForBackend { .. } => {
+            Status::resource_exhausted(message)
+        }
+        WriteError::Unavailable(_) => {
+            tracing::warn!(%message, "write failed");
+            Status::unavailable(message)
+        }
+        WriteError::PermissionDenied(_) => {
+            tracing::warn!(%message, "write refused");
+            Status::permission_denied(message)
+        }
+        WriteError::Missing(_) => Status::failed_precondition(message),
+        WriteError::Backend(_) => {
+            tracing::error!(%message, "write failed");
+            Status::internal(message)
+        }
         WriteError::OutsideEdit(..) => {
             tracing::warn!(%message, "write refused");
             Status::failed_precondition(message)

@@ -39,7 +39,7 @@ pub struct Published {
 }
 
 impl Published {
-    fn new(revision: u64, document: Document, lineage: &str) -> Self {
+    pub fn new(revision: u64, document: Document, lineage: &str) -> Self {
         let reply = pb::Args {
             revision,
             json: document.json().clone(),
@@ -54,6 +54,16 @@ impl Published {
             reply,
         }
     }
+}
+
+/// `current` with an RFC 7386 merge patch applied.
+pub fn merge(current: &Document, patch: &serde_json::Value) -> Result<Document, WriteError> {
+    let mut value = current.to_value();
+    argsbroker::document::merge_patch(&mut value, patch);
+    Document::from_value(value).map_err(|e| match e {
+        DocumentError::NotAnObject(kind) => WriteError::PatchNotAnObject(kind),
+        other => WriteError::Invalid(other),
+    })
 }
 
 /// Who asked for a change, for the history.
@@ -140,6 +150,31 @@ pub enum WriteError {
         oldest: u64,
         newest: u64,
     },
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    /// `backend`: what the limit is, e.g. "etcd accepts in one request (...)".
+    #[error("{what} {size} bytes, over the limit of {max} bytes that {backend}")]
+    TooLargeForBackend {
+        what: &'static str,
+        size: usize,
+        max: usize,
+        backend: String,
+    },
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    /// The backend (etcd) is out of reach, or did not confirm the write.
+    #[error("{0}")]
+    Unavailable(String),
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    /// The backend refused the write.
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    /// What the write applies to is gone (the etcd key was deleted).
+    #[error("{0}")]
+    Missing(String),
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    /// Any other backend failure.
+    #[error("{0}")]
+    Backend(String),
     #[error(transparent)]
     Save(#[from] SaveFailed),
     /// Someone else changed the args file, and what they wrote is not valid.
@@ -183,6 +218,16 @@ pub struct ArgsFile {
 }
 
 impl ArgsFile {
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub fn document(&self) -> &Document {
+        &self.document
+    }
+
     pub fn read(path: &Path, max_bytes: usize) -> Result<Self, OpenError> {
         let (document, stamp) = read_document(path, max_bytes)?;
         Ok(Self {
@@ -290,6 +335,10 @@ impl Store {
         self.limits.max_args_bytes
     }
 
+    pub fn args_path(&self) -> &Path {
+        &self.args_path
+    }
+
     /// The retained revisions, oldest first.
     pub fn revisions(&self) -> Vec<pb::Revision> {
         self.history().entries().map(Entry::to_pb).collect()
@@ -349,15 +398,8 @@ impl Store {
             source: Source::Patch,
             uid,
         };
-        self.write(expected, origin, move |current| {
-            let mut value = current.to_value();
-            argsbroker::document::merge_patch(&mut value, &patch);
-            Document::from_value(value).map_err(|e| match e {
-                DocumentError::NotAnObject(kind) => WriteError::PatchNotAnObject(kind),
-                other => WriteError::Invalid(other),
-            })
-        })
-        .await
+        self.write(expected, origin, move |current| merge(current, &patch))
+            .await
     }
 
     /// Makes a new revision with the content of a retained one.

@@ -355,6 +355,8 @@ fn spawn(plan: &Plan, index: usize, notify_env: &OsString) -> anyhow::Result<Chi
         .args(&plan.worker_args)
         .env(argsbroker::sd_notify::NOTIFY_SOCKET, notify_env)
         .env("ARGSBROKER_WORKER_INDEX", index.to_string())
+        // The broker's etcd password is not the workers' business.
+        .env_remove("ARGSBROKER_ETCD_PASSWORD")
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         // Their own process group: a Ctrl-C on the terminal reaches only the

@@ -18,6 +18,13 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::Streaming;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+
+/// The args service's gRPC name, whose health says whether the broker is in
+/// touch with its backend.
+const ARGS_SERVICE: &str = "argsbroker.v1.ArgsBroker";
 
 /// What can go wrong talking to a broker.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +64,16 @@ pub enum ClientError {
 /// The channel's `:authority` is `localhost`, not the socket path: the
 /// broker's HTTP/2 layer refuses a path there as a malformed authority.
 pub async fn connect(socket: impl AsRef<Path>) -> Result<ArgsBrokerClient<Channel>, ClientError> {
-    let path = socket.as_ref().to_path_buf();
+    let channel = channel(socket.as_ref()).await?;
+    // The broker bounds the document size; the client takes what it is sent.
+    Ok(ArgsBrokerClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
+}
+
+/// A gRPC channel to the broker's socket (see [`connect`]).
+async fn channel(path: &Path) -> Result<Channel, ClientError> {
+    let path = path.to_path_buf();
     if std::fs::metadata(&path).is_ok_and(|m| !m.file_type().is_socket()) {
         return Err(ClientError::NotASocket(path));
     }
@@ -70,11 +86,8 @@ pub async fn connect(socket: impl AsRef<Path>) -> Result<ArgsBrokerClient<Channe
             }
         }))
         .await
-        .map_err(|err| connect_error(path, &err))?;
-    // The broker bounds the document size; the client takes what it is sent.
-    Ok(ArgsBrokerClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX))
+        .map_err(|err| connect_error(path, &err));
+    channel
 }
 
 /// Says why a connection failed in a few words, from the system's error
@@ -153,6 +166,9 @@ struct Shared<T> {
     /// following task, with `current`).
     served: ArcSwap<Served>,
     connected: AtomicBool,
+    /// Whether the broker is in touch with where the args live (etcd), as
+    /// its health service says; true for a broker serving a file.
+    backend_connected: AtomicBool,
     /// Milliseconds since the Unix epoch of the last message from the broker.
     last_contact_ms: AtomicU64,
 }
@@ -165,6 +181,7 @@ impl<T> Shared<T> {
             served: ArcSwap::from_pointee(Served::of(&first)),
             current: ArcSwap::from_pointee(prepare(first)),
             connected: AtomicBool::new(true),
+            backend_connected: AtomicBool::new(true),
             last_contact_ms: AtomicU64::new(now_ms()),
         }
     }
@@ -202,6 +219,13 @@ impl<T> Live<T> {
         self.shared.connected.load(Ordering::Acquire)
     }
 
+    /// Whether the broker was, when last heard from, in touch with where the
+    /// args live: false while its etcd is out of reach (it serves the last
+    /// revision etcd sent). Always true for a broker serving a file.
+    pub fn backend_connected(&self) -> bool {
+        self.shared.backend_connected.load(Ordering::Acquire)
+    }
+
     /// Zero while the watch is up; otherwise how long ago the broker was last
     /// heard from (how stale the served args may be).
     pub fn since_last_contact(&self) -> Duration {
@@ -231,7 +255,7 @@ where
     let path = socket.as_ref().to_path_buf();
     let started = Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
-    let (first, stream) = loop {
+    let (first, watches) = loop {
         match open_watch(&path).await {
             Ok(opened) => break opened,
             // Waiting cannot help: the broker never replaces a file that is not a socket.
@@ -250,7 +274,7 @@ where
             }
         }
     };
-    Ok(start(path, first, Some(stream), prepare))
+    Ok(start(path, first, Some(watches), prepare))
 }
 
 /// Serves `initial` (say, a snapshot cached on disk) right away, marked as
@@ -266,12 +290,7 @@ where
     live
 }
 
-fn start<T, F>(
-    path: PathBuf,
-    first: Snapshot,
-    stream: Option<Streaming<pb::Args>>,
-    prepare: F,
-) -> Live<T>
+fn start<T, F>(path: PathBuf, first: Snapshot, watches: Option<Watches>, prepare: F) -> Live<T>
 where
     T: Send + Sync + 'static,
     F: Fn(Snapshot) -> T + Send + Sync + 'static,
@@ -280,30 +299,62 @@ where
     tokio::spawn(keep_following(
         Arc::downgrade(&shared),
         path,
-        stream,
+        watches,
         prepare,
     ));
     Live { shared }
 }
 
-async fn open_watch(path: &Path) -> Result<(Snapshot, Streaming<pb::Args>), ClientError> {
-    let mut client = connect(path).await?;
+/// The streams a follower holds on the broker: the args, and the args
+/// service's health (NOT_SERVING while the broker's etcd is out of reach;
+/// `None` from a broker without it).
+struct Watches {
+    args: Streaming<pb::Args>,
+    health: Option<Streaming<HealthCheckResponse>>,
+}
+
+async fn open_watch(path: &Path) -> Result<(Snapshot, Watches), ClientError> {
+    let channel = channel(path).await?;
+    let mut client = ArgsBrokerClient::new(channel.clone())
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
     let rpc = |status| ClientError::Rpc {
         path: path.to_path_buf(),
         status,
     };
-    let mut stream = client
+    let mut args = client
         .watch_args(pb::WatchArgsRequest {
             start_revision: None,
         })
         .await
         .map_err(rpc)?
         .into_inner();
-    match stream.message().await.map_err(rpc)? {
-        Some(args) => Ok((Snapshot::from_reply(path, args)?, stream)),
+    let health = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: ARGS_SERVICE.to_owned(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+        .ok();
+    match args.message().await.map_err(rpc)? {
+        Some(reply) => Ok((Snapshot::from_reply(path, reply)?, Watches { args, health })),
         None => Err(ClientError::EmptyWatch {
             path: path.to_path_buf(),
         }),
+    }
+}
+
+/// The next health status, or never if there is no health watch (or it ended).
+async fn next_health(health: &mut Option<Streaming<HealthCheckResponse>>) -> Option<ServingStatus> {
+    let Some(stream) = health else {
+        return std::future::pending().await;
+    };
+    match stream.message().await {
+        Ok(Some(reply)) => Some(reply.status()),
+        _ => {
+            *health = None;
+            None
+        }
     }
 }
 
@@ -313,16 +364,33 @@ async fn open_watch(path: &Path) -> Result<(Snapshot, Streaming<pb::Args>), Clie
 async fn keep_following<T, F>(
     shared: Weak<Shared<T>>,
     path: PathBuf,
-    mut stream: Option<Streaming<pb::Args>>,
+    mut watches: Option<Watches>,
     prepare: F,
 ) where
     F: Fn(Snapshot) -> T,
 {
     let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
     loop {
-        if let Some(mut open) = stream.take() {
+        if let Some(Watches {
+            args: mut open,
+            mut health,
+        }) = watches.take()
+        {
             loop {
-                let message = open.message().await;
+                let message = tokio::select! {
+                    message = open.message() => message,
+                    Some(status) = next_health(&mut health) => {
+                        let Some(live) = shared.upgrade() else { return };
+                        let connected = status != ServingStatus::NotServing;
+                        if live.backend_connected.swap(connected, Ordering::AcqRel) != connected {
+                            match connected {
+                                true => tracing::info!("the broker is in touch with its backend again"),
+                                false => tracing::warn!("the broker says it is not serving (its etcd is out of reach, or it is stopping); serving the last args"),
+                            }
+                        }
+                        continue;
+                    }
+                };
                 let Some(live) = shared.upgrade() else { return };
                 match message {
                     Ok(Some(args)) => match Snapshot::from_reply(&path, args) {
@@ -344,7 +412,7 @@ async fn keep_following<T, F>(
             live.connected.store(false, Ordering::Release);
         }
         backoff.reset();
-        stream = loop {
+        watches = loop {
             tokio::time::sleep(backoff.next()).await;
             let Some(live) = shared.upgrade() else { return };
             match open_watch(&path).await {

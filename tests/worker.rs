@@ -34,7 +34,7 @@ fn a_new_lineage_is_adopted_at_once() {
     assert_eq!(
         get(port, "/readyz").body,
         format!(
-            r#"{{"status":"ready","revision":1,"connected":true,"since_last_contact_ms":0,"lineage":"{lineage_a}"}}"#
+            r#"{{"status":"ready","revision":1,"connected":true,"since_last_contact_ms":0,"lineage":"{lineage_a}","backend_connected":true}}"#
         )
     );
 

@@ -179,6 +179,7 @@ async fn readyz(State(live): State<Live<Prepared>>) -> Response {
         "connected": live.is_connected(),
         "since_last_contact_ms": live.since_last_contact().as_millis() as u64,
         "lineage": &*live.lineage(),
+        "backend_connected": live.backend_connected(),
     });
     ([(CONTENT_TYPE, JSON)], body.to_string()).into_response()
 }

@@ -69,7 +69,14 @@ pub async fn start_broker(dir: &Path, limits: Limits) -> Broker {
         let shutdown = async {
             let _ = stopped.await;
         };
-        if let Err(err) = server::run(listener, store, config, shutdown).await {
+        if let Err(err) = server::run(
+            listener,
+            crate::backend::Backend::File(store),
+            config,
+            shutdown,
+        )
+        .await
+        {
             panic!("the server failed: {err}");
         }
     });

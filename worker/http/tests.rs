@@ -448,7 +448,7 @@ async fn healthz_is_ok() {
 #[tokio::test]
 async fn readyz_while_connected() {
     let body = format!(
-        r#"{{"status":"ready","revision":7,"connected":true,"since_last_contact_ms":0,"lineage":"{LINEAGE}"}}"#
+        r#"{{"status":"ready","revision":7,"connected":true,"since_last_contact_ms":0,"lineage":"{LINEAGE}","backend_connected":true}}"#
     );
     assert_eq!(
         get(connected(), "/readyz").await,
@@ -468,7 +468,7 @@ async fn readyz_while_disconnected() {
         .expect("a number of milliseconds");
     assert!(u128::from(since) <= live.since_last_contact().as_millis());
     let body = format!(
-        r#"{{"status":"ready","revision":7,"connected":false,"since_last_contact_ms":{since},"lineage":"{LINEAGE}"}}"#
+        r#"{{"status":"ready","revision":7,"connected":false,"since_last_contact_ms":{since},"lineage":"{LINEAGE}","backend_connected":true}}"#
     );
     assert_eq!(answer, self::answer(200, error_headers(body.len()), &body));
 }

@@ -1,0 +1,1045 @@
+//! The many-hosts backend: the document lives in etcd at one key, as compact
+//! JSON text, and every host's broker serves its own in-memory snapshot of it.
+//!
+//! Revisions are etcd's (the key's `mod_revision`), so one revision names one
+//! document on every host; the lineage is the cluster id and the key's
+//! `create_revision`, so a key made again or a cluster rebuilt is a new
+//! lineage. Writes are etcd transactions that compare the key's revision, and
+//! are acknowledged only once etcd committed them. A follow task reads the key,
+//! then watches it from the next revision; after a disconnect or a compaction
+//! it reads again and goes on. The newest snapshot is kept in the state
+//! directory as the last-known-good copy, served when a broker starts while
+//! etcd is out of reach.
+use crate::backend::Contact;
+use crate::store::{ArgsFile, Published, WriteError};
+use arc_swap::ArcSwap;
+use argsbroker::document::Document;
+use argsbroker::pb;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient, ResponseHeader,
+    TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+
+/// What etcd spends on a request beyond the document: the key, the
+/// transaction's compares and framing. Kept generous.
+const REQUEST_OVERHEAD: usize = 4 * 1024;
+
+/// The largest etcd response the broker decodes (a watch response may carry
+/// several revisions of a document at etcd's request limit).
+const MAX_DECODING_BYTES: usize = 256 * 1024 * 1024;
+
+/// How often a write that loses a compare-and-set race to another host is
+/// merged again before it gives up.
+const MAX_ATTEMPTS: usize = 64;
+
+/// The last-known-good copy's file, in the state directory.
+const LAST_KNOWN_GOOD: &str = "etcd-last-known-good";
+
+/// How the broker reaches etcd, from its flags.
+pub struct Config {
+    pub endpoints: Vec<String>,
+    pub key: String,
+    /// The `--args` file, read at start: it creates the key if etcd has none.
+    pub seed: Option<ArgsFile>,
+    pub state_dir: PathBuf,
+    /// How long a broker with no last-known-good copy waits for etcd at start.
+    pub startup_timeout: Duration,
+    /// How long one etcd request may take.
+    pub timeout: Duration,
+    pub max_args_bytes: usize,
+    /// etcd's `--max-request-bytes`.
+    pub max_request_bytes: usize,
+    /// How many revisions ListRevisions walks back.
+    pub history: usize,
+    pub read_only: bool,
+    pub tls: Option<Tls>,
+    pub user: Option<(String, String)>,
+}
+
+/// PEM files for etcd's TLS.
+pub struct Tls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// Why the broker cannot start on etcd.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot read {what} {path}: {source}")]
+    ReadPem {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Client(String),
+    #[error("etcd at {endpoints} is out of reach ({reason}) after --startup-timeout {timeout:?}, and the state directory {state_dir} holds no last-known-good copy to serve")]
+    Unreachable {
+        endpoints: String,
+        reason: String,
+        timeout: Duration,
+        state_dir: PathBuf,
+    },
+    #[error("the key {key} does not exist in etcd at {endpoints}; give --args FILE to create it")]
+    NoKey { key: String, endpoints: String },
+    #[error("etcd at {endpoints} refused to read the key {key}: {reason}")]
+    Refused {
+        key: String,
+        endpoints: String,
+        reason: String,
+    },
+    #[error(
+        "the value of {key} in etcd (revision {revision}) is not a valid args document: {reason}"
+    )]
+    InvalidValue {
+        key: String,
+        revision: u64,
+        reason: String,
+    },
+    #[error("the args file {path} cannot seed etcd: it is {size} bytes, over the {max} bytes etcd accepts in one request (--etcd-max-request-bytes)")]
+    SeedTooLarge {
+        path: PathBuf,
+        size: usize,
+        max: usize,
+    },
+}
+
+/// How an etcd request failed, as far as the broker can tell.
+#[derive(Debug)]
+enum Failure {
+    /// The request never reached etcd, or etcd refused it before doing anything.
+    Unreachable(String),
+    /// The request may have reached etcd and may still be committed.
+    Unconfirmed(String),
+    PermissionDenied(String),
+    /// A read at a revision etcd no longer keeps.
+    Compacted,
+    Other(String),
+}
+
+impl Failure {
+    fn of(err: etcd_client::Error) -> Self {
+        use etcd_client::Error as E;
+        match err {
+            E::GRpcStatus(status) => {
+                let message = status.message().to_owned();
+                match status.code() {
+                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+                        Self::PermissionDenied(message)
+                    }
+                    tonic::Code::OutOfRange if message.contains("compacted") => Self::Compacted,
+                    tonic::Code::Unavailable
+                        if message.contains("connect") || message.contains("no leader") =>
+                    {
+                        Self::Unreachable(message)
+                    }
+                    tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Unknown => Self::Unconfirmed(message),
+                    _ => Self::Other(message),
+                }
+            }
+            E::TransportError(err) => Self::Unreachable(argsbroker::one_line(&err)),
+            E::IoError(err) => Self::Unreachable(err.to_string()),
+            other => Self::Other(other.to_string()),
+        }
+    }
+
+    fn reason(&self) -> String {
+        match self {
+            Self::Unreachable(reason)
+            | Self::Unconfirmed(reason)
+            | Self::PermissionDenied(reason)
+            | Self::Other(reason) => reason.clone(),
+            Self::Compacted => "the revision was compacted".to_owned(),
+        }
+    }
+}
+
+/// The key's identity in one etcd cluster: what a lineage is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Incarnation {
+    cluster_id: u64,
+    create_revision: i64,
+}
+
+impl Incarnation {
+    fn lineage(self) -> String {
+        format!("etcd-{:016x}-{}", self.cluster_id, self.create_revision)
+    }
+}
+
+pub struct EtcdStore {
+    client: Client,
+    key: String,
+    /// The endpoints, comma-separated, for messages.
+    endpoints: String,
+    timeout: Duration,
+    max_args_bytes: usize,
+    max_request_bytes: usize,
+    history: usize,
+    read_only: bool,
+    current: ArcSwap<Published>,
+    watch: watch::Sender<Arc<Published>>,
+    /// Held while a snapshot is published; the current snapshot's key incarnation.
+    head: Mutex<Incarnation>,
+    contact: watch::Sender<Contact>,
+    state_dir: PathBuf,
+}
+
+impl EtcdStore {
+    /// Connects, reads the key (creating it from the seed file if etcd has
+    /// none) and starts following it. With etcd out of reach, serves the
+    /// last-known-good copy if the state directory has one, else waits up to
+    /// the startup timeout and fails.
+    pub async fn open(config: Config) -> Result<Arc<Self>, StartError> {
+        let endpoints = config.endpoints.join(",");
+        if let Some(seed) = &config.seed {
+            let max = config.max_request_bytes.saturating_sub(REQUEST_OVERHEAD);
+            if seed.document().json().len() > max {
+                return Err(StartError::SeedTooLarge {
+                    path: seed.path().to_path_buf(),
+                    size: seed.document().json().len(),
+                    max,
+                });
+            }
+        }
+        let options = connect_options(&config)?;
+        let client = Client::connect(&config.endpoints, Some(options.clone()))
+            .await
+            .map_err(|err| StartError::Client(format!("etcd at {endpoints}: {err}")))?;
+        let saved = LastKnownGood::load(&config.state_dir, &config.key);
+        // With a copy to serve, one try; without, up to the startup timeout.
+        let deadline = match saved {
+            Some(_) => Instant::now(),
+            None => Instant::now() + config.startup_timeout,
+        };
+        let first = loop {
+            match read_or_seed(&client, &config, config.timeout).await {
+                Ok(first) => break Ok(first),
+                Err(Failure::PermissionDenied(reason)) => {
+                    return Err(StartError::Refused {
+                        key: config.key.clone(),
+                        endpoints,
+                        reason,
+                    })
+                }
+                Err(Failure::Other(reason)) if reason == NO_KEY => {
+                    return Err(StartError::NoKey {
+                        key: config.key.clone(),
+                        endpoints,
+                    })
+                }
+                Err(failure) if Instant::now() >= deadline => break Err(failure.reason()),
+                Err(failure) => {
+                    tracing::debug!(reason = failure.reason(), "etcd not reached yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        let (snapshot, incarnation, contact) = match first {
+            Ok(First { kv, header }) => {
+                let incarnation = Incarnation {
+                    cluster_id: header.cluster_id(),
+                    create_revision: kv.create_revision(),
+                };
+                let revision = kv.mod_revision() as u64;
+                let document =
+                    check_value(kv.value(), config.max_args_bytes).map_err(|reason| {
+                        StartError::InvalidValue {
+                            key: config.key.clone(),
+                            revision,
+                            reason,
+                        }
+                    })?;
+                let snapshot = Published::new(revision, document, &incarnation.lineage());
+                (snapshot, incarnation, Contact::connected())
+            }
+            Err(reason) => match saved {
+                Some(saved) => {
+                    tracing::warn!(
+                        endpoints,
+                        %reason,
+                        revision = saved.revision,
+                        copy = %config.state_dir.join(LAST_KNOWN_GOOD).display(),
+                        "etcd is out of reach; serving the last-known-good copy until it answers"
+                    );
+                    let incarnation = saved.incarnation;
+                    let snapshot =
+                        Published::new(saved.revision, saved.document, &incarnation.lineage());
+                    let contact = Contact {
+                        connected: false,
+                        reason: reason.clone(),
+                        since: SystemTime::now(),
+                    };
+                    (snapshot, incarnation, contact)
+                }
+                None => {
+                    return Err(StartError::Unreachable {
+                        endpoints,
+                        reason,
+                        timeout: config.startup_timeout,
+                        state_dir: config.state_dir.clone(),
+                    })
+                }
+            },
+        };
+        let snapshot = Arc::new(snapshot);
+        let store = Arc::new(Self {
+            client,
+            key: config.key,
+            endpoints,
+            timeout: config.timeout,
+            max_args_bytes: config.max_args_bytes,
+            max_request_bytes: config.max_request_bytes,
+            history: config.history.max(1),
+            read_only: config.read_only,
+            current: ArcSwap::new(snapshot.clone()),
+            watch: watch::Sender::new(snapshot),
+            head: Mutex::new(incarnation),
+            contact: watch::Sender::new(contact),
+            state_dir: config.state_dir,
+        });
+        tokio::spawn(store.clone().keep_last_known_good());
+        tokio::spawn(store.clone().follow());
+        Ok(store)
+    }
+
+    pub fn current(&self) -> arc_swap::Guard<Arc<Published>> {
+        self.current.load()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
+        self.watch.subscribe()
+    }
+
+    pub fn contact(&self) -> watch::Receiver<Contact> {
+        self.contact.subscribe()
+    }
+
+    pub fn max_args_bytes(&self) -> usize {
+        self.max_args_bytes
+    }
+
+    /// What `broker status` says of the backend.
+    pub fn describe(&self) -> String {
+        format!("etcd {} key {}", self.endpoints, self.key)
+    }
+
+    /// The largest document etcd takes in one request.
+    fn document_limit(&self) -> usize {
+        self.max_request_bytes.saturating_sub(REQUEST_OVERHEAD)
+    }
+
+    /// Publishes the key's value at `revision` if it is newer than the
+    /// current snapshot or of another incarnation of the key. Returns the
+    /// snapshot that is current afterwards.
+    fn publish<E>(
+        &self,
+        incarnation: Incarnation,
+        revision: u64,
+        document: impl FnOnce() -> Result<Document, E>,
+    ) -> Result<Arc<Published>, E> {
+        let mut head = lock(&self.head);
+        let current = self.current.load_full();
+        if *head == incarnation && revision <= current.revision {
+            return Ok(current);
+        }
+        let document = document()?;
+        if *head != incarnation {
+            tracing::warn!(
+                key = self.key,
+                lineage = incarnation.lineage(),
+                revision,
+                "the key is new in etcd (made again, or etcd was rebuilt): a new lineage"
+            );
+        }
+        let snapshot = Arc::new(Published::new(revision, document, &incarnation.lineage()));
+        *head = incarnation;
+        self.current.store(snapshot.clone());
+        self.watch.send_replace(snapshot.clone());
+        Ok(snapshot)
+    }
+
+    /// Publishes what etcd holds for the key, as `kv` (read under `header`).
+    fn publish_kv(&self, kv: &KeyValue, header: Option<&ResponseHeader>) -> Arc<Published> {
+        let cluster_id = header.map_or_else(|| lock(&self.head).cluster_id, |h| h.cluster_id());
+        let incarnation = Incarnation {
+            cluster_id,
+            create_revision: kv.create_revision(),
+        };
+        let revision = kv.mod_revision() as u64;
+        match self.publish(incarnation, revision, || {
+            check_value(kv.value(), self.max_args_bytes)
+        }) {
+            Ok(snapshot) => snapshot,
+            Err(err) => {
+                let current = self.current.load_full();
+                tracing::error!(
+                    key = self.key,
+                    revision,
+                    error = %err,
+                    serving = current.revision,
+                    "etcd holds a value that is not a valid args document; still serving the last valid one"
+                );
+                current
+            }
+        }
+    }
+
+    fn set_contact(&self, connected: bool, reason: String) {
+        self.contact.send_if_modified(|contact| {
+            if contact.connected == connected {
+                return false;
+            }
+            if connected {
+                tracing::info!(endpoints = self.endpoints, "etcd is reachable again");
+            } else {
+                tracing::warn!(endpoints = self.endpoints, %reason, "etcd is out of reach; serving the last revision it sent");
+            }
+            *contact = Contact {
+                connected,
+                reason,
+                since: SystemTime::now(),
+            };
+            true
+        });
+    }
+
+    /// One etcd request, bounded by the request timeout.
+    async fn call<T>(
+        &self,
+        request: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, Failure> {
+        bounded(self.timeout, request).await
+    }
+
+    fn kv(&self) -> KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_DECODING_BYTES)
+    }
+
+    /// Follows the key for the broker's life: reads it, then watches it from
+    /// the revision after that read; after an error, marks etcd out of reach
+    /// and tries again (after a compaction, at once).
+    async fn follow(self: Arc<Self>) {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.follow_once().await {
+                Err(Failure::Compacted) => continue,
+                Err(failure) => {
+                    self.set_contact(false, failure.reason());
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Ok(()) => pause = Duration::from_millis(100),
+            }
+        }
+    }
+
+    async fn follow_once(&self) -> Result<(), Failure> {
+        let read = self.call(self.kv().get(self.key.as_str(), None)).await?;
+        let Some(header) = read.header() else {
+            return Err(Failure::Other("etcd sent no response header".to_owned()));
+        };
+        let start = header.revision() + 1;
+        match read.kvs().first() {
+            Some(kv) => {
+                self.publish_kv(kv, Some(header));
+            }
+            None => self.key_missing(),
+        }
+        let mut watch_client = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_DECODING_BYTES);
+        let options = WatchOptions::new().with_start_revision(start);
+        let mut stream = self
+            .call(watch_client.watch(self.key.as_str(), Some(options)))
+            .await?;
+        self.set_contact(true, String::new());
+        loop {
+            let Some(response) = stream.message().await.map_err(Failure::of)? else {
+                return Err(Failure::Unreachable("the watch ended".to_owned()));
+            };
+            if response.canceled() {
+                if response.compact_revision() > 0 {
+                    tracing::info!(
+                        compacted = response.compact_revision(),
+                        "etcd compacted past the watch's revision; reading the key again"
+                    );
+                    return Err(Failure::Compacted);
+                }
+                return Err(Failure::Unreachable(format!(
+                    "etcd cancelled the watch: {}",
+                    response.cancel_reason()
+                )));
+            }
+            for event in response.events() {
+                match (event.event_type(), event.kv()) {
+                    (etcd_client::EventType::Put, Some(kv)) => {
+                        self.publish_kv(kv, response.header());
+                    }
+                    (etcd_client::EventType::Delete, _) => self.key_missing(),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn key_missing(&self) {
+        tracing::warn!(
+            key = self.key,
+            serving = self.current.load().revision,
+            "the key is not in etcd (deleted?); still serving the last revision; `broker set` makes it again"
+        );
+    }
+
+    /// Writes the newest snapshot to the state directory whenever it changes.
+    async fn keep_last_known_good(self: Arc<Self>) {
+        let mut updates = self.watch.subscribe();
+        loop {
+            let snapshot = updates.borrow_and_update().clone();
+            let incarnation = *lock(&self.head);
+            let dir = self.state_dir.clone();
+            let key = self.key.clone();
+            let saved = tokio::task::spawn_blocking(move || {
+                LastKnownGood::save(&dir, &key, incarnation, &snapshot)
+            })
+            .await;
+            if let Ok(Err(err)) = saved {
+                tracing::warn!(
+                    dir = %self.state_dir.display(),
+                    error = %err,
+                    "cannot keep the last-known-good copy"
+                );
+            }
+            if updates.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    pub async fn set(
+        &self,
+        json: &str,
+        expected: Option<u64>,
+    ) -> Result<Arc<Published>, WriteError> {
+        self.check_writable("the document is", json.len())?;
+        let next = Document::parse(json.as_bytes()).map_err(WriteError::Invalid)?;
+        self.write(expected, true, move |_| Ok(next.clone())).await
+    }
+
+    pub async fn patch(
+        &self,
+        merge_patch: &str,
+        expected: Option<u64>,
+    ) -> Result<Arc<Published>, WriteError> {
+        self.check_writable("the patch is", merge_patch.len())?;
+        let patch = argsbroker::document::parse_value(merge_patch.as_bytes())
+            .map_err(WriteError::Invalid)?;
+        self.write(expected, false, move |current| {
+            crate::store::merge(current, &patch)
+        })
+        .await
+    }
+
+    pub async fn rollback(
+        &self,
+        to_revision: u64,
+        expected: Option<u64>,
+    ) -> Result<Arc<Published>, WriteError> {
+        self.check_writable("the request is", 0)?;
+        let json = self.value_at(to_revision).await?;
+        let next = Document::parse(&json).map_err(WriteError::Invalid)?;
+        self.write(expected, false, move |_| Ok(next.clone())).await
+    }
+
+    fn check_writable(&self, what: &'static str, size: usize) -> Result<(), WriteError> {
+        if self.read_only {
+            return Err(WriteError::ReadOnly);
+        }
+        self.check_size(what, size)
+    }
+
+    fn check_size(&self, what: &'static str, size: usize) -> Result<(), WriteError> {
+        if size > self.max_args_bytes {
+            return Err(WriteError::TooLarge {
+                what,
+                size,
+                max: self.max_args_bytes,
+            });
+        }
+        if size > self.document_limit() {
+            return Err(WriteError::TooLargeForBackend {
+                what,
+                size,
+                max: self.document_limit(),
+                backend: format!(
+                    "etcd accepts in one request (--etcd-max-request-bytes {})",
+                    self.max_request_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies `next` to the current document with a compare-and-set on the
+    /// key's revision; on losing a race to another host, applies it again to
+    /// what won (unless `expected` was given: then that is a conflict).
+    /// `create` lets a write make the key again if it was deleted.
+    async fn write(
+        &self,
+        expected: Option<u64>,
+        create: bool,
+        next: impl Fn(&Document) -> Result<Document, WriteError>,
+    ) -> Result<Arc<Published>, WriteError> {
+        let mut base = self.current.load_full();
+        if let Some(expected) = expected {
+            if expected > base.revision {
+                // This host may be behind: see what etcd holds before refusing.
+                base = self.refresh().await.map_err(|f| self.write_error(f))?;
+            }
+        }
+        let mut missing = false;
+        for _ in 0..MAX_ATTEMPTS {
+            if let Some(expected) = expected {
+                if expected != base.revision || missing {
+                    return Err(WriteError::Conflict {
+                        expected,
+                        current: base.revision,
+                    });
+                }
+            }
+            if missing && !create {
+                return Err(WriteError::Missing(format!(
+                    "the key {} is not in etcd (deleted?); `broker set` makes it again",
+                    self.key
+                )));
+            }
+            let document = next(&base.document)?;
+            self.check_size("the result would be", document.json().len())?;
+            let incarnation = *lock(&self.head);
+            let compare = if missing {
+                vec![Compare::create_revision(
+                    self.key.as_str(),
+                    CompareOp::Equal,
+                    0,
+                )]
+            } else {
+                vec![
+                    Compare::mod_revision(
+                        self.key.as_str(),
+                        CompareOp::Equal,
+                        base.revision as i64,
+                    ),
+                    Compare::create_revision(
+                        self.key.as_str(),
+                        CompareOp::Equal,
+                        incarnation.create_revision,
+                    ),
+                ]
+            };
+            let unchanged = !missing && document.sha256() == base.document.sha256();
+            let then = match unchanged {
+                true => vec![],
+                false => vec![TxnOp::put(
+                    self.key.as_str(),
+                    document.json().to_vec(),
+                    None,
+                )],
+            };
+            let txn = Txn::new()
+                .when(compare)
+                .and_then(then)
+                .or_else(vec![TxnOp::get(self.key.as_str(), None)]);
+            let response = self
+                .call(self.kv().txn(txn))
+                .await
+                .map_err(|f| self.write_error(f))?;
+            let header = response.header();
+            if response.succeeded() {
+                if unchanged {
+                    return Ok(base);
+                }
+                let Some(header) = header else {
+                    return Err(WriteError::Backend(
+                        "etcd committed the write but sent no revision".to_owned(),
+                    ));
+                };
+                let incarnation = Incarnation {
+                    cluster_id: header.cluster_id(),
+                    create_revision: match missing {
+                        true => header.revision(),
+                        false => incarnation.create_revision,
+                    },
+                };
+                let revision = header.revision() as u64;
+                return self.publish(incarnation, revision, || Ok(document));
+            }
+            // Another write won: take what etcd holds now, and go again.
+            let latest = response.op_responses().into_iter().find_map(|op| match op {
+                TxnOpResponse::Get(get) => Some(get),
+                _ => None,
+            });
+            match latest.as_ref().and_then(|get| get.kvs().first()) {
+                Some(kv) => {
+                    missing = false;
+                    base = self.publish_kv(kv, header);
+                }
+                None => missing = true,
+            }
+        }
+        Err(WriteError::Backend(format!(
+            "the key {} kept changing under this write ({MAX_ATTEMPTS} attempts); nothing was changed",
+            self.key
+        )))
+    }
+
+    /// Reads the key now and publishes it if it is newer.
+    async fn refresh(&self) -> Result<Arc<Published>, Failure> {
+        let read = self.call(self.kv().get(self.key.as_str(), None)).await?;
+        Ok(match read.kvs().first() {
+            Some(kv) => self.publish_kv(kv, read.header()),
+            None => self.current.load_full(),
+        })
+    }
+
+    fn write_error(&self, failure: Failure) -> WriteError {
+        let endpoints = &self.endpoints;
+        match failure {
+            Failure::Unreachable(reason) => WriteError::Unavailable(format!(
+                "etcd at {endpoints} is out of reach ({reason}); nothing was changed"
+            )),
+            Failure::Unconfirmed(reason) => WriteError::Unavailable(format!(
+                "etcd at {endpoints} did not confirm the write ({reason}); it may still be committed: read the args to see"
+            )),
+            Failure::PermissionDenied(reason) => WriteError::PermissionDenied(format!(
+                "etcd refused the write to {}: {reason}",
+                self.key
+            )),
+            Failure::Compacted => WriteError::Backend("etcd compacted the revision read".to_owned()),
+            Failure::Other(reason) => WriteError::Backend(format!("etcd at {endpoints}: {reason}")),
+        }
+    }
+
+    /// The key's value at `revision`, which must be one of its revisions and
+    /// still retained by etcd.
+    async fn value_at(&self, revision: u64) -> Result<Vec<u8>, WriteError> {
+        let at = GetOptions::new().with_revision(revision as i64);
+        match self.call(self.kv().get(self.key.as_str(), Some(at))).await {
+            Ok(read) => {
+                if let Some(kv) = read.kvs().first() {
+                    if kv.mod_revision() as u64 == revision {
+                        return Ok(kv.value().to_vec());
+                    }
+                }
+            }
+            Err(Failure::Compacted) => {}
+            Err(failure) => return Err(self.write_error(failure)),
+        }
+        // Not readable at its own revision: it may still be the value at the
+        // oldest revision etcd keeps, which the walk reads from there.
+        let walked = self.walk(None).await.map_err(|f| self.write_error(f))?;
+        if let Some(found) = walked.iter().find(|r| r.revision == revision) {
+            return Ok(found.value.clone());
+        }
+        Err(WriteError::NotRetained {
+            wanted: revision,
+            oldest: walked.first().map_or(0, |r| r.revision),
+            newest: walked.last().map_or(0, |r| r.revision),
+        })
+    }
+
+    /// The key's revisions that etcd retains, oldest first: read back from
+    /// the current one, each at the revision before the last, until the key's
+    /// creation, a compaction, `--history` revisions, or revision `after`.
+    async fn walk(&self, after: Option<u64>) -> Result<Vec<Retained>, Failure> {
+        let current = self.current.load_full();
+        let incarnation = *lock(&self.head);
+        let mut found = Vec::new();
+        let mut at = current.revision as i64;
+        while found.len() < self.history && at >= incarnation.create_revision {
+            if after.is_some_and(|after| at as u64 <= after) {
+                break;
+            }
+            let options = GetOptions::new().with_revision(at);
+            let read = match self
+                .call(self.kv().get(self.key.as_str(), Some(options)))
+                .await
+            {
+                Ok(read) => read,
+                Err(Failure::Compacted) => break,
+                Err(failure) => return Err(failure),
+            };
+            let Some(kv) = read.kvs().first() else { break };
+            if kv.create_revision() != incarnation.create_revision {
+                break;
+            }
+            found.push(Retained {
+                revision: kv.mod_revision() as u64,
+                value: kv.value().to_vec(),
+            });
+            at = kv.mod_revision() - 1;
+        }
+        found.reverse();
+        Ok(found)
+    }
+
+    /// ListRevisions: the retained revisions, oldest first.
+    pub async fn revisions(&self) -> Result<Vec<pb::Revision>, WriteError> {
+        let walked = self.walk(None).await.map_err(|f| self.write_error(f))?;
+        Ok(walked
+            .into_iter()
+            .map(|r| {
+                let document = Document::parse(&r.value);
+                pb::Revision {
+                    revision: r.revision,
+                    unix_millis: 0,
+                    sha256: document
+                        .as_ref()
+                        .map(|d| d.sha256().to_owned())
+                        .unwrap_or_default(),
+                    size_bytes: r.value.len() as u64,
+                    writer_uid: None,
+                    source: "etcd".to_owned(),
+                }
+            })
+            .collect())
+    }
+
+    /// The retained revisions after `revision`, oldest first; `None` if etcd
+    /// no longer keeps all of them.
+    pub async fn revisions_after(&self, revision: u64) -> Option<Vec<pb::Args>> {
+        let current = self.current.load_full();
+        if revision >= current.revision {
+            return Some(Vec::new());
+        }
+        let walked = self.walk(Some(revision)).await.ok()?;
+        let lineage = &current.reply.lineage;
+        let mut replay = Vec::with_capacity(walked.len());
+        for r in walked {
+            let document = Document::parse(&r.value).ok()?;
+            replay.push(pb::Args {
+                revision: r.revision,
+                json: document.json().clone(),
+                sha256: document.sha256().to_owned(),
+                not_modified: false,
+                lineage: lineage.clone(),
+            });
+        }
+        Some(replay)
+    }
+}
+
+/// One retained revision of the key.
+struct Retained {
+    revision: u64,
+    value: Vec<u8>,
+}
+
+const NO_KEY: &str = "no key";
+
+struct First {
+    kv: KeyValue,
+    header: ResponseHeader,
+}
+
+/// Reads the key; if etcd has none, creates it from the seed file (exactly
+/// one of several brokers starting at once does: the create compares the
+/// key's `create_revision` with 0).
+async fn read_or_seed(
+    client: &Client,
+    config: &Config,
+    timeout: Duration,
+) -> Result<First, Failure> {
+    let mut kv_client = client
+        .kv_client()
+        .max_decoding_message_size(MAX_DECODING_BYTES);
+    let key = config.key.as_str();
+    let mut read = bounded(timeout, kv_client.get(key, None)).await?;
+    if let (Some(kv), Some(header)) = (read.take_kvs().into_iter().next(), read.take_header()) {
+        if let Some(seed) = &config.seed {
+            tracing::info!(
+                key,
+                revision = kv.mod_revision(),
+                args = %seed.path().display(),
+                "etcd already holds the key: the args file was not used"
+            );
+        }
+        return Ok(First { kv, header });
+    }
+    let Some(seed) = &config.seed else {
+        return Err(Failure::Other(NO_KEY.to_owned()));
+    };
+    let json = seed.document().json().to_vec();
+    let txn = Txn::new()
+        .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
+        .and_then(vec![TxnOp::put(key, json, None)])
+        .or_else(vec![TxnOp::get(key, None)]);
+    let response = bounded(timeout, kv_client.txn(txn)).await?;
+    let Some(header) = response.header().cloned() else {
+        return Err(Failure::Other("etcd sent no response header".to_owned()));
+    };
+    if response.succeeded() {
+        tracing::info!(key, revision = header.revision(), args = %seed.path().display(), "created the key in etcd from the args file");
+    }
+    // Read back what is there now: ours, or the one another broker made first.
+    let mut read = bounded(timeout, kv_client.get(key, None)).await?;
+    match (read.take_kvs().into_iter().next(), read.take_header()) {
+        (Some(kv), Some(header)) => Ok(First { kv, header }),
+        _ => Err(Failure::Other(NO_KEY.to_owned())),
+    }
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    request: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(timeout, request).await {
+        Ok(result) => result.map_err(Failure::of),
+        Err(_) => Err(Failure::Unconfirmed(format!(
+            "no answer within {}",
+            humantime::format_duration(timeout)
+        ))),
+    }
+}
+
+fn connect_options(config: &Config) -> Result<ConnectOptions, StartError> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(config.timeout)
+        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
+        .with_keep_alive_while_idle(true)
+        // A member cut off from the others must not answer: reads would be
+        // stale and watches silent.
+        .with_require_leader(true);
+    if let Some((user, password)) = &config.user {
+        options = options.with_user(user, password);
+    }
+    if let Some(tls) = &config.tls {
+        let mut tls_options = TlsOptions::new();
+        if let Some(ca) = &tls.ca {
+            let pem = read_pem("the etcd CA certificate (--etcd-cacert)", ca)?;
+            tls_options = tls_options.ca_certificate(etcd_client::Certificate::from_pem(pem));
+        }
+        match (&tls.cert, &tls.key) {
+            (Some(cert), Some(key)) => {
+                let cert = read_pem("the etcd client certificate (--etcd-cert)", cert)?;
+                let key = read_pem("the etcd client key (--etcd-cert-key)", key)?;
+                tls_options = tls_options.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(StartError::Client(
+                    "--etcd-cert and --etcd-cert-key go together".to_owned(),
+                ))
+            }
+        }
+        options = options.with_tls(tls_options);
+    }
+    Ok(options)
+}
+
+fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, StartError> {
+    std::fs::read(path).map_err(|source| StartError::ReadPem {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A value read from etcd, as a document; why not, in words.
+fn check_value(value: &[u8], max: usize) -> Result<Document, String> {
+    if value.len() > max {
+        return Err(format!(
+            "it is {} bytes, over the limit of {max} (--max-args-bytes)",
+            value.len()
+        ));
+    }
+    Document::parse(value).map_err(|err| err.to_string())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Holds a plain value that a panic cannot leave half-written.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The last document the broker served, kept in its state directory:
+/// a header line (key, revision, lineage parts) and the compact JSON.
+struct LastKnownGood {
+    revision: u64,
+    incarnation: Incarnation,
+    document: Document,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Header {
+    key: String,
+    revision: u64,
+    cluster_id: u64,
+    create_revision: i64,
+}
+
+impl LastKnownGood {
+    fn save(
+        dir: &Path,
+        key: &str,
+        incarnation: Incarnation,
+        snapshot: &Published,
+    ) -> std::io::Result<()> {
+        let header = Header {
+            key: key.to_owned(),
+            revision: snapshot.revision,
+            cluster_id: incarnation.cluster_id,
+            create_revision: incarnation.create_revision,
+        };
+        let mut text = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
+        text.push(b'\n');
+        text.extend_from_slice(snapshot.document.json());
+        argsbroker::durable::write_atomic(&dir.join(LAST_KNOWN_GOOD), &text)
+    }
+
+    /// The copy for `key`, if there is a readable one; anything else is logged.
+    fn load(dir: &Path, key: &str) -> Option<Self> {
+        let path = dir.join(LAST_KNOWN_GOOD);
+        let text = match std::fs::read(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(err) => {
+                tracing::warn!(path = %path.display(), error = %err, "cannot read the last-known-good copy");
+                return None;
+            }
+        };
+        let parsed = text.iter().position(|&b| b == b'\n').and_then(|at| {
+            let header: Header = serde_json::from_slice(&text[..at]).ok()?;
+            let document = Document::parse(&text[at + 1..]).ok()?;
+            Some((header, document))
+        });
+        let Some((header, document)) = parsed else {
+            tracing::warn!(path = %path.display(), "the last-known-good copy is damaged; not using it");
+            return None;
+        };
+        if header.key != key {
+            tracing::warn!(path = %path.display(), copy_of = header.key, key, "the last-known-good copy is of another key; not using it");
+            return None;
+        }
+        Some(Self {
+            revision: header.revision,
+            incarnation: Incarnation {
+                cluster_id: header.cluster_id,
+                create_revision: header.create_revision,
+            },
+            document,
+        })
+    }
+}
