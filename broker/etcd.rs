@@ -347,25 +347,44 @@ impl EtcdStore {
         revision: u64,
         document: impl FnOnce() -> Result<Document, E>,
     ) -> Result<Arc<Published>, E> {
-        let mut head = lock(&self.head);
+        let head = lock(&self.head);
         let current = self.current.load_full();
         if *head == incarnation && revision <= current.revision {
             return Ok(current);
         }
-        let document = document()?;
+        let snapshot = Published::new(revision, document()?, &incarnation.lineage());
+        Ok(self.install(head, incarnation, Arc::new(snapshot)))
+    }
+
+    /// Publishes `snapshot` (this broker's own write) if nothing newer has
+    /// been published meanwhile; either way the write's reply is `snapshot`,
+    /// its own revision and document.
+    fn publish_own(&self, incarnation: Incarnation, snapshot: Arc<Published>) -> Arc<Published> {
+        let head = lock(&self.head);
+        if *head == incarnation && snapshot.revision <= self.current.load().revision {
+            return snapshot;
+        }
+        self.install(head, incarnation, snapshot)
+    }
+
+    fn install(
+        &self,
+        mut head: std::sync::MutexGuard<'_, Incarnation>,
+        incarnation: Incarnation,
+        snapshot: Arc<Published>,
+    ) -> Arc<Published> {
         if *head != incarnation {
             tracing::warn!(
                 key = self.key,
                 lineage = incarnation.lineage(),
-                revision,
+                revision = snapshot.revision,
                 "the key is new in etcd (made again, or etcd was rebuilt): a new lineage"
             );
         }
-        let snapshot = Arc::new(Published::new(revision, document, &incarnation.lineage()));
         *head = incarnation;
         self.current.store(snapshot.clone());
         self.watch.send_replace(snapshot.clone());
-        Ok(snapshot)
+        snapshot
     }
 
     /// Publishes what etcd holds for the key, as `kv` (read under `header`).
@@ -507,8 +526,12 @@ impl EtcdStore {
     async fn keep_last_known_good(self: Arc<Self>) {
         let mut updates = self.watch.subscribe();
         loop {
-            let snapshot = updates.borrow_and_update().clone();
-            let incarnation = *lock(&self.head);
+            updates.borrow_and_update();
+            // Both under the lock that publishes them, so they agree.
+            let (snapshot, incarnation) = {
+                let head = lock(&self.head);
+                (self.current.load_full(), *head)
+            };
             let dir = self.state_dir.clone();
             let key = self.key.clone();
             let saved = tokio::task::spawn_blocking(move || {
@@ -683,7 +706,9 @@ impl EtcdStore {
                     },
                 };
                 let revision = header.revision() as u64;
-                return self.publish(incarnation, revision, || Ok(document));
+                let lineage = incarnation.lineage();
+                let mine = Arc::new(Published::new(revision, document, &lineage));
+                return Ok(self.publish_own(incarnation, mine));
             }
             // Another write won: take what etcd holds now, and go again.
             let latest = response.op_responses().into_iter().find_map(|op| match op {
