@@ -98,9 +98,15 @@ fn parse_wait(value: &str) -> Result<Duration, HttpError> {
 /// Answers at once when `live` serves `min_revision` or newer; otherwise
 /// waits up to `wait` for it, then refuses with 409.
 pub async fn reach(live: &Live<Prepared>, asked: MinRevision) -> Result<(), HttpError> {
-    if live.revision() >= asked.min_revision {
+    let revision = live.revision();
+    if revision >= asked.min_revision {
         return Ok(());
     }
+    tracing::debug!(
+        "waiting up to {} for revision {} (serving revision {revision})",
+        humantime::format_duration(asked.wait),
+        asked.min_revision
+    );
     match tokio::time::timeout(asked.wait, live.revision_at_least(asked.min_revision)).await {
         Ok(_) => Ok(()),
         Err(_) => Err(HttpError::NotReached {
