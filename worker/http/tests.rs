@@ -362,6 +362,7 @@ async fn head_is_get_without_the_body() {
         "/args/%FF",
         "/healthz",
         "/readyz",
+        "/metrics",
     ] {
         let got = get(connected(), uri).await;
         let head = send(connected(), request(Method::HEAD, uri)).await;
@@ -387,7 +388,9 @@ async fn other_methods_are_405() {
         Method::DELETE,
         Method::OPTIONS,
     ] {
-        for uri in ["/args", "/args/a", "/args/", "/healthz", "/readyz"] {
+        for uri in [
+            "/args", "/args/a", "/args/", "/healthz", "/readyz", "/metrics",
+        ] {
             let request = Request::builder()
                 .method(method.clone())
                 .uri(uri)
