@@ -527,7 +527,7 @@ fn max_stale_makes_readyz_503_until_the_broker_is_back() {
         (
             503,
             format!(
-                r#"{{"status":"stale","revision":1,"connected":false,"since_last_contact_ms":{since},"lineage":"{lineage}","reason":"the broker has been out of reach for longer than --max-stale (500ms)"}}"#
+                r#"{{"status":"stale","revision":1,"connected":false,"since_last_contact_ms":{since},"lineage":"{lineage}","backend_connected":true,"reason":"the broker has been out of reach for longer than --max-stale (500ms)"}}"#
             )
         )
     );
@@ -553,7 +553,7 @@ fn max_stale_makes_readyz_503_until_the_broker_is_back() {
     assert_eq!(
         body.to_string(),
         format!(
-            r#"{{"status":"ready","revision":1,"connected":true,"since_last_contact_ms":0,"lineage":"{lineage}"}}"#
+            r#"{{"status":"ready","revision":1,"connected":true,"since_last_contact_ms":0,"lineage":"{lineage}","backend_connected":true}}"#
         )
     );
 }

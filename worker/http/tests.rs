@@ -683,7 +683,7 @@ async fn readyz_is_503_past_max_stale() {
         .as_u64()
         .expect("a number of milliseconds");
     let body = format!(
-        r#"{{"status":"stale","revision":7,"connected":false,"since_last_contact_ms":{since},"lineage":"{LINEAGE}","reason":"the broker has been out of reach for longer than --max-stale (0s)"}}"#
+        r#"{{"status":"stale","revision":7,"connected":false,"since_last_contact_ms":{since},"lineage":"{LINEAGE}","backend_connected":true,"reason":"the broker has been out of reach for longer than --max-stale (0s)"}}"#
     );
     assert_eq!(answer, refusal(503, &body));
 }
