@@ -171,6 +171,9 @@ struct Shared<T> {
     backend_connected: AtomicBool,
     /// Milliseconds since the Unix epoch of the last message from the broker.
     last_contact_ms: AtomicU64,
+    /// The revision again, for those who wait for one (see
+    /// [`Live::revision_at_least`]); sent after `current` is stored.
+    revisions: tokio::sync::watch::Sender<u64>,
 }
 
 impl<T> Shared<T> {
@@ -178,6 +181,7 @@ impl<T> Shared<T> {
     fn holding(first: Snapshot, prepare: impl FnOnce(Snapshot) -> T) -> Self {
         Self {
             revision: AtomicU64::new(first.revision),
+            revisions: tokio::sync::watch::Sender::new(first.revision),
             served: ArcSwap::from_pointee(Served::of(&first)),
             current: ArcSwap::from_pointee(prepare(first)),
             connected: AtomicBool::new(true),
@@ -234,6 +238,20 @@ impl<T> Live<T> {
         }
         let last = self.shared.last_contact_ms.load(Ordering::Acquire);
         Duration::from_millis(now_ms().saturating_sub(last))
+    }
+
+    /// Waits, without polling, until the revision served is at least `min`
+    /// and returns it (at once if it already is). Bound it with a timeout:
+    /// it waits for as long as no such revision arrives.
+    pub async fn revision_at_least(&self, min: u64) -> u64 {
+        let mut revisions = self.shared.revisions.subscribe();
+        // The sender lives in `shared`, which `self` holds: the channel
+        // cannot close while this waits.
+        let reached = revisions
+            .wait_for(|revision| *revision >= min)
+            .await
+            .map(|revision| *revision);
+        reached.unwrap_or_else(|_| self.revision())
     }
 }
 
@@ -516,6 +534,7 @@ fn apply<T>(live: &Shared<T>, snapshot: Snapshot, prepare: &impl Fn(Snapshot) ->
     live.current.store(Arc::new(prepare(snapshot)));
     live.served.store(Arc::new(offered));
     live.revision.store(revision, Ordering::Release);
+    live.revisions.send_replace(revision);
 }
 
 fn now_ms() -> u64 {

@@ -22,6 +22,7 @@ pub struct Config {
     pub bounds: serve::Bounds,
     /// Threads serving HTTP: one is a current-thread runtime.
     pub threads: u16,
+    pub http: http::Options,
 }
 
 /// Runs the worker to its end: 0 after a clean shutdown, 1 after an error
@@ -71,11 +72,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let graceful_timeout = config.graceful_timeout;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = argsbroker::shutdown::signal();
-    let server = serve::run(listener, http::app(live), config.bounds, async move {
-        shutdown.await;
-        tracing::info!("shutting down; finishing in-flight requests");
-        let _ = stop_tx.send(());
-    });
+    let server = serve::run(
+        listener,
+        http::app_with(live, config.http),
+        config.bounds,
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down; finishing in-flight requests");
+            let _ = stop_tx.send(());
+        },
+    );
     tokio::select! {
         _ = server => {}
         _ = async { let _ = stop_rx.await; tokio::time::sleep(graceful_timeout).await } => {
