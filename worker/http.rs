@@ -263,7 +263,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
         "lineage": &*live.lineage(),
         "backend_connected": live.backend_connected(),
     });
+    let rejected = live.rejected();
+    if let Some(rejected) = &rejected {
+        body["rejected"] = serde_json::json!({
+            "revision": rejected.revision,
+            "reason": rejected.reason,
+        });
+    }
     let status = match state.options.max_stale {
+        // Behind a revision it could not apply: let the balancer drain it.
+        Some(_) if rejected.is_some() => {
+            body["status"] = "stale".into();
+            body["reason"] = "this worker rejected a newer revision than the one it serves".into();
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Some(max_stale) if !connected && since >= max_stale => {
             body["status"] = "stale".into();
             body["reason"] = format!(

@@ -103,7 +103,17 @@ async fn hold_args(config: &Config) -> anyhow::Result<Live<http::Prepared>> {
         }
         http::Prepared::new(snapshot)
     };
-    match client::follow(&config.broker, config.startup_timeout, prepare.clone()).await {
+    let options = client::FollowOptions {
+        name: Some(format!("worker {}", config.listen)),
+        validate: None,
+    };
+    let followed = client::follow_with(
+        &config.broker,
+        config.startup_timeout,
+        options.clone(),
+        prepare.clone(),
+    );
+    match followed.await {
         Ok(live) => Ok(live),
         Err(err @ client::ClientError::Unreachable { .. }) => {
             let Some(path) = &config.cache_file else {
@@ -117,7 +127,12 @@ async fn hold_args(config: &Config) -> anyhow::Result<Live<http::Prepared>> {
                         "{}; starting from the cache file and reconnecting in the background",
                         argsbroker::one_line(&err)
                     );
-                    Ok(client::follow_from(&config.broker, snapshot, prepare))
+                    Ok(client::follow_from_with(
+                        &config.broker,
+                        snapshot,
+                        options,
+                        prepare,
+                    ))
                 }
                 Err(cache_err) => {
                     tracing::error!(
