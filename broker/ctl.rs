@@ -411,7 +411,6 @@ fn status_json(status: &pb::BrokerStatus, followers: &pb::ListFollowersResponse)
         })
         .collect();
     serde_json::json!({
-        "followers": followers,
         "revision": status.revision,
         "sha256": status.sha256,
         "lineage": status.lineage,
@@ -419,6 +418,7 @@ fn status_json(status: &pb::BrokerStatus, followers: &pb::ListFollowersResponse)
         "backend_connected": status.backend_connected,
         "backend_error": status.backend_error,
         "backend_since_unix_millis": status.backend_since_unix_millis,
+        "followers": followers,
     })
     .to_string()
 }

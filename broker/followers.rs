@@ -35,6 +35,8 @@ struct Follower {
     pid: u32,
     uid: u32,
     since: SystemTime,
+    /// The same moment, for comparing with publication times.
+    joined: Instant,
     applied: u64,
     /// When `applied` was reported.
     applied_at: Option<Instant>,
@@ -124,6 +126,7 @@ impl Followers {
             pid,
             uid: peer.map_or(0, |p| p.uid),
             since: SystemTime::now(),
+            joined: Instant::now(),
             applied: 0,
             applied_at: None,
             rejected: None,
@@ -173,7 +176,10 @@ impl Followers {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64),
                 applied_after_micros: match (published, f.applied_at) {
-                    (Some(published), Some(applied)) if f.applied >= current => {
+                    // Only for a revision published while it was connected.
+                    (Some(published), Some(applied))
+                        if f.applied >= current && f.joined <= published =>
+                    {
                         Some(applied.saturating_duration_since(published).as_micros() as u64)
                     }
                     _ => None,
