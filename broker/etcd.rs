@@ -347,12 +347,29 @@ impl EtcdStore {
         revision: u64,
         document: impl FnOnce() -> Result<Document, E>,
     ) -> Result<Arc<Published>, E> {
+        self.publish_snapshot(incarnation, revision, || {
+            let document = document()?;
+            Ok(Arc::new(Published::new(
+                revision,
+                document,
+                &incarnation.lineage(),
+            )))
+        })
+    }
+
+    /// [`Self::publish`], with the snapshot made by `snapshot` (only if it is published).
+    fn publish_snapshot<E>(
+        &self,
+        incarnation: Incarnation,
+        revision: u64,
+        snapshot: impl FnOnce() -> Result<Arc<Published>, E>,
+    ) -> Result<Arc<Published>, E> {
         let mut head = lock(&self.head);
         let current = self.current.load_full();
         if *head == incarnation && revision <= current.revision {
             return Ok(current);
         }
-        let document = document()?;
+        let snapshot = snapshot()?;
         if *head != incarnation {
             tracing::warn!(
                 key = self.key,
@@ -361,7 +378,6 @@ impl EtcdStore {
                 "the key is new in etcd (made again, or etcd was rebuilt): a new lineage"
             );
         }
-        let snapshot = Arc::new(Published::new(revision, document, &incarnation.lineage()));
         *head = incarnation;
         self.current.store(snapshot.clone());
         self.watch.send_replace(snapshot.clone());
@@ -683,7 +699,11 @@ impl EtcdStore {
                     },
                 };
                 let revision = header.revision() as u64;
-                return self.publish(incarnation, revision, || Ok(document));
+                // The reply names this write's revision, even when the watch
+                // has already published a newer one (another host's write).
+                let ours = Arc::new(Published::new(revision, document, &incarnation.lineage()));
+                self.publish_snapshot(incarnation, revision, || Ok::<_, WriteError>(ours.clone()))?;
+                return Ok(ours);
             }
             // Another write won: take what etcd holds now, and go again.
             let latest = response.op_responses().into_iter().find_map(|op| match op {
