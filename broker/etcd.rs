@@ -40,6 +40,9 @@ const MAX_ATTEMPTS: usize = 64;
 /// How long a request that could not be sent waits before it is sent again.
 const UNSENT_PAUSE: Duration = Duration::from_millis(20);
 
+/// How often, per endpoint, a request that could not be sent is sent again.
+const UNSENT_TRIES_PER_ENDPOINT: usize = 3;
+
 /// The last-known-good copy's file, in the state directory.
 const LAST_KNOWN_GOOD: &str = "etcd-last-known-good";
 
@@ -450,18 +453,24 @@ impl EtcdStore {
     /// One KV request, bounded by the request timeout. A request that was
     /// not sent (the client's connection to a member that is down fails at
     /// once, and the client picks that member again now and then) is sent
-    /// again, to whichever member the client picks next, until the timeout.
+    /// again, to whichever member the client picks next: a few times per
+    /// endpoint, so that it fails quickly when every member is down.
     async fn kv_call<T, F>(&self, mut request: impl FnMut(KvClient) -> F) -> Result<T, Failure>
     where
         F: Future<Output = Result<T, etcd_client::Error>>,
     {
         let deadline = Instant::now() + self.timeout;
+        let mut unsent = 0;
+        let most = UNSENT_TRIES_PER_ENDPOINT * self.endpoints.split(',').count();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, request(self.kv())).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(err)) => match Failure::of(err) {
-                    Failure::Unsent(_) if Instant::now() + UNSENT_PAUSE < deadline => {
+                    Failure::Unsent(_)
+                        if unsent < most && Instant::now() + UNSENT_PAUSE < deadline =>
+                    {
+                        unsent += 1;
                         tokio::time::sleep(UNSENT_PAUSE).await;
                     }
                     failure => return Err(failure),
