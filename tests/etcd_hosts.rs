@@ -550,11 +550,13 @@ fn a_broker_started_without_etcd_serves_its_last_known_good_copy_or_exits_naming
         health(&host.socket()),
         tonic_health::pb::health_check_response::ServingStatus::NotServing
     );
-    let (code, message) = host
-        .site
-        .patch(r#"{"n":8}"#, None)
-        .expect_err("a write without etcd");
+    let started = Instant::now();
+    let refused = host.site.patch(r#"{"n":8}"#, None);
+    let took = started.elapsed();
+    let (code, message) = refused.expect_err("a write without etcd");
     assert_eq!(code, tonic::Code::Unavailable, "{message}");
+    assert!(took < Duration::from_secs(10), "the refusal took {took:?}");
+    eprintln!("refused after {took:?}: {message}");
     assert!(message.starts_with(&format!("etcd at {csv} ")), "{message}");
     // The worker (still running) serves it too.
     assert_eq!(
