@@ -15,6 +15,7 @@ use common::*;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 const SEED: &str = r#"{"model":"a","n":1}"#;
@@ -281,13 +282,16 @@ fn compare_and_set_from_three_hosts_acknowledges_one_write_per_revision_and_lose
     let cluster = Cluster::start(3);
     let hosts = three_hosts(&cluster, "compare_and_set");
     let sockets: Vec<PathBuf> = hosts.iter().map(Host::socket).collect();
+    let start = Arc::new(Barrier::new(3));
 
     let writers: Vec<_> = sockets
         .iter()
         .enumerate()
         .map(|(h, socket)| {
             let socket = socket.clone();
+            let start = start.clone();
             std::thread::spawn(move || {
+                start.wait();
                 let mut acknowledged = Vec::new();
                 let mut conflicts = 0;
                 for i in 0..15 {
@@ -337,6 +341,8 @@ fn compare_and_set_from_three_hosts_acknowledges_one_write_per_revision_and_lose
     }
     eprintln!("{} writes acknowledged, {conflicts} conflicts", keys.len());
     assert!(!keys.is_empty());
+    // Three hosts racing 15 times each: they did meet.
+    assert!(conflicts > 0, "no write lost a race");
 
     // Every acknowledged write is in the final document, on every host.
     let last = *revisions.last().expect("a revision");
@@ -355,12 +361,15 @@ fn compare_and_set_from_three_hosts_acknowledges_one_write_per_revision_and_lose
 fn blind_patches_from_three_hosts_are_all_acknowledged_and_all_kept() {
     let cluster = Cluster::start(3);
     let hosts = three_hosts(&cluster, "blind_patches");
+    let start = Arc::new(Barrier::new(3));
     let writers: Vec<_> = hosts
         .iter()
         .enumerate()
         .map(|(h, host)| {
             let socket = host.socket();
+            let start = start.clone();
             std::thread::spawn(move || {
+                start.wait();
                 (0..10)
                     .map(|i| {
                         let key = format!("h{h}_{i}");
