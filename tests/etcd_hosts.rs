@@ -434,6 +434,7 @@ fn without_an_etcd_quorum_writes_fail_fast_reads_go_on_and_every_host_recovers()
     let refused = hosts[1].site.patch(r#"{"no_quorum":true}"#, None);
     let took = started.elapsed();
     let (code, message) = refused.expect_err("a write without a quorum");
+    eprintln!("refused after {took:?}: {message}");
     assert_eq!(code, tonic::Code::Unavailable, "{message}");
     assert!(took < Duration::from_secs(10), "the refusal took {took:?}");
     assert!(
