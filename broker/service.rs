@@ -424,11 +424,19 @@ pub async fn watch_args(
         Some(after) => store.revisions_after(after).await.unwrap_or_default(),
         None => Vec::new(),
     };
-    let mut last_sent = replay.last().map_or(0, |args| args.revision);
+    let mut last_sent = replay
+        .last()
+        .map(|args| (args.revision, args.lineage.clone()));
     let follow = WatchStream::new(updates).filter_map(move |snapshot| {
-        let newer = snapshot.revision > last_sent;
-        last_sent = last_sent.max(snapshot.revision);
-        std::future::ready(newer.then(|| snapshot.frame.clone()))
+        // A newer revision, or another lineage: with etcd, a key made again
+        // or a cluster rebuilt starts its revisions over while watches run.
+        let send = last_sent.as_ref().is_none_or(|(revision, lineage)| {
+            snapshot.revision > *revision || snapshot.reply.lineage != *lineage
+        });
+        if send {
+            last_sent = Some((snapshot.revision, snapshot.reply.lineage.clone()));
+        }
+        std::future::ready(send.then(|| snapshot.frame.clone()))
     });
     tokio_stream::iter(replay.into_iter().map(|args| Frame::new(&args)))
         .chain(follow)
