@@ -143,7 +143,7 @@ fn patch_status(
             .expect("connect")
             .patch_args(pb::PatchArgsRequest {
                 merge_patch: patch.to_owned(),
-                expected_revision: expected,
+                expected_revision: expected, ..Default::default() 
             })
             .await
             .map(tonic::Response::into_inner)
@@ -466,7 +466,9 @@ fn without_an_etcd_quorum_writes_fail_fast_reads_go_on_and_every_host_recovers()
         let (code, out) = status(host);
         assert_eq!(code, 0, "{out}");
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 2, "{out}");
+        // The revision, the backend, then the followers: this host's worker.
+        assert_eq!(lines.len(), 4, "{out}");
+        assert_eq!(lines[2], "followers 1", "{out}");
         assert_eq!(
             lines[0],
             format!(
