@@ -21,6 +21,7 @@ use etcd_client::{
 };
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
@@ -88,6 +89,12 @@ pub enum StartError {
     },
     #[error("the key {key} does not exist in etcd at {endpoints}; give --args FILE to create it")]
     NoKey { key: String, endpoints: String },
+    #[error("etcd at {endpoints} did not accept the user {user}: {reason} (check --etcd-user, and the password in --etcd-password-file or ARGSBROKER_ETCD_PASSWORD)")]
+    Credentials {
+        user: String,
+        endpoints: String,
+        reason: String,
+    },
     #[error("etcd at {endpoints} refused to read the key {key}: {reason}")]
     Refused {
         key: String,
@@ -131,6 +138,14 @@ impl Failure {
                 let message = status.message().to_owned();
                 match status.code() {
                     tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+                        Self::PermissionDenied(message)
+                    }
+                    // etcd's ErrAuthFailed and ErrUserEmpty (auth is on and
+                    // no user was given) come as INVALID_ARGUMENT.
+                    tonic::Code::InvalidArgument
+                        if message.contains("authentication failed")
+                            || message.contains("user name is empty") =>
+                    {
                         Self::PermissionDenied(message)
                     }
                     tonic::Code::OutOfRange if message.contains("compacted") => Self::Compacted,
@@ -192,6 +207,9 @@ pub struct EtcdStore {
     head: Mutex<Incarnation>,
     contact: watch::Sender<Contact>,
     state_dir: PathBuf,
+    /// `--etcd-user` and its password, and whether etcd took them yet.
+    user: Option<(String, String)>,
+    authenticated: AtomicBool,
 }
 
 impl EtcdStore {
@@ -221,7 +239,25 @@ impl EtcdStore {
             Some(_) => Instant::now(),
             None => Instant::now() + config.startup_timeout,
         };
+        let authenticated = AtomicBool::new(false);
         let first = loop {
+            let user = config.user.as_ref();
+            match authenticate(&client, user, &authenticated, config.timeout).await {
+                Err(Failure::PermissionDenied(reason)) => {
+                    return Err(StartError::Credentials {
+                        user: user.map(|(name, _)| name.clone()).unwrap_or_default(),
+                        endpoints,
+                        reason,
+                    })
+                }
+                Err(failure) if Instant::now() >= deadline => break Err(failure.reason()),
+                Err(failure) => {
+                    tracing::debug!(reason = failure.reason(), "etcd not reached yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Ok(()) => {}
+            }
             match read_or_seed(&client, &config, config.timeout).await {
                 Ok(first) => break Ok(first),
                 Err(Failure::PermissionDenied(reason)) => {
@@ -306,6 +342,8 @@ impl EtcdStore {
             head: Mutex::new(incarnation),
             contact: watch::Sender::new(contact),
             state_dir: config.state_dir,
+            user: config.user,
+            authenticated,
         });
         tokio::spawn(store.clone().keep_last_known_good());
         tokio::spawn(store.clone().follow());
@@ -445,7 +483,19 @@ impl EtcdStore {
         }
     }
 
+    /// Authenticates as `--etcd-user` unless that was done already.
+    async fn authenticate(&self) -> Result<(), Failure> {
+        authenticate(
+            &self.client,
+            self.user.as_ref(),
+            &self.authenticated,
+            self.timeout,
+        )
+        .await
+    }
+
     async fn follow_once(&self) -> Result<(), Failure> {
+        self.authenticate().await?;
         let read = self.call(self.kv().get(self.key.as_str(), None)).await?;
         let Some(header) = read.header() else {
             return Err(Failure::Other("etcd sent no response header".to_owned()));
@@ -602,6 +652,7 @@ impl EtcdStore {
         create: bool,
         next: impl Fn(&Document) -> Result<Document, WriteError>,
     ) -> Result<Arc<Published>, WriteError> {
+        self.authenticate().await.map_err(|f| self.write_error(f))?;
         let mut base = self.current.load_full();
         if let Some(expected) = expected {
             if expected > base.revision {
@@ -763,6 +814,7 @@ impl EtcdStore {
     /// the current one, each at the revision before the last, until the key's
     /// creation, a compaction, `--history` revisions, or revision `after`.
     async fn walk(&self, after: Option<u64>) -> Result<Vec<Retained>, Failure> {
+        self.authenticate().await?;
         let current = self.current.load_full();
         let incarnation = *lock(&self.head);
         let mut found = Vec::new();
@@ -900,6 +952,31 @@ async fn read_or_seed(
     }
 }
 
+/// Authenticates `client` as `user` (if any) unless `done` says it was;
+/// the client keeps the user for renewing its token.
+async fn authenticate(
+    client: &Client,
+    user: Option<&(String, String)>,
+    done: &AtomicBool,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let Some(user) = user else { return Ok(()) };
+    if done.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    let mut client = client.clone();
+    // Anything etcd answers other than a token is a refusal of the user
+    // (a wrong password, auth not enabled), not a reason to try again.
+    bounded(timeout, client.update_user(Some(user.clone())))
+        .await
+        .map_err(|failure| match failure {
+            Failure::Other(reason) => Failure::PermissionDenied(reason),
+            failure => failure,
+        })?;
+    done.store(true, Ordering::Release);
+    Ok(())
+}
+
 async fn bounded<T>(
     timeout: Duration,
     request: impl Future<Output = Result<T, etcd_client::Error>>,
@@ -921,8 +998,13 @@ fn connect_options(config: &Config) -> Result<ConnectOptions, StartError> {
         // A member cut off from the others must not answer: reads would be
         // stale and watches silent.
         .with_require_leader(true);
-    if let Some((user, password)) = &config.user {
-        options = options.with_user(user, password);
+    // The user is not given here: the client would authenticate while
+    // connecting, so a broker could not start on its last-known-good copy
+    // while etcd is out of reach. `authenticate` does it before the first
+    // request; from then on the client renews an expired token (etcd
+    // forgets its tokens when it restarts).
+    if config.user.is_some() {
+        options = options.with_auto_token_refresh(true);
     }
     if let Some(tls) = &config.tls {
         let mut tls_options = TlsOptions::new();
