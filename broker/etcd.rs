@@ -109,11 +109,12 @@ pub enum StartError {
         revision: u64,
         reason: String,
     },
-    #[error("the args file {path} cannot seed etcd: it is {size} bytes, over the {max} bytes etcd accepts in one request (--etcd-max-request-bytes)")]
+    #[error("the args file {path} cannot seed etcd: it is {size} bytes, over the limit of {max} bytes that etcd accepts in one request (--etcd-max-request-bytes {request_bytes})")]
     SeedTooLarge {
         path: PathBuf,
         size: usize,
         max: usize,
+        request_bytes: usize,
     },
 }
 
@@ -226,7 +227,15 @@ impl EtcdStore {
                     path: seed.path().to_path_buf(),
                     size: seed.document().json().len(),
                     max,
+                    request_bytes: config.max_request_bytes,
                 });
+            }
+        }
+        if config.tls.is_some() {
+            if let Some(plain) = config.endpoints.iter().find(|e| !e.starts_with("https://")) {
+                return Err(StartError::Client(format!(
+                    "--etcd-cacert, --etcd-cert and --etcd-cert-key need https:// endpoints; {plain} is not one"
+                )));
             }
         }
         let options = connect_options(&config)?;
