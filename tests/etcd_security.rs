@@ -170,9 +170,12 @@ fn etcd_users_a_reader_serves_but_cannot_write_a_writer_can_and_bad_credentials_
     // The writer, its password from ARGSBROKER_ETCD_PASSWORD: writes, and
     // the reader's host follows them.
     let writer = Site::new("{}");
-    let mut writer_cmd = etcd_broker(&writer, &eps, &["--etcd-user", "rw"]);
-    writer_cmd.env("ARGSBROKER_ETCD_PASSWORD", "rwpw");
-    let _writer_broker = writer.spawn_broker(writer_cmd);
+    let writer_cmd = || {
+        let mut cmd = etcd_broker(&writer, &eps, &["--etcd-user", "rw"]);
+        cmd.env("ARGSBROKER_ETCD_PASSWORD", "rwpw");
+        cmd
+    };
+    let mut writer_broker = writer.spawn_broker(writer_cmd());
     let written = writer
         .patch(r#"{"b":2}"#, None)
         .expect("the writer's patch");
@@ -183,9 +186,15 @@ fn etcd_users_a_reader_serves_but_cannot_write_a_writer_can_and_bad_credentials_
     worker_serves(reader_port, r#"{"a":1,"b":2}"#);
     assert_eq!(reader.current().revision, written.revision);
 
+    // With etcd down, a broker with a user starts on its last-known-good
+    // copy (it cannot authenticate yet) and serves it at once.
+    cluster.kill(0);
+    assert_eq!(writer_broker.stop().code(), Some(0));
+    let _writer_broker = writer.spawn_broker(writer_cmd());
+    assert_eq!(writer.current().json, r#"{"a":1,"b":2}"#);
+    assert_eq!(writer.current().revision, written.revision);
     // etcd forgets its auth tokens when it restarts: the brokers
     // authenticate again and go on (the writer writes, the reader follows).
-    cluster.kill(0);
     cluster.restart(0);
     let again = common::eventually("a write after etcd restarted", || {
         writer.patch(r#"{"c":3}"#, None).ok()
