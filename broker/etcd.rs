@@ -155,10 +155,17 @@ impl Failure {
                     {
                         Self::Unreachable(message)
                     }
-                    tonic::Code::Unavailable
-                    | tonic::Code::DeadlineExceeded
-                    | tonic::Code::Cancelled
-                    | tonic::Code::Unknown => Self::Unconfirmed(message),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                        Self::Unconfirmed(message)
+                    }
+                    // The client's own errors ("transport error", "operation
+                    // was canceled"): the cause (e.g. a TLS alert) is in the source.
+                    tonic::Code::Cancelled | tonic::Code::Unknown => {
+                        Self::Unconfirmed(match std::error::Error::source(&status) {
+                            Some(source) => argsbroker::one_line(source),
+                            None => message,
+                        })
+                    }
                     _ => Self::Other(message),
                 }
             }
@@ -249,6 +256,8 @@ impl EtcdStore {
             None => Instant::now() + config.startup_timeout,
         };
         let authenticated = AtomicBool::new(false);
+        // Why etcd was not reached, for the message if it never is.
+        let mut why = String::new();
         let first = loop {
             let user = config.user.as_ref();
             match authenticate(&client, user, &authenticated, config.timeout).await {
@@ -259,9 +268,12 @@ impl EtcdStore {
                         reason,
                     })
                 }
-                Err(failure) if Instant::now() >= deadline => break Err(failure.reason()),
                 Err(failure) => {
-                    tracing::debug!(reason = failure.reason(), "etcd not reached yet");
+                    why = telling(why, failure.reason());
+                    if Instant::now() >= deadline {
+                        break Err(why);
+                    }
+                    tracing::debug!(reason = why, "etcd not reached yet");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
@@ -282,9 +294,12 @@ impl EtcdStore {
                         endpoints,
                     })
                 }
-                Err(failure) if Instant::now() >= deadline => break Err(failure.reason()),
                 Err(failure) => {
-                    tracing::debug!(reason = failure.reason(), "etcd not reached yet");
+                    why = telling(why, failure.reason());
+                    if Instant::now() >= deadline {
+                        break Err(why);
+                    }
+                    tracing::debug!(reason = why, "etcd not reached yet");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -958,6 +973,18 @@ async fn read_or_seed(
     match (read.take_kvs().into_iter().next(), read.take_header()) {
         (Some(kv), Some(header)) => Ok(First { kv, header }),
         _ => Err(Failure::Other(NO_KEY.to_owned())),
+    }
+}
+
+/// The reason to report of two failures in a row: a request cancelled or
+/// cut off because its connection closed says less than the failure before
+/// it (after a TLS handshake etcd refused, requests see the alert, a
+/// broken pipe or a cancellation, whichever comes first).
+fn telling(before: String, now: String) -> String {
+    let vague = now.contains("operation was canceled") || now.contains("broken pipe");
+    match vague && !before.is_empty() {
+        true => before,
+        false => now,
     }
 }
 
