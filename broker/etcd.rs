@@ -128,6 +128,8 @@ enum Failure {
     PermissionDenied(String),
     /// A read at a revision etcd no longer keeps.
     Compacted,
+    /// Over etcd's own request limit.
+    TooLarge(String),
     Other(String),
 }
 
@@ -150,6 +152,10 @@ impl Failure {
                         Self::PermissionDenied(message)
                     }
                     tonic::Code::OutOfRange if message.contains("compacted") => Self::Compacted,
+                    // Over etcd's --max-request-bytes (ErrRequestTooLarge).
+                    tonic::Code::InvalidArgument if message.contains("request is too large") => {
+                        Self::TooLarge(message)
+                    }
                     tonic::Code::Unavailable
                         if message.contains("connect") || message.contains("no leader") =>
                     {
@@ -180,6 +186,7 @@ impl Failure {
             Self::Unreachable(reason)
             | Self::Unconfirmed(reason)
             | Self::PermissionDenied(reason)
+            | Self::TooLarge(reason)
             | Self::Other(reason) => reason.clone(),
             Self::Compacted => "the revision was compacted".to_owned(),
         }
@@ -287,6 +294,12 @@ impl EtcdStore {
                         endpoints,
                         reason,
                     })
+                }
+                Err(Failure::TooLarge(reason)) => {
+                    return Err(StartError::Client(format!(
+                        "etcd at {endpoints} refused to create the key {} from the args file as too large ({reason}): its --max-request-bytes is below this broker's --etcd-max-request-bytes {}",
+                        config.key, config.max_request_bytes
+                    )))
                 }
                 Err(Failure::Other(reason)) if reason == NO_KEY => {
                     return Err(StartError::NoKey {
@@ -802,6 +815,10 @@ impl EtcdStore {
                 self.key
             )),
             Failure::Compacted => WriteError::Backend("etcd compacted the revision read".to_owned()),
+            Failure::TooLarge(reason) => WriteError::RefusedAsTooLarge(format!(
+                "etcd at {endpoints} refused the write as too large ({reason}): its --max-request-bytes is below this broker's --etcd-max-request-bytes {}; nothing was changed",
+                self.max_request_bytes
+            )),
             Failure::Other(reason) => WriteError::Backend(format!("etcd at {endpoints}: {reason}")),
         }
     }
