@@ -409,6 +409,19 @@ fn etcd_request_limit_refuses_large_documents_before_etcd_sees_them() {
         ),
     );
     assert_eq!(mod_revision(&cluster, &[]), 0, "the key was created");
+    // The same seed with the default --etcd-max-request-bytes (1.5 MiB):
+    // etcd itself refuses it, and the broker says so at once.
+    let mut cmd = etcd_broker(&site, &eps, &["--startup-timeout", "20"]);
+    cmd.arg("--args").arg(site.args());
+    fails_with(
+        cmd,
+        &format!(
+            "broker: error: etcd at {eps} refused to create the key {KEY} from the args file as \
+             too large (etcdserver: request is too large): its --max-request-bytes is below this \
+             broker's --etcd-max-request-bytes 1572864"
+        ),
+    );
+    assert_eq!(mod_revision(&cluster, &[]), 0, "the key was created");
 
     // A small seed creates the key; a ~100 KB SetArgs is RESOURCE_EXHAUSTED.
     std::fs::write(site.args(), r#"{"small":true}"#).expect("write the seed");
@@ -432,6 +445,24 @@ fn etcd_request_limit_refuses_large_documents_before_etcd_sees_them() {
     assert_eq!(site.current().revision, before.revision);
     assert_eq!(mod_revision(&cluster, &[]), before.revision);
     assert_eq!(value_in_etcd(&cluster, &[]), r#"{"small":true}"#);
+
+    // A broker told a larger limit than etcd's (the default 1.5 MiB): etcd
+    // refuses the request, and that is RESOURCE_EXHAUSTED too, saying why.
+    let unaware = Site::new("{}");
+    let _unaware = unaware.spawn_broker(etcd_broker(&unaware, &eps, &[]));
+    assert_eq!(
+        unaware.set(&huge, None),
+        Err((
+            tonic::Code::ResourceExhausted,
+            format!(
+                "etcd at {eps} refused the write as too large (etcdserver: request is too \
+                 large): its --max-request-bytes is below this broker's \
+                 --etcd-max-request-bytes 1572864; nothing was changed"
+            )
+        ))
+    );
+    assert_eq!(unaware.current().revision, before.revision);
+    assert_eq!(mod_revision(&cluster, &[]), before.revision);
 }
 
 /// PEM files made with the openssl CLI: a CA, a server certificate for
