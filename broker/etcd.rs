@@ -126,6 +126,8 @@ enum Failure {
     /// The request may have reached etcd and may still be committed.
     Unconfirmed(String),
     PermissionDenied(String),
+    /// etcd refused to create the key from the seed file (a user that may only read it).
+    CreateDenied(String),
     /// A read at a revision etcd no longer keeps.
     Compacted,
     /// Over etcd's own request limit.
@@ -186,6 +188,7 @@ impl Failure {
             Self::Unreachable(reason)
             | Self::Unconfirmed(reason)
             | Self::PermissionDenied(reason)
+            | Self::CreateDenied(reason)
             | Self::TooLarge(reason)
             | Self::Other(reason) => reason.clone(),
             Self::Compacted => "the revision was compacted".to_owned(),
@@ -294,6 +297,12 @@ impl EtcdStore {
                         endpoints,
                         reason,
                     })
+                }
+                Err(Failure::CreateDenied(reason)) => {
+                    return Err(StartError::Client(format!(
+                        "etcd at {endpoints} refused to create the key {} from the args file: {reason}",
+                        config.key
+                    )))
                 }
                 Err(Failure::TooLarge(reason)) => {
                     return Err(StartError::Client(format!(
@@ -810,7 +819,7 @@ impl EtcdStore {
             Failure::Unconfirmed(reason) => WriteError::Unavailable(format!(
                 "etcd at {endpoints} did not confirm the write ({reason}); it may still be committed: read the args to see"
             )),
-            Failure::PermissionDenied(reason) => WriteError::PermissionDenied(format!(
+            Failure::PermissionDenied(reason) | Failure::CreateDenied(reason) => WriteError::PermissionDenied(format!(
                 "etcd refused the write to {}: {reason}",
                 self.key
             )),
@@ -978,7 +987,12 @@ async fn read_or_seed(
         .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
         .and_then(vec![TxnOp::put(key, json, None)])
         .or_else(vec![TxnOp::get(key, None)]);
-    let response = bounded(timeout, kv_client.txn(txn)).await?;
+    let response = bounded(timeout, kv_client.txn(txn))
+        .await
+        .map_err(|failure| match failure {
+            Failure::PermissionDenied(reason) => Failure::CreateDenied(reason),
+            failure => failure,
+        })?;
     let Some(header) = response.header().cloned() else {
         return Err(Failure::Other("etcd sent no response header".to_owned()));
     };
