@@ -119,11 +119,13 @@ fn etcd_users_a_reader_serves_but_cannot_write_a_writer_can_and_bad_credentials_
     let mut cluster = Cluster::start(1);
     let eps = cluster.endpoints_csv();
     let root: &[&str] = &["--user", "root:rootpw"];
+    let new_key = format!("{KEY}-new");
     etcdctl_ok(&cluster, &[], &["put", KEY, r#"{"a":1}"#]);
     for args in [
         &["user", "add", "root:rootpw"][..],
         &["role", "add", "reader"],
         &["role", "grant-permission", "reader", "read", KEY],
+        &["role", "grant-permission", "reader", "read", &new_key],
         &["user", "add", "ro:ropw"],
         &["user", "grant-role", "ro", "reader"],
         &["role", "add", "writer"],
@@ -223,6 +225,18 @@ fn etcd_users_a_reader_serves_but_cannot_write_a_writer_can_and_bad_credentials_
         etcd_broker(&other, &eps, &["--startup-timeout", "20"]),
         &format!(
             "broker: error: etcd at {eps} refused to read the key {KEY}: etcdserver: user name is empty"
+        ),
+    );
+    // A reader cannot create a key that is not there from --args.
+    let mut cmd = broker();
+    cmd.args(["--etcd-endpoints", &eps, "--etcd-key", &new_key])
+        .args(["--etcd-user", "ro", "--etcd-password-file", s(&ro_pw)])
+        .args(["--args", s(&other.args()), "--socket", s(&other.socket())]);
+    fails_with(
+        cmd,
+        &format!(
+            "broker: error: etcd at {eps} refused to create the key {new_key} from the args file: \
+             etcdserver: permission denied"
         ),
     );
     // --etcd-user without any password.
