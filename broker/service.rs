@@ -482,9 +482,9 @@ fn write_status(err: WriteError) -> Status {
         WriteError::Invalid(_) | WriteError::PatchNotAnObject(_) => {
             Status::invalid_argument(message)
         }
-        WriteError::TooLarge { .. } | WriteError::TooLargeForBackend { .. } => {
-            Status::resource_exhausted(message)
-        }
+        WriteError::TooLarge { .. }
+        | WriteError::TooLargeForBackend { .. }
+        | WriteError::RefusedAsTooLarge(_) => Status::resource_exhausted(message),
         WriteError::Unavailable(_) => {
             tracing::warn!(%message, "write failed");
             Status::unavailable(message)

@@ -172,6 +172,11 @@ pub enum WriteError {
     #[error("{0}")]
     Missing(String),
     #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    /// The backend refused the write as too large for it (etcd's own
+    /// limit is below what the broker was told).
+    #[error("{0}")]
+    RefusedAsTooLarge(String),
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     /// Any other backend failure.
     #[error("{0}")]
     Backend(String),
