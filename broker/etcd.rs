@@ -779,6 +779,10 @@ impl EtcdStore {
             }
         }
         let mut missing = false;
+        // The mod and create revisions of a value etcd holds that is not a
+        // valid document (never served): the write replaces it, computed
+        // from the last valid one.
+        let mut over: Option<(i64, i64)> = None;
         for _ in 0..MAX_ATTEMPTS {
             if let Some(expected) = expected {
                 if expected != base.revision || missing {
@@ -797,6 +801,8 @@ impl EtcdStore {
             let document = next(&base.document)?;
             self.check_size("the result would be", document.json().len())?;
             let incarnation = *lock(&self.head);
+            let (mod_revision, create_revision) =
+                over.unwrap_or((base.revision as i64, incarnation.create_revision));
             let compare = if missing {
                 vec![Compare::create_revision(
                     self.key.as_str(),
@@ -805,19 +811,12 @@ impl EtcdStore {
                 )]
             } else {
                 vec![
-                    Compare::mod_revision(
-                        self.key.as_str(),
-                        CompareOp::Equal,
-                        base.revision as i64,
-                    ),
-                    Compare::create_revision(
-                        self.key.as_str(),
-                        CompareOp::Equal,
-                        incarnation.create_revision,
-                    ),
+                    Compare::mod_revision(self.key.as_str(), CompareOp::Equal, mod_revision),
+                    Compare::create_revision(self.key.as_str(), CompareOp::Equal, create_revision),
                 ]
             };
-            let unchanged = !missing && document.sha256() == base.document.sha256();
+            let unchanged =
+                !missing && over.is_none() && document.sha256() == base.document.sha256();
             let then = match unchanged {
                 true => vec![],
                 false => vec![TxnOp::put(
@@ -851,7 +850,7 @@ impl EtcdStore {
                     cluster_id: header.cluster_id(),
                     create_revision: match missing {
                         true => header.revision(),
-                        false => incarnation.create_revision,
+                        false => create_revision,
                     },
                 };
                 let revision = header.revision() as u64;
@@ -868,8 +867,15 @@ impl EtcdStore {
                 Some(kv) => {
                     missing = false;
                     base = self.publish_kv(kv, header);
+                    // Older than what etcd holds: that was not published,
+                    // not being a valid document.
+                    over = (base.revision < kv.mod_revision() as u64)
+                        .then(|| (kv.mod_revision(), kv.create_revision()));
                 }
-                None => missing = true,
+                None => {
+                    missing = true;
+                    over = None;
+                }
             }
         }
         Err(WriteError::Backend(format!(
