@@ -733,7 +733,9 @@ impl EtcdStore {
 
     fn check_writable(&self, what: &'static str, size: usize) -> Result<(), WriteError> {
         if self.read_only {
-            return Err(WriteError::ReadOnly);
+            return Err(WriteError::ReadOnly(
+                "write through a broker without --read-only, or to etcd",
+            ));
         }
         self.check_size(what, size)
     }
@@ -917,6 +919,23 @@ impl EtcdStore {
         }
     }
 
+    /// A read (ListRevisions) that failed: as a write's, without saying
+    /// what a write would have changed.
+    fn read_error(&self, failure: Failure) -> WriteError {
+        let endpoints = &self.endpoints;
+        match failure {
+            Failure::Unreachable(reason)
+            | Failure::Unsent(reason)
+            | Failure::Unconfirmed(reason) => {
+                WriteError::Unavailable(format!("etcd at {endpoints} is out of reach ({reason})"))
+            }
+            Failure::PermissionDenied(reason) | Failure::CreateDenied(reason) => {
+                WriteError::PermissionDenied(format!("etcd refused to read {}: {reason}", self.key))
+            }
+            other => self.write_error(other),
+        }
+    }
+
     /// The key's value at `revision`, which must be one of its revisions and
     /// still retained by etcd.
     async fn value_at(&self, revision: u64) -> Result<Vec<u8>, WriteError> {
@@ -992,7 +1011,7 @@ impl EtcdStore {
 
     /// ListRevisions: the retained revisions, oldest first.
     pub async fn revisions(&self) -> Result<Vec<pb::Revision>, WriteError> {
-        let walked = self.walk(None).await.map_err(|f| self.write_error(f))?;
+        let walked = self.walk(None).await.map_err(|f| self.read_error(f))?;
         Ok(walked
             .into_iter()
             .map(|r| {

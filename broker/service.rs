@@ -477,7 +477,7 @@ fn write_status(err: WriteError) -> Status {
             }
             status
         }
-        WriteError::ReadOnly => Status::failed_precondition(message),
+        WriteError::ReadOnly(_) => Status::failed_precondition(message),
         WriteError::NotRetained { .. } => Status::not_found(message),
         WriteError::Invalid(_) | WriteError::PatchNotAnObject(_) => {
             Status::invalid_argument(message)
