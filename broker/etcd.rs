@@ -16,8 +16,8 @@ use arc_swap::ArcSwap;
 use argsbroker::document::Document;
 use argsbroker::pb;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient, ResponseHeader,
-    TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, KeyValue, KvClient,
+    ResponseHeader, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -36,6 +36,9 @@ const MAX_DECODING_BYTES: usize = 256 * 1024 * 1024;
 /// How often a write that loses a compare-and-set race to another host is
 /// merged again before it gives up.
 const MAX_ATTEMPTS: usize = 64;
+
+/// How long a request that did not reach etcd waits before it is sent again.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// The last-known-good copy's file, in the state directory.
 const LAST_KNOWN_GOOD: &str = "etcd-last-known-good";
@@ -432,12 +435,49 @@ impl EtcdStore {
         });
     }
 
-    /// One etcd request, bounded by the request timeout.
-    async fn call<T>(
-        &self,
-        request: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, Failure> {
-        bounded(self.timeout, request).await
+    /// One etcd request, bounded by the request timeout. etcd's client
+    /// spreads requests over every endpoint, also those of members that are
+    /// down: a request that did not reach etcd (nothing was changed) is sent
+    /// again, to another member, until one answers or the timeout runs out.
+    /// A member's "no leader" is an answer (no quorum, or an election): it
+    /// is not sent again, so that the refusal stays "nothing was changed"
+    /// rather than becoming a timeout whose outcome is unknown.
+    async fn call<T, F>(&self, mut request: impl FnMut() -> F) -> Result<T, Failure>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, request()).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(err)) => match Failure::of(err) {
+                    Failure::Unreachable(reason)
+                        if !reason.contains("no leader")
+                            && Instant::now() + RETRY_PAUSE < deadline =>
+                    {
+                        tracing::debug!(%reason, "etcd not reached; sending the request again");
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    failure => return Err(failure),
+                },
+                Err(_) => {
+                    return Err(Failure::Unconfirmed(format!(
+                        "no answer within {}",
+                        humantime::format_duration(self.timeout)
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Reads the key (at `options`) with [`Self::call`].
+    async fn get(&self, options: Option<GetOptions>) -> Result<GetResponse, Failure> {
+        self.call(|| {
+            let (mut kv, options) = (self.kv(), options.clone());
+            async move { kv.get(self.key.as_str(), options).await }
+        })
+        .await
     }
 
     fn kv(&self) -> KvClient {
@@ -465,7 +505,7 @@ impl EtcdStore {
     }
 
     async fn follow_once(&self) -> Result<(), Failure> {
-        let read = self.call(self.kv().get(self.key.as_str(), None)).await?;
+        let read = self.get(None).await?;
         let Some(header) = read.header() else {
             return Err(Failure::Other("etcd sent no response header".to_owned()));
         };
@@ -476,13 +516,16 @@ impl EtcdStore {
             }
             None => self.key_missing(),
         }
-        let mut watch_client = self
-            .client
-            .watch_client()
-            .max_decoding_message_size(MAX_DECODING_BYTES);
         let options = WatchOptions::new().with_start_revision(start);
         let mut stream = self
-            .call(watch_client.watch(self.key.as_str(), Some(options)))
+            .call(|| {
+                let mut watch_client = self
+                    .client
+                    .watch_client()
+                    .max_decoding_message_size(MAX_DECODING_BYTES);
+                let options = options.clone();
+                async move { watch_client.watch(self.key.as_str(), Some(options)).await }
+            })
             .await?;
         self.set_contact(true, String::new());
         loop {
@@ -685,7 +728,10 @@ impl EtcdStore {
                 .and_then(then)
                 .or_else(vec![TxnOp::get(self.key.as_str(), None)]);
             let response = self
-                .call(self.kv().txn(txn))
+                .call(|| {
+                    let (mut kv, txn) = (self.kv(), txn.clone());
+                    async move { kv.txn(txn).await }
+                })
                 .await
                 .map_err(|f| self.write_error(f))?;
             let header = response.header();
@@ -731,7 +777,7 @@ impl EtcdStore {
 
     /// Reads the key now and publishes it if it is newer.
     async fn refresh(&self) -> Result<Arc<Published>, Failure> {
-        let read = self.call(self.kv().get(self.key.as_str(), None)).await?;
+        let read = self.get(None).await?;
         Ok(match read.kvs().first() {
             Some(kv) => self.publish_kv(kv, read.header()),
             None => self.current.load_full(),
@@ -760,7 +806,7 @@ impl EtcdStore {
     /// still retained by etcd.
     async fn value_at(&self, revision: u64) -> Result<Vec<u8>, WriteError> {
         let at = GetOptions::new().with_revision(revision as i64);
-        match self.call(self.kv().get(self.key.as_str(), Some(at))).await {
+        match self.get(Some(at)).await {
             Ok(read) => {
                 if let Some(kv) = read.kvs().first() {
                     if kv.mod_revision() as u64 == revision {
@@ -797,10 +843,7 @@ impl EtcdStore {
                 break;
             }
             let options = GetOptions::new().with_revision(at);
-            let read = match self
-                .call(self.kv().get(self.key.as_str(), Some(options)))
-                .await
-            {
+            let read = match self.get(Some(options)).await {
                 Ok(read) => read,
                 Err(Failure::Compacted) => break,
                 Err(failure) => return Err(failure),
