@@ -451,6 +451,8 @@ mod checker {
             kind: Kind::Patch,
             set_sha256: None,
             outcome,
+            sent: Instant::now(),
+            answered: Instant::now(),
         }
     }
 

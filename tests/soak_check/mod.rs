@@ -43,6 +43,9 @@ pub struct Op {
     /// For SetArgs: the sha256 of the document sent.
     pub set_sha256: Option<String>,
     pub outcome: Outcome,
+    /// When it was sent, and when its outcome was known.
+    pub sent: Instant,
+    pub answered: Instant,
 }
 
 /// What was seen of one (lineage, revision).
@@ -169,6 +172,7 @@ pub fn writer(
             let expected = matches!(kind, Kind::CasPatch | Kind::CasSet).then_some(last_revision);
             let mut set_sha256 = None;
             let _shared = gate.read().await;
+            let sent = Instant::now();
             let call = match kind {
                 Kind::Patch | Kind::CasPatch => {
                     let request = pb::PatchArgsRequest {
@@ -219,6 +223,8 @@ pub fn writer(
                 kind,
                 set_sha256,
                 outcome,
+                sent,
+                answered: Instant::now(),
             });
             if rng.chance(30) {
                 tokio::time::sleep(Duration::from_millis(rng.range(1, 4))).await;
