@@ -429,10 +429,19 @@ fn etcd_fault_soak() {
         findings.len()
     );
     drop(hosts);
-    let logs = if findings.is_empty() {
-        String::new()
-    } else {
-        cluster.logs()
+    // The end of each member's last log, for a failure's message.
+    let logs: String = match findings.is_empty() {
+        true => String::new(),
+        false => cluster
+            .members
+            .iter()
+            .map(|m| {
+                let text = m.log_text();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+                format!("--- {} ({})\n{tail}\n", m.name, m.log.display())
+            })
+            .collect(),
     };
     drop(cluster);
     assert!(
