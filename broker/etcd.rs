@@ -621,11 +621,11 @@ impl EtcdStore {
             }
             None => self.key_missing(),
         }
+        let options = WatchOptions::new().with_start_revision(start);
         let mut watch_client = self
             .client
             .watch_client()
             .max_decoding_message_size(MAX_DECODING_BYTES);
-        let options = WatchOptions::new().with_start_revision(start);
         let mut stream = self
             .call(watch_client.watch(self.key.as_str(), Some(options)))
             .await?;
