@@ -354,7 +354,7 @@ fn write_status(err: WriteError) -> Status {
         }
         WriteError::ReadOnly => Status::failed_precondition(message),
         WriteError::NotRetained { .. } => Status::not_found(message),
-        WriteError::Invalid(_) | WriteError::PatchNotAnObject(_) => {
+        WriteError::Invalid(_) | WriteError::PatchNotAnObject(_) | WriteError::Schema(_) => {
             Status::invalid_argument(message)
         }
         WriteError::TooLarge { .. } | WriteError::TooLargeForBackend { .. } => {
