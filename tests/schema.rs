@@ -161,7 +161,7 @@ fn a_rollback_to_a_revision_that_breaks_the_schema_is_refused() {
 #[test]
 fn a_reload_of_a_file_that_breaks_the_schema_keeps_the_current_revision() {
     let (site, schema) = site_with_schema(DOC);
-    let mut broker = site.start_broker_with(&schema_flag(&schema));
+    let broker = site.start_broker_with(&schema_flag(&schema));
     std::fs::write(site.args(), r#"{"port": "x", "model": {"path": "/m/2"}}"#).expect("write");
     broker.signal(libc::SIGHUP);
     let line = broker.log_line("not reloaded");
