@@ -22,7 +22,14 @@ const ARGS_SERVICE: &str = "/argsbroker.v1.ArgsBroker/";
 
 /// The methods of the args service that change nothing. Any other method of
 /// that service counts as a write, so a new RPC is closed until it is listed.
-const READ_METHODS: [&str; 4] = ["GetArgs", "WatchArgs", "ListRevisions", "GetStatus"];
+const READ_METHODS: [&str; 6] = [
+    "GetArgs",
+    "WatchArgs",
+    "ListRevisions",
+    "GetStatus",
+    "Follow",
+    "ListFollowers",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 pub const EXIT_CONFLICT: u8 = 3;
 /// Exit status when a pointer or revision names nothing.
 pub const EXIT_NOT_FOUND: u8 = 4;
+/// Exit status when a write committed but not every follower applied it (--wait).
+pub const EXIT_NOT_APPLIED: u8 = 5;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -30,6 +32,8 @@ pub enum Command {
         /// Succeed only while this is the current revision (compare-and-set).
         #[arg(long, value_name = "N")]
         expected_revision: Option<u64>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Apply an RFC 7386 JSON merge patch: '{"a": 1, "b": null}' sets a and removes b.
     Patch {
@@ -40,6 +44,8 @@ pub enum Command {
         /// Succeed only while this is the current revision (compare-and-set).
         #[arg(long, value_name = "N")]
         expected_revision: Option<u64>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Print one line per revision, "REVISION<TAB>JSON", until interrupted.
     Watch {
@@ -71,7 +77,30 @@ pub enum Command {
         /// Succeed only while this is the current revision (compare-and-set).
         #[arg(long, value_name = "N")]
         expected_revision: Option<u64>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
+}
+
+/// Writes that return once the followers applied them.
+#[derive(Debug, clap::Args)]
+pub struct WaitArgs {
+    /// Return only once every follower connected at commit time applied the new revision, waiting at most this long (default 5s); exit 5 naming the followers that rejected it, left or lagged.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, require_equals = true, default_missing_value = "5", value_parser = argsbroker::cmdline::positive_seconds)]
+    wait: Option<std::time::Duration>,
+    /// With --wait: if a follower rejects the new revision, write the previous content back.
+    #[arg(long, requires = "wait")]
+    rollback_on_reject: bool,
+}
+
+impl WaitArgs {
+    /// The request's wait_applied_ms (0: no wait) and rollback_on_reject.
+    fn fields(&self) -> (u32, bool) {
+        let ms = self
+            .wait
+            .map_or(0, |w| w.as_millis().clamp(1, u128::from(u32::MAX)) as u32);
+        (ms, self.rollback_on_reject)
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -129,6 +158,12 @@ fn rpc_failure(status: tonic::Status) -> Failure {
             EXIT_CONFLICT
         }
         tonic::Code::NotFound => EXIT_NOT_FOUND,
+        _ if status
+            .metadata()
+            .contains_key(crate::service::COMMITTED_REVISION) =>
+        {
+            EXIT_NOT_APPLIED
+        }
         _ => 1,
     };
     Failure {
@@ -160,13 +195,17 @@ pub async fn run(command: Command) -> Result<(), Failure> {
             socket,
             file,
             expected_revision,
+            wait,
         } => {
             let json = read_input(&file)?;
             let mut broker = client::connect(&socket.socket).await?;
+            let (wait_applied_ms, rollback_on_reject) = wait.fields();
             let args = broker
                 .set_args(pb::SetArgsRequest {
                     json,
                     expected_revision,
+                    wait_applied_ms,
+                    rollback_on_reject,
                 })
                 .await
                 .map_err(rpc_failure)?
@@ -177,12 +216,16 @@ pub async fn run(command: Command) -> Result<(), Failure> {
             socket,
             merge_patch,
             expected_revision,
+            wait,
         } => {
             let mut broker = client::connect(&socket.socket).await?;
+            let (wait_applied_ms, rollback_on_reject) = wait.fields();
             let args = broker
                 .patch_args(pb::PatchArgsRequest {
                     merge_patch,
                     expected_revision,
+                    wait_applied_ms,
+                    rollback_on_reject,
                 })
                 .await
                 .map_err(rpc_failure)?
@@ -259,9 +302,14 @@ pub async fn run(command: Command) -> Result<(), Failure> {
                 .await
                 .map_err(rpc_failure)?
                 .into_inner();
+            let followers = broker
+                .list_followers(pb::ListFollowersRequest {})
+                .await
+                .map_err(rpc_failure)?
+                .into_inner();
             let text = match json {
-                true => status_json(&status),
-                false => status_lines(&status),
+                true => status_json(&status, &followers),
+                false => status_lines(&status, &followers),
             };
             writeln!(out, "{text}").context("cannot write to stdout")?;
         }
@@ -269,12 +317,16 @@ pub async fn run(command: Command) -> Result<(), Failure> {
             socket,
             revision,
             expected_revision,
+            wait,
         } => {
             let mut broker = client::connect(&socket.socket).await?;
+            let (wait_applied_ms, rollback_on_reject) = wait.fields();
             let args = broker
                 .rollback(pb::RollbackRequest {
                     to_revision: revision,
                     expected_revision,
+                    wait_applied_ms,
+                    rollback_on_reject,
                 })
                 .await
                 .map_err(rpc_failure)?
@@ -295,7 +347,7 @@ fn rfc3339(unix_millis: u64) -> String {
 /// revision 42 sha256 5f1c9a0e3b2d lineage etcd-8e9e05c52164694d-7
 /// backend etcd http://10.0.0.5:2379 key /argsbroker/myapp: connected since 2026-11-26T14:03:02.120Z
 /// ```
-fn status_lines(status: &pb::BrokerStatus) -> String {
+fn status_lines(status: &pb::BrokerStatus, followers: &pb::ListFollowersResponse) -> String {
     let since = rfc3339(status.backend_since_unix_millis);
     let contact = match status.backend_connected {
         true => format!("connected since {since}"),
@@ -304,16 +356,60 @@ fn status_lines(status: &pb::BrokerStatus) -> String {
             status.backend_error, status.revision
         ),
     };
-    format!(
-        "revision {} sha256 {} lineage {}\nbackend {}: {contact}",
+    let mut text = format!(
+        "revision {} sha256 {} lineage {}\nbackend {}: {contact}\nfollowers {}",
         status.revision,
         &status.sha256[..status.sha256.len().min(12)],
         status.lineage,
-        status.backend
-    )
+        status.backend,
+        followers.followers.len()
+    );
+    for f in &followers.followers {
+        let rejected = match f.rejected_revision {
+            0 => String::new(),
+            r => format!(" rejected {r}: {}", f.rejected_reason),
+        };
+        let after = f.applied_after_micros.map_or(String::new(), |us| {
+            format!(" ({} after the write)", micros(us))
+        });
+        text.push_str(&format!(
+            "\n  {} pid {} uid {} applied {}{after}{rejected} since {}",
+            f.name,
+            f.pid,
+            f.uid,
+            f.applied_revision,
+            rfc3339(f.connected_since_unix_millis)
+        ));
+    }
+    text
 }
 
-fn status_json(status: &pb::BrokerStatus) -> String {
+/// `850µs`, `12.3ms`, `1.20s`.
+fn micros(us: u64) -> String {
+    match us {
+        0..=999 => format!("{us}µs"),
+        1_000..=999_999 => format!("{:.1}ms", us as f64 / 1e3),
+        _ => format!("{:.2}s", us as f64 / 1e6),
+    }
+}
+
+fn status_json(status: &pb::BrokerStatus, followers: &pb::ListFollowersResponse) -> String {
+    let followers: Vec<_> = followers
+        .followers
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "name": f.name,
+                "pid": f.pid,
+                "uid": f.uid,
+                "applied_revision": f.applied_revision,
+                "rejected_revision": f.rejected_revision,
+                "rejected_reason": f.rejected_reason,
+                "connected_since_unix_millis": f.connected_since_unix_millis,
+                "applied_after_micros": f.applied_after_micros,
+            })
+        })
+        .collect();
     serde_json::json!({
         "revision": status.revision,
         "sha256": status.sha256,
@@ -322,6 +418,7 @@ fn status_json(status: &pb::BrokerStatus) -> String {
         "backend_connected": status.backend_connected,
         "backend_error": status.backend_error,
         "backend_since_unix_millis": status.backend_since_unix_millis,
+        "followers": followers,
     })
     .to_string()
 }

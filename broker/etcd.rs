@@ -38,6 +38,12 @@ const MAX_DECODING_BYTES: usize = 256 * 1024 * 1024;
 /// merged again before it gives up.
 const MAX_ATTEMPTS: usize = 64;
 
+/// How long a request that could not be sent waits before it is sent again.
+const UNSENT_PAUSE: Duration = Duration::from_millis(20);
+
+/// How often, per endpoint, a request that could not be sent is sent again.
+const UNSENT_TRIES_PER_ENDPOINT: usize = 3;
+
 /// The last-known-good copy's file, in the state directory.
 const LAST_KNOWN_GOOD: &str = "etcd-last-known-good";
 
@@ -118,6 +124,9 @@ pub enum StartError {
 enum Failure {
     /// The request never reached etcd, or etcd refused it before doing anything.
     Unreachable(String),
+    /// No connection to the member the client picked: nothing was sent, and
+    /// another member may answer the same request.
+    Unsent(String),
     /// The request may have reached etcd and may still be committed.
     Unconfirmed(String),
     PermissionDenied(String),
@@ -137,8 +146,15 @@ impl Failure {
                         Self::PermissionDenied(message)
                     }
                     tonic::Code::OutOfRange if message.contains("compacted") => Self::Compacted,
+                    tonic::Code::Unavailable if message.starts_with("tcp connect error") => {
+                        Self::Unsent(message)
+                    }
+                    // Refused before anything was done. Not a connection
+                    // lost mid-request ("error reading a body from
+                    // connection"): that write may have been committed.
                     tonic::Code::Unavailable
-                        if message.contains("connect") || message.contains("no leader") =>
+                        if message.contains("error trying to connect")
+                            || message.contains("no leader") =>
                     {
                         Self::Unreachable(message)
                     }
@@ -158,6 +174,7 @@ impl Failure {
     fn reason(&self) -> String {
         match self {
             Self::Unreachable(reason)
+            | Self::Unsent(reason)
             | Self::Unconfirmed(reason)
             | Self::PermissionDenied(reason)
             | Self::Other(reason) => reason.clone(),
@@ -446,6 +463,36 @@ impl EtcdStore {
         bounded(self.timeout, request).await
     }
 
+    /// One KV request, bounded by the request timeout. A request that was
+    /// not sent (the client's connection to a member that is down fails at
+    /// once, and the client picks that member again now and then) is sent
+    /// again, to whichever member the client picks next: a few times per
+    /// endpoint, so that it fails quickly when every member is down.
+    async fn kv_call<T, F>(&self, mut request: impl FnMut(KvClient) -> F) -> Result<T, Failure>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let mut unsent = 0;
+        let most = UNSENT_TRIES_PER_ENDPOINT * self.endpoints.split(',').count();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, request(self.kv())).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(err)) => match Failure::of(err) {
+                    Failure::Unsent(_)
+                        if unsent < most && Instant::now() + UNSENT_PAUSE < deadline =>
+                    {
+                        unsent += 1;
+                        tokio::time::sleep(UNSENT_PAUSE).await;
+                    }
+                    failure => return Err(failure),
+                },
+                Err(_) => return Err(no_answer(self.timeout)),
+            }
+        }
+    }
+
     fn kv(&self) -> KvClient {
         self.client
             .kv_client()
@@ -471,7 +518,9 @@ impl EtcdStore {
     }
 
     async fn follow_once(&self) -> Result<(), Failure> {
-        let read = self.call(self.kv().get(self.key.as_str(), None)).await?;
+        let read = self
+            .kv_call(|mut kv| async move { kv.get(self.key.as_str(), None).await })
+            .await?;
         let Some(header) = read.header() else {
             return Err(Failure::Other("etcd sent no response header".to_owned()));
         };
@@ -694,7 +743,10 @@ impl EtcdStore {
                 .and_then(then)
                 .or_else(vec![TxnOp::get(self.key.as_str(), None)]);
             let response = self
-                .call(self.kv().txn(txn))
+                .kv_call(|mut kv| {
+                    let txn = txn.clone();
+                    async move { kv.txn(txn).await }
+                })
                 .await
                 .map_err(|f| self.write_error(f))?;
             let header = response.header();
@@ -740,7 +792,9 @@ impl EtcdStore {
 
     /// Reads the key now and publishes it if it is newer.
     async fn refresh(&self) -> Result<Arc<Published>, Failure> {
-        let read = self.call(self.kv().get(self.key.as_str(), None)).await?;
+        let read = self
+            .kv_call(|mut kv| async move { kv.get(self.key.as_str(), None).await })
+            .await?;
         Ok(match read.kvs().first() {
             Some(kv) => self.publish_kv(kv, read.header()),
             None => self.current.load_full(),
@@ -750,7 +804,7 @@ impl EtcdStore {
     fn write_error(&self, failure: Failure) -> WriteError {
         let endpoints = &self.endpoints;
         match failure {
-            Failure::Unreachable(reason) => WriteError::Unavailable(format!(
+            Failure::Unreachable(reason) | Failure::Unsent(reason) => WriteError::Unavailable(format!(
                 "etcd at {endpoints} is out of reach ({reason}); nothing was changed"
             )),
             Failure::Unconfirmed(reason) => WriteError::Unavailable(format!(
@@ -769,7 +823,13 @@ impl EtcdStore {
     /// still retained by etcd.
     async fn value_at(&self, revision: u64) -> Result<Vec<u8>, WriteError> {
         let at = GetOptions::new().with_revision(revision as i64);
-        match self.call(self.kv().get(self.key.as_str(), Some(at))).await {
+        let read = self
+            .kv_call(|mut kv| {
+                let at = at.clone();
+                async move { kv.get(self.key.as_str(), Some(at)).await }
+            })
+            .await;
+        match read {
             Ok(read) => {
                 if let Some(kv) = read.kvs().first() {
                     if kv.mod_revision() as u64 == revision {
@@ -807,7 +867,10 @@ impl EtcdStore {
             }
             let options = GetOptions::new().with_revision(at);
             let read = match self
-                .call(self.kv().get(self.key.as_str(), Some(options)))
+                .kv_call(|mut kv| {
+                    let options = options.clone();
+                    async move { kv.get(self.key.as_str(), Some(options)).await }
+                })
                 .await
             {
                 Ok(read) => read,
@@ -940,11 +1003,15 @@ async fn bounded<T>(
 ) -> Result<T, Failure> {
     match tokio::time::timeout(timeout, request).await {
         Ok(result) => result.map_err(Failure::of),
-        Err(_) => Err(Failure::Unconfirmed(format!(
-            "no answer within {}",
-            humantime::format_duration(timeout)
-        ))),
+        Err(_) => Err(no_answer(timeout)),
     }
+}
+
+fn no_answer(timeout: Duration) -> Failure {
+    Failure::Unconfirmed(format!(
+        "no answer within {}",
+        humantime::format_duration(timeout)
+    ))
 }
 
 fn connect_options(config: &Config) -> Result<ConnectOptions, StartError> {

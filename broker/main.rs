@@ -7,6 +7,7 @@ mod connections;
 mod ctl;
 #[cfg(feature = "etcd")]
 mod etcd;
+mod followers;
 mod history;
 mod lineage;
 mod lockfile;
@@ -35,7 +36,8 @@ Signals: SIGINT/SIGTERM stop the broker cleanly; SIGHUP re-reads the args file.
 
 Exit status: 0 on success or a clean shutdown; 1 on any error, described in one
 line on stderr; 2 for a usage error; 3 for a revision conflict
-(--expected-revision is not current); 4 when a pointer or revision names nothing.";
+(--expected-revision is not current); 4 when a pointer or revision names nothing;
+5 when a write committed but not every follower applied it (--wait).";
 
 /// A gRPC message is at most 4 GiB (its length is 32 bits); 64 KiB of that
 /// is kept for the rest of the `Args` message around the document.

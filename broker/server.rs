@@ -3,9 +3,11 @@
 use crate::access::{AccessLayer, Policy};
 use crate::backend::Backend;
 use crate::connections::{self, Limits};
+use crate::followers::Followers;
 use crate::service::{self, ArgsService};
 use argsbroker::pb;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
@@ -66,7 +68,20 @@ pub async fn run(
             }
         })
     });
-    let args = ArgsService::new(store, stopping.clone(), message_limit);
+    // When each revision was published here, for how long followers took.
+    let followers = Arc::new(Followers::default());
+    let mut publications = store.subscribe();
+    let noting = followers.clone();
+    let noting = tokio::spawn(async move {
+        loop {
+            let revision = publications.borrow_and_update().revision;
+            noting.published(revision);
+            if publications.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    let args = ArgsService::new(store, followers, stopping.clone(), message_limit);
     let mut routes = Routes::new(args)
         .add_service(health)
         .add_service(reflection().build_v1()?)
@@ -94,6 +109,7 @@ pub async fn run(
             if let Some(reporting) = reporting {
                 reporting.abort();
             }
+            noting.abort();
             health_reporter
                 .set_service_status(service::NAME, ServingStatus::NotServing)
                 .await;

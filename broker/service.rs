@@ -10,6 +10,7 @@
 //! the hot paths, and this is why the service is routed here rather than by
 //! tonic's generated `ArgsBrokerServer`.
 use crate::backend::Backend;
+use crate::followers::Followers;
 use crate::peer::Peer;
 use crate::store::{Published, WriteError};
 use argsbroker::frame::Frame;
@@ -43,6 +44,8 @@ enum Method {
     ListRevisions,
     Rollback,
     GetStatus,
+    Follow,
+    ListFollowers,
 }
 
 impl Method {
@@ -59,6 +62,8 @@ impl Method {
             "ListRevisions" => Self::ListRevisions,
             "Rollback" => Self::Rollback,
             "GetStatus" => Self::GetStatus,
+            "Follow" => Self::Follow,
+            "ListFollowers" => Self::ListFollowers,
             _ => return None,
         })
     }
@@ -72,6 +77,8 @@ impl Method {
             Self::ListRevisions => "ListRevisions",
             Self::Rollback => "Rollback",
             Self::GetStatus => "GetStatus",
+            Self::Follow => "Follow",
+            Self::ListFollowers => "ListFollowers",
         }
     }
 }
@@ -80,6 +87,7 @@ impl Method {
 #[derive(Clone)]
 pub struct ArgsService {
     store: Backend,
+    followers: Arc<Followers>,
     /// Flips to true when the broker shuts down, ending every watch.
     shutdown: watch::Receiver<bool>,
     /// The largest request message accepted.
@@ -87,9 +95,15 @@ pub struct ArgsService {
 }
 
 impl ArgsService {
-    pub fn new(store: Backend, shutdown: watch::Receiver<bool>, limit: usize) -> Self {
+    pub fn new(
+        store: Backend,
+        followers: Arc<Followers>,
+        shutdown: watch::Receiver<bool>,
+        limit: usize,
+    ) -> Self {
         Self {
             store,
+            followers,
             shutdown,
             limit,
         }
@@ -147,7 +161,8 @@ impl ArgsService {
                 return Err(compressed(method));
             }
         }
-        let uid = request.extensions().get::<Peer>().map(|peer| peer.uid);
+        let peer = request.extensions().get::<Peer>().cloned();
+        let uid = peer.as_ref().map(|peer| peer.uid);
         let body = request.into_body();
         let store = &self.store;
         Ok(match method {
@@ -166,18 +181,58 @@ impl ArgsService {
             }
             Method::SetArgs => {
                 let request: pb::SetArgsRequest = self.decode(body, method).await?;
-                let written = store.set(&request.json, request.expected_revision, uid);
-                one(written.await.map_err(write_status)?.frame.clone())
+                let wait = Wait::of(request.wait_applied_ms, request.rollback_on_reject);
+                let before = store.current().revision;
+                let written = store
+                    .set(&request.json, request.expected_revision, uid)
+                    .await;
+                one(self.settle(written, wait, before, uid).await?)
             }
             Method::PatchArgs => {
                 let request: pb::PatchArgsRequest = self.decode(body, method).await?;
+                let wait = Wait::of(request.wait_applied_ms, request.rollback_on_reject);
+                let before = store.current().revision;
                 let written = store.patch(&request.merge_patch, request.expected_revision, uid);
-                one(written.await.map_err(write_status)?.frame.clone())
+                one(self.settle(written.await, wait, before, uid).await?)
             }
             Method::Rollback => {
                 let request: pb::RollbackRequest = self.decode(body, method).await?;
+                let wait = Wait::of(request.wait_applied_ms, request.rollback_on_reject);
+                let before = store.current().revision;
                 let written = store.rollback(request.to_revision, request.expected_revision, uid);
-                one(written.await.map_err(write_status)?.frame.clone())
+                one(self.settle(written.await, wait, before, uid).await?)
+            }
+            Method::Follow => {
+                let decoder = tonic_prost::ProstCodec::<(), pb::FollowRequest>::default().decoder();
+                let mut requests = Streaming::new_request(decoder, body, None, Some(self.limit));
+                let refused = |status| decode_error(status, method, self.limit);
+                let Some(first) = requests.message().await.map_err(refused)? else {
+                    return Err(Status::invalid_argument(
+                        "a Follow call starts with a FollowRequest naming the follower",
+                    ));
+                };
+                // Listed while either direction of the stream lasts: a
+                // follower that half-closes its side still follows.
+                let registration = Arc::new(self.followers.register(&first, peer.as_ref()));
+                let reports = registration.clone();
+                tokio::spawn(async move {
+                    while let Ok(Some(report)) = requests.message().await {
+                        reports.report(&report);
+                    }
+                });
+                let updates = watch_args(store, self.shutdown.clone(), None).await;
+                Either::Right(Box::pin(updates.map(move |frame| {
+                    let _listed = &registration;
+                    frame
+                })))
+            }
+            Method::ListFollowers => {
+                let _: pb::ListFollowersRequest = self.decode(body, method).await?;
+                let revision = store.current().revision;
+                one(Frame::message(&pb::ListFollowersResponse {
+                    revision,
+                    followers: self.followers.list(revision),
+                }))
             }
             Method::ListRevisions => {
                 let _: pb::ListRevisionsRequest = self.decode(body, method).await?;
@@ -189,6 +244,68 @@ impl ArgsService {
                 one(Frame::message(&status(store)))
             }
         })
+    }
+
+    /// A write's reply: its new snapshot, once every follower applied it if
+    /// the request asked to wait; otherwise the status that says who did
+    /// not (and, with rollback_on_reject, whether the old content is back).
+    async fn settle(
+        &self,
+        written: Result<Arc<Published>, WriteError>,
+        wait: Option<Wait>,
+        before: u64,
+        uid: Option<u32>,
+    ) -> Result<Frame, Status> {
+        let written = written.map_err(write_status)?;
+        let Some(wait) = wait else {
+            return Ok(written.frame.clone());
+        };
+        if written.revision == before {
+            // Nothing changed: every follower already has it, or says so.
+            return Ok(written.frame.clone());
+        }
+        let lagging = self
+            .followers
+            .wait_applied(written.revision, wait.timeout)
+            .await;
+        if lagging.is_empty() {
+            return Ok(written.frame.clone());
+        }
+        let mut parts: Vec<String> = Vec::new();
+        parts.extend(lagging.rejected.iter().cloned());
+        parts.extend(
+            lagging
+                .behind
+                .iter()
+                .map(|b| format!("{b} after {}", humantime::format_duration(wait.timeout))),
+        );
+        parts.extend(lagging.left.iter().cloned());
+        let mut message = format!(
+            "revision {} is committed, but not every follower applied it: {}",
+            written.revision,
+            parts.join("; ")
+        );
+        if wait.rollback_on_reject && !lagging.rejected.is_empty() {
+            let rolled = self
+                .store
+                .rollback(before, Some(written.revision), uid)
+                .await;
+            message.push_str(&match rolled {
+                Ok(back) => format!(
+                    "; rolled back: revision {} has the content of revision {before}",
+                    back.revision
+                ),
+                Err(err) => format!("; not rolled back: {err}"),
+            });
+        }
+        let mut status = match lagging.rejected.is_empty() && lagging.left.is_empty() {
+            true => Status::deadline_exceeded(message),
+            false => Status::aborted(message),
+        };
+        if let Ok(value) = written.revision.to_string().parse() {
+            status.metadata_mut().insert(COMMITTED_REVISION, value);
+        }
+        Err(status)
     }
 
     /// The one request message of a call, decoded by tonic's decoder.
@@ -307,11 +424,19 @@ pub async fn watch_args(
         Some(after) => store.revisions_after(after).await.unwrap_or_default(),
         None => Vec::new(),
     };
-    let mut last_sent = replay.last().map_or(0, |args| args.revision);
+    let mut last_sent = replay
+        .last()
+        .map(|args| (args.revision, args.lineage.clone()));
     let follow = WatchStream::new(updates).filter_map(move |snapshot| {
-        let newer = snapshot.revision > last_sent;
-        last_sent = last_sent.max(snapshot.revision);
-        std::future::ready(newer.then(|| snapshot.frame.clone()))
+        // A newer revision, or another lineage: with etcd, a key made again
+        // or a cluster rebuilt starts its revisions over while watches run.
+        let send = last_sent.as_ref().is_none_or(|(revision, lineage)| {
+            snapshot.revision > *revision || snapshot.reply.lineage != *lineage
+        });
+        if send {
+            last_sent = Some((snapshot.revision, snapshot.reply.lineage.clone()));
+        }
+        std::future::ready(send.then(|| snapshot.frame.clone()))
     });
     tokio_stream::iter(replay.into_iter().map(|args| Frame::new(&args)))
         .chain(follow)
@@ -381,6 +506,25 @@ fn write_status(err: WriteError) -> Status {
             tracing::error!(%message, "write failed");
             Status::internal(message)
         }
+    }
+}
+
+/// Set when a write committed but its wait for the followers failed.
+pub const COMMITTED_REVISION: &str = "argsbroker-committed-revision";
+
+/// What a write asked to wait for.
+#[derive(Debug, Clone, Copy)]
+struct Wait {
+    timeout: std::time::Duration,
+    rollback_on_reject: bool,
+}
+
+impl Wait {
+    fn of(wait_applied_ms: u32, rollback_on_reject: bool) -> Option<Self> {
+        (wait_applied_ms > 0).then(|| Self {
+            timeout: std::time::Duration::from_millis(u64::from(wait_applied_ms)),
+            rollback_on_reject,
+        })
     }
 }
 

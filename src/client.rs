@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::Streaming;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -25,6 +26,10 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 /// The args service's gRPC name, whose health says whether the broker is in
 /// touch with its backend.
 const ARGS_SERVICE: &str = "argsbroker.v1.ArgsBroker";
+
+/// Reports not yet sent to the broker; each states the whole position, and
+/// there is one per revision at most.
+const REPORTS_QUEUED: usize = 16;
 
 /// What can go wrong talking to a broker.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +49,12 @@ pub enum ClientError {
     },
     #[error("the broker at {path} closed the watch before sending a snapshot")]
     EmptyWatch { path: PathBuf },
+    #[error("revision {revision} from the broker at {path} was rejected: {reason}")]
+    Rejected {
+        path: PathBuf,
+        revision: u64,
+        reason: String,
+    },
     #[error("the broker at {path} sent a document that is not valid: {source}")]
     BadDocument {
         path: PathBuf,
@@ -171,6 +182,49 @@ struct Shared<T> {
     backend_connected: AtomicBool,
     /// Milliseconds since the Unix epoch of the last message from the broker.
     last_contact_ms: AtomicU64,
+    /// The revision again, for those who wait for one (see
+    /// [`Live::revision_at_least`]); sent after `current` is stored.
+    revisions: tokio::sync::watch::Sender<u64>,
+    /// The last revision this follower's validation rejected, until a
+    /// newer one is applied.
+    rejected: arc_swap::ArcSwapOption<Rejected>,
+}
+
+/// A revision the follower did not apply, and why; it keeps serving the
+/// one before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub revision: u64,
+    pub reason: String,
+}
+
+/// Checks a new revision before it is served: `Err(reason)` rejects it.
+pub type Validate = Arc<dyn Fn(&Snapshot) -> Result<(), String> + Send + Sync>;
+
+/// How a follower presents itself to the broker, and what it accepts.
+#[derive(Clone, Default)]
+pub struct FollowOptions {
+    /// Shown in `broker status` (the broker adds the pid and uid); default:
+    /// this program's name.
+    pub name: Option<String>,
+    /// Run on each new revision before it is served; a rejected revision
+    /// is not served, and the broker is told why.
+    pub validate: Option<Validate>,
+}
+
+impl FollowOptions {
+    fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            std::env::args_os()
+                .next()
+                .and_then(|arg0| {
+                    Path::new(&arg0)
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                })
+                .unwrap_or_else(|| "follower".to_owned())
+        })
+    }
 }
 
 impl<T> Shared<T> {
@@ -178,11 +232,13 @@ impl<T> Shared<T> {
     fn holding(first: Snapshot, prepare: impl FnOnce(Snapshot) -> T) -> Self {
         Self {
             revision: AtomicU64::new(first.revision),
+            revisions: tokio::sync::watch::Sender::new(first.revision),
             served: ArcSwap::from_pointee(Served::of(&first)),
             current: ArcSwap::from_pointee(prepare(first)),
             connected: AtomicBool::new(true),
             backend_connected: AtomicBool::new(true),
             last_contact_ms: AtomicU64::new(now_ms()),
+            rejected: arc_swap::ArcSwapOption::empty(),
         }
     }
 }
@@ -219,6 +275,12 @@ impl<T> Live<T> {
         self.shared.connected.load(Ordering::Acquire)
     }
 
+    /// The newest revision this follower rejected (its validation failed),
+    /// unless a newer one was applied since.
+    pub fn rejected(&self) -> Option<Arc<Rejected>> {
+        self.shared.rejected.load_full()
+    }
+
     /// Whether the broker was, when last heard from, in touch with where the
     /// args live: false while its etcd is out of reach (it serves the last
     /// revision etcd sent). Always true for a broker serving a file.
@@ -234,6 +296,20 @@ impl<T> Live<T> {
         }
         let last = self.shared.last_contact_ms.load(Ordering::Acquire);
         Duration::from_millis(now_ms().saturating_sub(last))
+    }
+
+    /// Waits, without polling, until the revision served is at least `min`
+    /// and returns it (at once if it already is). Bound it with a timeout:
+    /// it waits for as long as no such revision arrives.
+    pub async fn revision_at_least(&self, min: u64) -> u64 {
+        let mut revisions = self.shared.revisions.subscribe();
+        // The sender lives in `shared`, which `self` holds: the channel
+        // cannot close while this waits.
+        let reached = revisions
+            .wait_for(|revision| *revision >= min)
+            .await
+            .map(|revision| *revision);
+        reached.unwrap_or_else(|_| self.revision())
     }
 }
 
@@ -252,11 +328,30 @@ where
     T: Send + Sync + 'static,
     F: Fn(Snapshot) -> T + Send + Sync + 'static,
 {
+    follow_with(socket, startup_timeout, FollowOptions::default(), prepare).await
+}
+
+/// [`follow`], naming this follower to the broker and checking each
+/// revision with `options.validate` before it is served. The first
+/// revision must pass (`ClientError::Rejected` otherwise); a later one that
+/// fails is not served, and the broker (`broker status`, a write waiting
+/// with `--wait`) is told which and why.
+pub async fn follow_with<T, F>(
+    socket: impl AsRef<Path>,
+    startup_timeout: Duration,
+    options: FollowOptions,
+    prepare: F,
+) -> Result<Live<T>, ClientError>
+where
+    T: Send + Sync + 'static,
+    F: Fn(Snapshot) -> T + Send + Sync + 'static,
+{
     let path = socket.as_ref().to_path_buf();
     let started = Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+    let name = options.name();
     let (first, watches) = loop {
-        match open_watch(&path).await {
+        match open_watch(&path, &name, None).await {
             Ok(opened) => break opened,
             // Waiting cannot help: the broker never replaces a file that is not a socket.
             Err(err @ ClientError::NotASocket(_)) => return Err(err),
@@ -274,7 +369,16 @@ where
             }
         }
     };
-    Ok(start(path, first, Some(watches), prepare))
+    if let Some(validate) = &options.validate {
+        if let Err(reason) = validate(&first) {
+            return Err(ClientError::Rejected {
+                path,
+                revision: first.revision,
+                reason,
+            });
+        }
+    }
+    Ok(start(path, first, Some(watches), options, prepare))
 }
 
 /// Serves `initial` (say, a snapshot cached on disk) right away, marked as
@@ -285,12 +389,38 @@ where
     T: Send + Sync + 'static,
     F: Fn(Snapshot) -> T + Send + Sync + 'static,
 {
-    let live = start(socket.as_ref().to_path_buf(), initial, None, prepare);
+    follow_from_with(socket, initial, FollowOptions::default(), prepare)
+}
+
+/// [`follow_from`] with [`FollowOptions`] (see [`follow_with`]).
+pub fn follow_from_with<T, F>(
+    socket: impl AsRef<Path>,
+    initial: Snapshot,
+    options: FollowOptions,
+    prepare: F,
+) -> Live<T>
+where
+    T: Send + Sync + 'static,
+    F: Fn(Snapshot) -> T + Send + Sync + 'static,
+{
+    let live = start(
+        socket.as_ref().to_path_buf(),
+        initial,
+        None,
+        options,
+        prepare,
+    );
     live.shared.connected.store(false, Ordering::Release);
     live
 }
 
-fn start<T, F>(path: PathBuf, first: Snapshot, watches: Option<Watches>, prepare: F) -> Live<T>
+fn start<T, F>(
+    path: PathBuf,
+    first: Snapshot,
+    watches: Option<Watches>,
+    options: FollowOptions,
+    prepare: F,
+) -> Live<T>
 where
     T: Send + Sync + 'static,
     F: Fn(Snapshot) -> T + Send + Sync + 'static,
@@ -300,20 +430,27 @@ where
         Arc::downgrade(&shared),
         path,
         watches,
+        options,
         prepare,
     ));
     Live { shared }
 }
 
-/// The streams a follower holds on the broker: the args, and the args
-/// service's health (NOT_SERVING while the broker's etcd is out of reach;
-/// `None` from a broker without it).
+/// The streams a follower holds on the broker: the args (a Follow stream,
+/// or WatchArgs from a broker without Follow), where this follower reports
+/// what it applied, and the args service's health (NOT_SERVING while the
+/// broker's etcd is out of reach; `None` from a broker without it).
 struct Watches {
     args: Streaming<pb::Args>,
+    reports: Option<mpsc::Sender<pb::FollowRequest>>,
     health: Option<Streaming<HealthCheckResponse>>,
 }
 
-async fn open_watch(path: &Path) -> Result<(Snapshot, Watches), ClientError> {
+async fn open_watch(
+    path: &Path,
+    name: &str,
+    served: Option<pb::FollowRequest>,
+) -> Result<(Snapshot, Watches), ClientError> {
     let channel = channel(path).await?;
     let mut client = ArgsBrokerClient::new(channel.clone())
         .max_decoding_message_size(usize::MAX)
@@ -322,13 +459,30 @@ async fn open_watch(path: &Path) -> Result<(Snapshot, Watches), ClientError> {
         path: path.to_path_buf(),
         status,
     };
-    let mut args = client
-        .watch_args(pb::WatchArgsRequest {
-            start_revision: None,
-        })
+    let (reports, requests) = mpsc::channel(REPORTS_QUEUED);
+    let hello = pb::FollowRequest {
+        name: name.to_owned(),
+        ..served.unwrap_or_default()
+    };
+    // The channel has room: this is its first message.
+    let _ = reports.try_send(hello);
+    let (mut args, reports) = match client
+        .follow(tokio_stream::wrappers::ReceiverStream::new(requests))
         .await
-        .map_err(rpc)?
-        .into_inner();
+    {
+        Ok(reply) => (reply.into_inner(), Some(reports)),
+        // A broker from before Follow: watch, without reports.
+        Err(status) if status.code() == tonic::Code::Unimplemented => {
+            let reply = client
+                .watch_args(pb::WatchArgsRequest {
+                    start_revision: None,
+                })
+                .await
+                .map_err(rpc)?;
+            (reply.into_inner(), None)
+        }
+        Err(status) => return Err(rpc(status)),
+    };
     let health = HealthClient::new(channel)
         .watch(HealthCheckRequest {
             service: ARGS_SERVICE.to_owned(),
@@ -337,10 +491,45 @@ async fn open_watch(path: &Path) -> Result<(Snapshot, Watches), ClientError> {
         .map(tonic::Response::into_inner)
         .ok();
     match args.message().await.map_err(rpc)? {
-        Some(reply) => Ok((Snapshot::from_reply(path, reply)?, Watches { args, health })),
+        Some(reply) => Ok((
+            Snapshot::from_reply(path, reply)?,
+            Watches {
+                args,
+                reports,
+                health,
+            },
+        )),
         None => Err(ClientError::EmptyWatch {
             path: path.to_path_buf(),
         }),
+    }
+}
+
+/// What this follower tells the broker: the revision it serves, and the
+/// last one it rejected.
+fn position<T>(live: &Shared<T>, name: &str) -> pb::FollowRequest {
+    let served = live.served.load();
+    let rejected = live.rejected.load();
+    pb::FollowRequest {
+        name: name.to_owned(),
+        applied_revision: served.revision,
+        applied_lineage: served.lineage.to_string(),
+        rejected_revision: rejected.as_ref().map_or(0, |r| r.revision),
+        rejected_reason: rejected
+            .as_ref()
+            .map(|r| r.reason.clone())
+            .unwrap_or_default(),
+    }
+}
+
+async fn report<T>(
+    reports: &Option<mpsc::Sender<pb::FollowRequest>>,
+    live: &Shared<T>,
+    name: &str,
+) {
+    if let Some(reports) = reports {
+        // A closed channel means the stream is gone: the loop reconnects.
+        let _ = reports.send(position(live, name)).await;
     }
 }
 
@@ -365,17 +554,23 @@ async fn keep_following<T, F>(
     shared: Weak<Shared<T>>,
     path: PathBuf,
     mut watches: Option<Watches>,
+    options: FollowOptions,
     prepare: F,
 ) where
     F: Fn(Snapshot) -> T,
 {
     let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
+    let name = options.name();
     loop {
         if let Some(Watches {
             args: mut open,
+            reports,
             mut health,
         }) = watches.take()
         {
+            if let Some(live) = shared.upgrade() {
+                report(&reports, &live, &name).await;
+            }
             loop {
                 let message = tokio::select! {
                     message = open.message() => message,
@@ -394,7 +589,11 @@ async fn keep_following<T, F>(
                 let Some(live) = shared.upgrade() else { return };
                 match message {
                     Ok(Some(args)) => match Snapshot::from_reply(&path, args) {
-                        Ok(snapshot) => apply(&live, snapshot, &prepare),
+                        Ok(snapshot) => {
+                            if apply(&live, snapshot, &prepare, &options.validate) {
+                                report(&reports, &live, &name).await;
+                            }
+                        }
                         Err(err) => tracing::warn!(%err, "ignoring a snapshot"),
                     },
                     Ok(None) => {
@@ -415,10 +614,10 @@ async fn keep_following<T, F>(
         watches = loop {
             tokio::time::sleep(backoff.next()).await;
             let Some(live) = shared.upgrade() else { return };
-            match open_watch(&path).await {
+            match open_watch(&path, &name, Some(position(&live, &name))).await {
                 Ok((snapshot, open)) => {
                     tracing::info!(path = %path.display(), revision = snapshot.revision, "connected to the broker");
-                    apply(&live, snapshot, &prepare);
+                    apply(&live, snapshot, &prepare, &options.validate);
                     break Some(open);
                 }
                 Err(err) => tracing::debug!(%err, "broker still unreachable"),
@@ -482,15 +681,23 @@ pub fn decide(served: &Served, offered: &Served) -> Decision {
 }
 
 /// Publishes `snapshot` as [`decide`] says: within one lineage what a worker
-/// serves never goes back to an older revision.
-fn apply<T>(live: &Shared<T>, snapshot: Snapshot, prepare: &impl Fn(Snapshot) -> T) {
+/// serves never goes back to an older revision; one that `validate`
+/// rejects is not served. Returns whether what the follower would report
+/// changed (a revision applied or rejected).
+fn apply<T>(
+    live: &Shared<T>,
+    snapshot: Snapshot,
+    prepare: &impl Fn(Snapshot) -> T,
+    validate: &Option<Validate>,
+) -> bool {
     live.connected.store(true, Ordering::Release);
     live.last_contact_ms.store(now_ms(), Ordering::Release);
     let served = live.served.load_full();
     let offered = Served::of(&snapshot);
     let revision = snapshot.revision;
-    match decide(&served, &offered) {
-        Decision::Same => return,
+    let decision = decide(&served, &offered);
+    match decision {
+        Decision::Same => return false,
         Decision::Older => {
             tracing::warn!(
                 served = served.revision,
@@ -498,8 +705,26 @@ fn apply<T>(live: &Shared<T>, snapshot: Snapshot, prepare: &impl Fn(Snapshot) ->
                 lineage = %served.lineage,
                 "the broker offers an older revision than the one served; keeping the newer one"
             );
-            return;
+            return false;
         }
+        _ => {}
+    }
+    if let Some(validate) = validate {
+        if let Err(reason) = validate(&snapshot) {
+            tracing::warn!(
+                revision,
+                %reason,
+                serving = served.revision,
+                "rejected a revision: keeping the one served"
+            );
+            let rejected = Rejected { revision, reason };
+            let changed = live.rejected.load().as_deref() != Some(&rejected);
+            live.rejected.store(Some(Arc::new(rejected)));
+            return changed;
+        }
+    }
+    match decision {
+        Decision::Same | Decision::Older => {}
         Decision::Newer => tracing::debug!(revision, "args updated"),
         Decision::Replaced => tracing::warn!(
             served_revision = served.revision,
@@ -516,6 +741,9 @@ fn apply<T>(live: &Shared<T>, snapshot: Snapshot, prepare: &impl Fn(Snapshot) ->
     live.current.store(Arc::new(prepare(snapshot)));
     live.served.store(Arc::new(offered));
     live.revision.store(revision, Ordering::Release);
+    live.rejected.store(None);
+    live.revisions.send_replace(revision);
+    true
 }
 
 fn now_ms() -> u64 {

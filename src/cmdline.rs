@@ -1,12 +1,15 @@
 //! What both command lines share: clap value parsers for durations and addresses.
 use std::time::Duration;
 
-/// A clap value parser for a non-negative number of seconds (`0.5`, `10`).
+/// A clap value parser for a non-negative number of seconds (`0.5`, `10`),
+/// or a duration with its unit (`500ms`, `5s`, `1m`).
 pub fn seconds(s: &str) -> Result<Duration, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(Duration::from_secs_f64(v)),
-        _ => Err(format!("{s:?} is not a number of seconds")),
-    }
+    let parsed = match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 => Duration::try_from_secs_f64(v).ok(),
+        Ok(_) => None,
+        Err(_) => humantime::parse_duration(s).ok(),
+    };
+    parsed.ok_or_else(|| format!("{s:?} is not a number of seconds"))
 }
 
 /// A clap value parser for a positive number of seconds (a bound of zero

@@ -223,6 +223,7 @@ fn watch_across_a_patch(site: &Site, merge_patch: &str) -> (pb::Args, pb::Args) 
             .patch_args(pb::PatchArgsRequest {
                 merge_patch: merge_patch.into(),
                 expected_revision: None,
+                ..Default::default()
             })
             .await
             .unwrap();

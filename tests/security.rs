@@ -46,6 +46,7 @@ fn patch_as(
             .patch_args(pb::PatchArgsRequest {
                 merge_patch: merge_patch.into(),
                 expected_revision: None,
+                ..Default::default()
             })
             .await
             .map(|r| r.into_inner())
@@ -251,6 +252,7 @@ fn other_users_may_read_but_not_write() {
                 .set_args(pb::SetArgsRequest {
                     json: "{}".into(),
                     expected_revision: None,
+                    ..Default::default()
                 })
                 .await
                 .unwrap_err();
@@ -258,6 +260,7 @@ fn other_users_may_read_but_not_write() {
                 .patch_args(pb::PatchArgsRequest {
                     merge_patch: r#"{"a": 2}"#.into(),
                     expected_revision: None,
+                    ..Default::default()
                 })
                 .await
                 .unwrap_err();
@@ -265,6 +268,7 @@ fn other_users_may_read_but_not_write() {
                 .rollback(pb::RollbackRequest {
                     to_revision: 1,
                     expected_revision: None,
+                    ..Default::default()
                 })
                 .await
                 .unwrap_err();

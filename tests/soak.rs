@@ -524,6 +524,7 @@ fn writer(
                     let request = pb::PatchArgsRequest {
                         merge_patch: format!(r#"{{"{key}": {n}}}"#),
                         expected_revision: expected,
+                        ..Default::default()
                     };
                     tokio::time::timeout(Duration::from_secs(10), c.patch_args(request)).await
                 }
@@ -538,6 +539,7 @@ fn writer(
                     let request = pb::SetArgsRequest {
                         json,
                         expected_revision: expected,
+                        ..Default::default()
                     };
                     tokio::time::timeout(Duration::from_secs(10), c.set_args(request)).await
                 }

@@ -377,6 +377,7 @@ fn a_worker_never_goes_back_to_an_older_revision() {
             let request = argsbroker::pb::PatchArgsRequest {
                 merge_patch: format!(r#"{{"a": {a}}}"#),
                 expected_revision: None,
+                ..Default::default()
             };
             argsbroker::client::connect(site.socket())
                 .await

@@ -179,6 +179,7 @@ fn reload_storm(trigger: Trigger, seed: u64) -> Vec<String> {
                         let request = pb::PatchArgsRequest {
                             merge_patch: format!(r#"{{"{key}": {n}}}"#),
                             expected_revision: None,
+                            ..Default::default()
                         };
                         match client.patch_args(request).await {
                             Ok(reply) => {

@@ -96,10 +96,12 @@ fn concurrent_writers_lose_nothing() {
             let a = one.patch_args(pb::PatchArgsRequest {
                 merge_patch: r#"{"w":"one"}"#.into(),
                 expected_revision: Some(base),
+                ..Default::default()
             });
             let b = two.patch_args(pb::PatchArgsRequest {
                 merge_patch: r#"{"w":"two"}"#.into(),
                 expected_revision: Some(base),
+                ..Default::default()
             });
             let (a, b) = tokio::join!(a, b);
             [a.is_ok(), b.is_ok()]
@@ -121,6 +123,7 @@ fn concurrent_writers_lose_nothing() {
             let request = pb::PatchArgsRequest {
                 merge_patch: format!(r#"{{"k{i}": {i}}}"#),
                 expected_revision: None,
+                ..Default::default()
             };
             client(site).await.patch_args(request).await.unwrap();
         });
@@ -227,6 +230,7 @@ fn history_and_rollback() {
             .rollback(pb::RollbackRequest {
                 to_revision: 2,
                 expected_revision: None,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -244,6 +248,7 @@ fn history_and_rollback() {
             .rollback(pb::RollbackRequest {
                 to_revision: 1,
                 expected_revision: None,
+                ..Default::default()
             })
             .await
             .unwrap_err()
@@ -409,6 +414,7 @@ fn changes_reach_every_worker() {
             let request = pb::PatchArgsRequest {
                 merge_patch: format!(r#"{{"n": {n}}}"#),
                 expected_revision: None,
+                ..Default::default()
             };
             last = c.patch_args(request).await.unwrap().into_inner().revision;
         }
@@ -473,6 +479,7 @@ fn kill_9_during_a_write_storm_loses_nothing() {
                 let request = pb::PatchArgsRequest {
                     merge_patch: format!(r#"{{"n": {n}}}"#),
                     expected_revision: None,
+                    ..Default::default()
                 };
                 match c.patch_args(request).await {
                     Ok(reply) => {

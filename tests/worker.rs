@@ -410,3 +410,210 @@ fn zero_http_bounds_are_usage_errors() {
         );
     }
 }
+
+/// A worker that logs when a request waits for a revision (at debug).
+fn worker_logging_waits(site: &Site, port: u16) -> Proc {
+    let mut cmd = site.worker_cmd(port, false);
+    cmd.env("RUST_LOG", "info,worker::http=debug");
+    site.spawn_worker(cmd, port)
+}
+
+/// Read-your-writes: `?min_revision=N` is answered at once when the worker
+/// serves N or newer; a request for a revision not there yet waits, and is
+/// answered as soon as a write (made while it waits) reaches the worker.
+#[test]
+fn min_revision_waits_for_a_write() {
+    let site = Site::new(r#"{"a": 1}"#);
+    let _broker = site.start_broker();
+    let port = free_port();
+    let worker = worker_logging_waits(&site, port);
+
+    let answer = get(port, "/args?min_revision=1");
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, r#"{"args":{"a":1}}"#)
+    );
+
+    for (revision, uri, body) in [
+        (2, "/args?min_revision=2&wait=20", r#"{"args":{"a":2}}"#),
+        (3, "/args/a?min_revision=3&wait=20s", "3"),
+    ] {
+        let writer = std::thread::scope(|scope| {
+            let writer = scope.spawn(|| {
+                // The request is waiting: the worker said so.
+                worker.log_line(&format!("waiting up to 20s for revision {revision}"));
+                site.patch(&format!(r#"{{"a": {revision}}}"#), None)
+            });
+            let answer = get(port, uri);
+            assert_eq!((answer.status, answer.body.as_str()), (200, body), "{uri}");
+            assert_eq!(
+                answer.header("x-args-revision"),
+                Some(revision.to_string().as_str())
+            );
+            writer.join().expect("the writer thread")
+        });
+        assert_eq!(writer.expect("the patch").revision, revision);
+    }
+}
+
+/// A revision not reached within `wait` is a 409 with the revision served;
+/// bad parameters are a 400 naming the parameter.
+#[test]
+fn min_revision_not_reached_is_409_and_bad_parameters_400() {
+    let site = Site::new(r#"{"a": 1}"#);
+    let _broker = site.start_broker();
+    let port = free_port();
+    let _worker = site.start_worker(port, false);
+
+    let asked = Instant::now();
+    let answer = get(port, "/args?min_revision=5&wait=0.2");
+    assert!(asked.elapsed() >= Duration::from_millis(200));
+    assert_eq!(answer.status, 409);
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    assert_eq!(
+        answer.body,
+        r#"{"error":"revision 5 was not reached within 200ms; this worker serves revision 1","revision":1,"min_revision":5}"#
+    );
+
+    for (uri, body) in [
+        (
+            "/args?min_revision=abc",
+            r#"{"error":"min_revision must be a revision number (0 or more), not \"abc\"","parameter":"min_revision"}"#,
+        ),
+        (
+            "/args/a?min_revision=1&wait=-1",
+            r#"{"error":"wait must be a number of seconds (2.5) or a duration with a unit (500ms, 2s), not \"-1\"","parameter":"wait"}"#,
+        ),
+    ] {
+        let answer = get(port, uri);
+        assert_eq!((answer.status, answer.body.as_str()), (400, body), "{uri}");
+    }
+}
+
+/// The `/readyz` of the worker on `port`: status and JSON body.
+fn readyz(port: u16) -> (u16, serde_json::Value) {
+    let answer = get(port, "/readyz");
+    let value = serde_json::from_str(&answer.body).expect("/readyz is JSON");
+    (answer.status, value)
+}
+
+/// --max-stale: once the broker (killed with SIGKILL) has been out of reach
+/// that long, /readyz is 503 and says why, while /args still answers; 200
+/// again when a broker is back on the socket. A worker without the flag
+/// stays ready all along.
+#[test]
+fn max_stale_makes_readyz_503_until_the_broker_is_back() {
+    let site = Site::new(r#"{"a": 1}"#);
+    let mut broker = site.start_broker();
+    let strict_port = free_port();
+    let mut cmd = site.worker_cmd(strict_port, false);
+    cmd.args(["--max-stale", "0.5"]);
+    let _strict = site.spawn_worker(cmd, strict_port);
+    let lax_port = free_port();
+    let _lax = site.start_worker(lax_port, false);
+    let lineage = site.current().lineage;
+
+    broker.signal(libc::SIGKILL);
+    broker.wait();
+    let (status, body) = eventually("/readyz to be 503", || {
+        Some(readyz(strict_port)).filter(|(status, _)| *status == 503)
+    });
+    let since = body["since_last_contact_ms"]
+        .as_u64()
+        .expect("milliseconds");
+    assert!(since >= 500, "{body}");
+    assert_eq!(
+        (status, body.to_string()),
+        (
+            503,
+            format!(
+                r#"{{"status":"stale","revision":1,"connected":false,"since_last_contact_ms":{since},"lineage":"{lineage}","backend_connected":true,"reason":"the broker has been out of reach for longer than --max-stale (500ms)"}}"#
+            )
+        )
+    );
+    let answer = get(strict_port, "/args");
+    assert_eq!(
+        (answer.status, answer.header("x-args-stale")),
+        (200, Some("true"))
+    );
+    // Without --max-stale: still ready after longer than that.
+    let (status, body) = eventually("the other worker to be a second stale", || {
+        Some(readyz(lax_port))
+            .filter(|(_, body)| body["since_last_contact_ms"].as_u64() >= Some(1000))
+    });
+    assert_eq!(
+        (status, &body["status"], &body["connected"]),
+        (200, &"ready".into(), &false.into())
+    );
+
+    let _broker = site.start_broker();
+    let (_, body) = eventually("/readyz to be 200 again", || {
+        Some(readyz(strict_port)).filter(|(status, _)| *status == 200)
+    });
+    assert_eq!(
+        body.to_string(),
+        format!(
+            r#"{{"status":"ready","revision":1,"connected":true,"since_last_contact_ms":0,"lineage":"{lineage}","backend_connected":true}}"#
+        )
+    );
+}
+
+/// --max-stale and ARGSBROKER_MAX_STALE take a number of seconds; anything
+/// else is a usage error naming the flag.
+#[test]
+fn max_stale_must_be_seconds() {
+    let (code, _, stderr) = run(Command::new(WORKER).arg("--max-stale=-1"));
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(
+        stderr.lines().next(),
+        Some(
+            r#"error: invalid value '-1' for '--max-stale <SECONDS>': "-1" is not a number of seconds"#
+        )
+    );
+    let (code, _, stderr) = run(Command::new(WORKER).env("ARGSBROKER_MAX_STALE", "soon"));
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(
+        stderr.lines().next(),
+        Some(
+            r#"error: invalid value 'soon' for '--max-stale <SECONDS>': "soon" is not a number of seconds"#
+        )
+    );
+}
+
+/// GET /metrics after a write: the new revision, its lineage and hash, and
+/// the broker connected, in OpenMetrics text.
+#[test]
+fn metrics_follow_a_write() {
+    let site = Site::new(r#"{"a": 1}"#);
+    let _broker = site.start_broker();
+    let port = free_port();
+    let _worker = site.start_worker(port, false);
+    let written = site.patch(r#"{"a": 2}"#, None).expect("the patch");
+    assert_eq!(written.revision, 2);
+    eventually("the worker to serve revision 2", || {
+        Some(get(port, "/args")).filter(|a| a.header("x-args-revision") == Some("2"))
+    });
+    let answer = get(port, "/metrics");
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    let info = format!(
+        r#"argsbroker_worker_info{{lineage="{}",sha256="{}"}} 1"#,
+        written.lineage, written.sha256
+    );
+    for line in [
+        "argsbroker_worker_revision 2",
+        "argsbroker_worker_broker_connected 1",
+        "argsbroker_worker_seconds_since_broker_contact 0.0",
+        info.as_str(),
+        "# EOF",
+    ] {
+        assert!(
+            answer.body.lines().any(|l| l == line),
+            "{line:?} in\n{}",
+            answer.body
+        );
+    }
+}

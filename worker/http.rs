@@ -10,7 +10,11 @@
 //!
 //! Refusals are one type, [`HttpError`]; `X-Args-Stale` is added by one
 //! layer, [`StaleLayer`], around the handlers that read the args.
+//! `?min_revision=N` (read-your-writes) is in [`query`]; `/metrics` and the
+//! request counters, one layer per route, in [`metrics`].
 mod error;
+mod metrics;
+mod query;
 mod stale;
 
 pub use error::HttpError;
@@ -18,7 +22,7 @@ pub use stale::StaleLayer;
 
 use argsbroker::client::{Live, Snapshot};
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::{FromRef, Path, RawQuery, Request, State};
 use axum::handler::Handler;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -27,6 +31,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use bytes::Bytes;
+use metrics::{route, Metrics};
+use std::sync::Arc;
+use std::time::Duration;
 
 pub const X_ARGS_REVISION: HeaderName = HeaderName::from_static("x-args-revision");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -81,27 +88,84 @@ impl Prepared {
     }
 }
 
+/// What the command line sets about the HTTP answers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// `/readyz` answers 503 once the broker has been out of reach this
+    /// long (`--max-stale`); `None`: ready for as long as args are held.
+    pub max_stale: Option<Duration>,
+}
+
+/// What the handlers share: the args, the options, the metrics.
+#[derive(Clone)]
+struct AppState {
+    live: Live<Prepared>,
+    options: Options,
+    metrics: Arc<Metrics>,
+}
+
+impl FromRef<AppState> for Live<Prepared> {
+    fn from_ref(state: &AppState) -> Self {
+        state.live.clone()
+    }
+}
+
+/// The worker's router with the default [`Options`] (the tests' router).
+#[cfg(test)]
+pub fn app(live: Live<Prepared>) -> Router {
+    app_with(live, Options::default())
+}
+
 /// The worker's router. The answers of `/args` and `/args/...` are marked
 /// stale by [`StaleLayer`]; a path that is no pointer at all (not UTF-8, too
 /// long) is refused by [`pointer`] before the args are read, so that refusal
-/// is not marked.
-pub fn app(live: Live<Prepared>) -> Router {
+/// is not marked. Every route's answers are counted by its own layer (see
+/// [`metrics`]), 405s included; paths it does not serve are counted as `other`.
+pub fn app_with(live: Live<Prepared>, options: Options) -> Router {
     let stale = StaleLayer::new(live.clone());
+    let metrics = Arc::new(Metrics::new());
+    let pointers = metrics.route(route::POINTER);
     Router::new()
-        .route("/args", get(whole.layer(stale.clone())))
-        .route("/args/", get(at_pointer_root.layer(stale.clone())))
+        .route(
+            "/args",
+            get(whole.layer(stale.clone())).layer(metrics.route(route::ARGS)),
+        )
+        .route(
+            "/args/",
+            get(at_pointer_root.layer(stale.clone())).layer(pointers.clone()),
+        )
         .route(
             "/args/{*pointer}",
-            get(at_pointer.layer(stale)).route_layer(middleware::from_fn(pointer)),
+            get(at_pointer.layer(stale))
+                .route_layer(middleware::from_fn(pointer))
+                .layer(pointers),
         )
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(live)
+        .route(
+            "/healthz",
+            get(healthz).layer(metrics.route(route::HEALTHZ)),
+        )
+        .route("/readyz", get(readyz).layer(metrics.route(route::READYZ)))
+        .route("/metrics", get(scrape).layer(metrics.route(route::METRICS)))
+        .fallback(not_found.layer(metrics.route(route::OTHER)))
+        .with_state(AppState {
+            live,
+            options,
+            metrics,
+        })
 }
 
-async fn whole(State(live): State<Live<Prepared>>, request: HeaderMap) -> Response {
+/// With a query string, `?min_revision=N[&wait=D]` first (see [`query`]);
+/// without one, nothing: the answer is prebuilt.
+async fn whole(
+    State(live): State<Live<Prepared>>,
+    RawQuery(query): RawQuery,
+    request: HeaderMap,
+) -> Result<Response, HttpError> {
+    if let Some(query) = query {
+        min_revision(&live, &query).await?;
+    }
     let prepared = live.load();
-    if prepared.matches(&request) {
+    Ok(if prepared.matches(&request) {
         (StatusCode::NOT_MODIFIED, prepared.headers()).into_response()
     } else {
         (
@@ -110,6 +174,14 @@ async fn whole(State(live): State<Live<Prepared>>, request: HeaderMap) -> Respon
             prepared.body.clone(),
         )
             .into_response()
+    })
+}
+
+/// Waits for the revision a query's `min_revision` names, if it names one.
+async fn min_revision(live: &Live<Prepared>, query: &str) -> Result<(), HttpError> {
+    match query::parse(query)? {
+        Some(asked) => query::reach(live, asked).await,
+        None => Ok(()),
     }
 }
 
@@ -141,16 +213,21 @@ async fn pointer(
 /// `/args/` is the pointer `/`: the key "" at the top level.
 async fn at_pointer_root(
     live: State<Live<Prepared>>,
+    query: RawQuery,
     request: HeaderMap,
 ) -> Result<Response, HttpError> {
-    at_pointer(live, Extension(Pointer("/".to_owned())), request).await
+    at_pointer(live, Extension(Pointer("/".to_owned())), query, request).await
 }
 
 async fn at_pointer(
     State(live): State<Live<Prepared>>,
     Extension(Pointer(pointer)): Extension<Pointer>,
+    RawQuery(query): RawQuery,
     request: HeaderMap,
 ) -> Result<Response, HttpError> {
+    if let Some(query) = query {
+        min_revision(&live, &query).await?;
+    }
     let prepared = live.load();
     match prepared.snapshot.document.get(&pointer) {
         Ok(Some(_)) if prepared.matches(&request) => {
@@ -171,17 +248,70 @@ async fn healthz() -> Response {
     ([(CONTENT_TYPE, JSON)], r#"{"status":"ok"}"#).into_response()
 }
 
-/// Ready whenever args are held, which is always once the worker listens.
-async fn readyz(State(live): State<Live<Prepared>>) -> Response {
-    let body = serde_json::json!({
+/// Ready whenever args are held, which is always once the worker listens;
+/// with `--max-stale`, not ready (503, and the reason) once the broker has
+/// been out of reach that long, so that a load balancer drains the worker.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let live = &state.live;
+    let connected = live.is_connected();
+    let since = live.since_last_contact();
+    let mut body = serde_json::json!({
         "status": "ready",
         "revision": live.revision(),
-        "connected": live.is_connected(),
-        "since_last_contact_ms": live.since_last_contact().as_millis() as u64,
+        "connected": connected,
+        "since_last_contact_ms": since.as_millis() as u64,
         "lineage": &*live.lineage(),
         "backend_connected": live.backend_connected(),
     });
-    ([(CONTENT_TYPE, JSON)], body.to_string()).into_response()
+    let rejected = live.rejected();
+    if let Some(rejected) = &rejected {
+        body["rejected"] = serde_json::json!({
+            "revision": rejected.revision,
+            "reason": rejected.reason,
+        });
+    }
+    let status = match state.options.max_stale {
+        // Behind a revision it could not apply: let the balancer drain it.
+        Some(_) if rejected.is_some() => {
+            body["status"] = "stale".into();
+            body["reason"] = "this worker rejected a newer revision than the one it serves".into();
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        Some(max_stale) if !connected && since >= max_stale => {
+            body["status"] = "stale".into();
+            body["reason"] = format!(
+                "the broker has been out of reach for longer than --max-stale ({})",
+                humantime::format_duration(max_stale)
+            )
+            .into();
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        _ => StatusCode::OK,
+    };
+    (status, [(CONTENT_TYPE, JSON)], body.to_string()).into_response()
+}
+
+/// `GET /metrics`: see [`metrics`].
+async fn scrape(State(state): State<AppState>) -> Response {
+    match state.metrics.scrape(&state.live) {
+        Ok(text) => (
+            [(
+                CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            )],
+            text,
+        )
+            .into_response(),
+        Err(err) => {
+            tracing::error!("cannot encode the metrics: {err}");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// Paths the worker does not serve: an empty 404, as axum's own fallback.
+async fn not_found() -> StatusCode {
+    StatusCode::NOT_FOUND
 }
 
 #[cfg(test)]

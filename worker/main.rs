@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Serve the broker's args over HTTP (GET or HEAD): /args, /args/<json-pointer>, /healthz, /readyz.
+/// Serve the broker's args over HTTP (GET or HEAD): /args, /args/<json-pointer>, /healthz, /readyz, /metrics.
 ///
 /// The worker connects to the broker first (waiting up to --startup-timeout),
 /// and listens only once it holds the args; then it follows every new
@@ -72,6 +72,13 @@ struct Cli {
     /// work across cores.
     #[arg(long, value_name = "N", env = "ARGSBROKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     threads: u16,
+
+    /// Answer /readyz with 503 (not ready, and why) once the broker has been out of reach for
+    /// this many seconds, so that a load balancer stops sending requests to a worker whose args
+    /// may be old; 200 again as soon as the broker is back. The worker keeps serving /args
+    /// meanwhile (marked X-Args-Stale). Without it, /readyz is 200 for as long as args are held.
+    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_MAX_STALE", value_parser = argsbroker::cmdline::seconds)]
+    max_stale: Option<Duration>,
 }
 
 fn main() -> ExitCode {
@@ -88,5 +95,8 @@ fn main() -> ExitCode {
             idle_timeout: cli.idle_timeout,
         },
         threads: cli.threads,
+        http: http::Options {
+            max_stale: cli.max_stale,
+        },
     })
 }

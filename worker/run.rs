@@ -22,6 +22,7 @@ pub struct Config {
     pub bounds: serve::Bounds,
     /// Threads serving HTTP: one is a current-thread runtime.
     pub threads: u16,
+    pub http: http::Options,
 }
 
 /// Runs the worker to its end: 0 after a clean shutdown, 1 after an error
@@ -71,11 +72,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let graceful_timeout = config.graceful_timeout;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = argsbroker::shutdown::signal();
-    let server = serve::run(listener, http::app(live), config.bounds, async move {
-        shutdown.await;
-        tracing::info!("shutting down; finishing in-flight requests");
-        let _ = stop_tx.send(());
-    });
+    let server = serve::run(
+        listener,
+        http::app_with(live, config.http),
+        config.bounds,
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down; finishing in-flight requests");
+            let _ = stop_tx.send(());
+        },
+    );
     tokio::select! {
         _ = server => {}
         _ = async { let _ = stop_rx.await; tokio::time::sleep(graceful_timeout).await } => {
@@ -97,7 +103,17 @@ async fn hold_args(config: &Config) -> anyhow::Result<Live<http::Prepared>> {
         }
         http::Prepared::new(snapshot)
     };
-    match client::follow(&config.broker, config.startup_timeout, prepare.clone()).await {
+    let options = client::FollowOptions {
+        name: Some(format!("worker {}", config.listen)),
+        validate: None,
+    };
+    let followed = client::follow_with(
+        &config.broker,
+        config.startup_timeout,
+        options.clone(),
+        prepare.clone(),
+    );
+    match followed.await {
         Ok(live) => Ok(live),
         Err(err @ client::ClientError::Unreachable { .. }) => {
             let Some(path) = &config.cache_file else {
@@ -111,7 +127,12 @@ async fn hold_args(config: &Config) -> anyhow::Result<Live<http::Prepared>> {
                         "{}; starting from the cache file and reconnecting in the background",
                         argsbroker::one_line(&err)
                     );
-                    Ok(client::follow_from(&config.broker, snapshot, prepare))
+                    Ok(client::follow_from_with(
+                        &config.broker,
+                        snapshot,
+                        options,
+                        prepare,
+                    ))
                 }
                 Err(cache_err) => {
                     tracing::error!(

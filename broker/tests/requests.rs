@@ -30,6 +30,7 @@ async fn send(broker: &Broker, call: &Call) -> Outcome {
                 .set_args(pb::SetArgsRequest {
                     json: json.clone(),
                     expected_revision: *expected_revision,
+                    ..Default::default()
                 })
                 .await
         }
@@ -38,6 +39,7 @@ async fn send(broker: &Broker, call: &Call) -> Outcome {
                 .patch_args(pb::PatchArgsRequest {
                     merge_patch: merge_patch.clone(),
                     expected_revision: *expected_revision,
+                    ..Default::default()
                 })
                 .await
         }
@@ -54,6 +56,7 @@ async fn send(broker: &Broker, call: &Call) -> Outcome {
                 .rollback(pb::RollbackRequest {
                     to_revision: *to_revision,
                     expected_revision: None,
+                    ..Default::default()
                 })
                 .await
         }
@@ -158,6 +161,7 @@ async fn a_conflict_names_the_current_revision_in_metadata() {
         .patch_args(pb::PatchArgsRequest {
             merge_patch: "{}".into(),
             expected_revision: Some(5),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -433,6 +437,7 @@ async fn writes_answer_the_new_snapshot_and_watchers_see_it() {
             .patch_args(pb::PatchArgsRequest {
                 merge_patch: r#"{"a": 2, "list": null, "new": true}"#.into(),
                 expected_revision: Some(1),
+                ..Default::default()
             })
             .await,
     )

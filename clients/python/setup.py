@@ -10,6 +10,16 @@ Executables: setuptools-rust's RustBin runs ``cargo build --release --locked
 scripts, so pip installs them into the environment's bin/ beside ``python``.
 Building from source therefore needs cargo; a built wheel needs nothing.
 
+protoc for cargo: the broker's etcd client (the default cargo feature
+``etcd``) compiles etcd's protos in its build script, which runs ``$PROTOC``,
+else ``protoc`` from PATH. Users need not have one: unless PROTOC is already
+set, every cargo build here runs with PROTOC pointing at a small shim, written
+into a temporary directory removed after the build, that runs ``python -m
+grpc_tools.protoc`` (the protoc that grpcio-tools, already needed for the
+stubs, bundles) with grpcio-tools' well-known protos on its include path. It
+is used always, not only when no protoc is found, so that every build compiles
+the protos the same way and the path users take is the one every build tests.
+
 ARGSBROKER_PREBUILT_DIR=DIR (an absolute path) skips cargo and takes DIR/broker and DIR/worker as
 they are (for the test suite, which already has target/debug/ from `cargo
 test` and should not compile a release build for every run). A wheel built
@@ -21,6 +31,8 @@ ARGSBROKER_PROTO_DIR to build the stubs from elsewhere.
 """
 import os
 import re
+import shlex
+import sys
 import tempfile
 from pathlib import Path
 
@@ -39,6 +51,18 @@ EXECUTABLES = ("broker", "worker")
 PREBUILT = "ARGSBROKER_PREBUILT_DIR"
 
 
+def grpc_tools_protos():
+    """grpcio-tools' directory of well-known protos (google/protobuf/*.proto)."""
+    try:
+        import grpc_tools.protoc
+    except ImportError as err:
+        raise SystemExit(
+            "argsbroker: building needs grpcio-tools (listed in pyproject.toml's "
+            f"build-system requires; install it when building with --no-build-isolation): {err}"
+        )
+    return Path(grpc_tools.__file__).parent / "_proto"
+
+
 def generate():
     """Runs protoc (from grpcio-tools) on the proto; returns {file name: text}."""
     proto = PROTO_ROOT / PROTO
@@ -48,15 +72,8 @@ def generate():
             "checkout of the argsbroker repository (pip install ./clients/python), or set "
             "ARGSBROKER_PROTO_DIR to the repository's proto/ directory."
         )
-    try:
-        import grpc_tools
-        from grpc_tools import protoc
-    except ImportError as err:
-        raise SystemExit(
-            "argsbroker: building needs grpcio-tools (listed in pyproject.toml's "
-            f"build-system requires; install it when building with --no-build-isolation): {err}"
-        )
-    well_known = Path(grpc_tools.__file__).parent / "_proto"
+    well_known = grpc_tools_protos()
+    from grpc_tools import protoc
     with tempfile.TemporaryDirectory() as out:
         status = protoc.main(
             [
@@ -122,14 +139,45 @@ class BuildPyWithStubs(build_py):
                 (target / name).write_text(text, encoding="utf-8")
 
 
+def write_protoc_shim(directory):
+    """Writes DIRECTORY/protoc, which runs grpcio-tools' protoc with this Python
+    (the one running the build, which has grpcio-tools) and the arguments it
+    is given; returns its path. grpcio-tools' well-known protos come last on
+    the include path, where prost-build puts $PROTOC_INCLUDE, so that the
+    build script's own directories are searched first."""
+    if not sys.executable:
+        raise SystemExit("argsbroker: cannot tell which Python runs this build (sys.executable is empty)")
+    shim = Path(directory) / "protoc"
+    shim.write_text(
+        "#!/bin/sh\n"
+        "# Written by argsbroker's setup.py for one cargo build: grpcio-tools' protoc.\n"
+        f'exec {shlex.quote(sys.executable)} -m grpc_tools.protoc "$@" '
+        f"{shlex.quote(f'-I{grpc_tools_protos()}')}\n",
+        encoding="utf-8",
+    )
+    shim.chmod(0o755)
+    return shim
+
+
 class BuildRust(_build_rust):
     """setuptools-rust's build_rust, except that with $ARGSBROKER_PREBUILT_DIR
-    it takes the executables from that directory instead of running cargo."""
+    it takes the executables from that directory instead of running cargo, and
+    that cargo runs with $PROTOC set to grpcio-tools' protoc unless it is set."""
 
     def build_extension(self, ext):
         prebuilt = os.environ.get(PREBUILT)
         if not prebuilt:
-            return super().build_extension(ext)
+            if os.environ.get("PROTOC"):
+                print(f"argsbroker: PROTOC is set: cargo uses {os.environ['PROTOC']}")
+                return super().build_extension(ext)
+            # setuptools-rust hands cargo a copy of os.environ taken when it runs.
+            with tempfile.TemporaryDirectory(prefix="argsbroker-protoc-") as shim_dir:
+                os.environ["PROTOC"] = str(write_protoc_shim(shim_dir))
+                try:
+                    return super().build_extension(ext)
+                finally:
+                    # Unset again (an empty PROTOC names no protoc and is treated as unset).
+                    del os.environ["PROTOC"]
         if not os.path.isabs(prebuilt):
             # pip builds in a directory of its choosing: a relative path would mislead.
             raise SystemExit(f"argsbroker: {PREBUILT} must be an absolute path, not {prebuilt!r}")

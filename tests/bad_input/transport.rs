@@ -142,6 +142,7 @@ fn watcher_that_never_reads() {
                 .patch_args(pb::PatchArgsRequest {
                     merge_patch,
                     expected_revision: None,
+                    ..Default::default()
                 })
                 .await
                 .unwrap()

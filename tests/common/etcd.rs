@@ -243,6 +243,26 @@ impl Cluster {
         }
     }
 
+    /// etcd rebuilt from scratch: kills every member (by its pid), deletes
+    /// their data directories, and starts a new cluster on the same ports
+    /// with a new cluster token (so a new cluster id), waiting until every
+    /// member is healthy. Nothing of the old cluster's keys survives.
+    pub fn wipe_and_start_again(&mut self) {
+        for m in &mut self.members {
+            m.kill();
+            if m.data_dir.exists() {
+                std::fs::remove_dir_all(&m.data_dir).expect("remove an etcd data dir");
+            }
+        }
+        self.token.push_str("-again");
+        for i in 0..self.members.len() {
+            self.spawn_member(i);
+        }
+        if let Err(why) = self.wait_all_healthy(STARTUP) {
+            panic!("{why}\n{}", self.logs());
+        }
+    }
+
     /// Waits until every running member answers `/health` with true.
     pub fn wait_all_healthy(&mut self, limit: Duration) -> Result<(), String> {
         let running: Vec<usize> = (0..self.members.len())

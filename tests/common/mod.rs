@@ -475,6 +475,7 @@ impl Site {
         let request = argsbroker::pb::SetArgsRequest {
             json: json.to_owned(),
             expected_revision,
+            ..Default::default()
         };
         call(&self.socket(), async |mut c| c.set_args(request).await)
     }
@@ -489,6 +490,7 @@ pub fn patch_args(socket: &Path, merge_patch: &str, expected_revision: Option<u6
     let request = argsbroker::pb::PatchArgsRequest {
         merge_patch: merge_patch.to_owned(),
         expected_revision,
+        ..Default::default()
     };
     call(socket, async |mut c| c.patch_args(request).await)
 }

@@ -362,6 +362,7 @@ async fn head_is_get_without_the_body() {
         "/args/%FF",
         "/healthz",
         "/readyz",
+        "/metrics",
     ] {
         let got = get(connected(), uri).await;
         let head = send(connected(), request(Method::HEAD, uri)).await;
@@ -387,7 +388,9 @@ async fn other_methods_are_405() {
         Method::DELETE,
         Method::OPTIONS,
     ] {
-        for uri in ["/args", "/args/a", "/args/", "/healthz", "/readyz"] {
+        for uri in [
+            "/args", "/args/a", "/args/", "/healthz", "/readyz", "/metrics",
+        ] {
             let request = Request::builder()
                 .method(method.clone())
                 .uri(uri)
@@ -420,13 +423,21 @@ async fn a_get_body_is_ignored() {
     );
 }
 
-/// Paths the worker does not serve are an empty 404 (hyper adds the length).
+/// Paths the worker does not serve are an empty 404 (its fallback is a
+/// handler, so the length is there already, as hyper adds it on the wire).
 #[tokio::test]
 async fn unknown_paths_are_an_empty_404() {
-    for uri in ["/", "/nothing-here", "/argsx", "/healthz/x", "/ARGS"] {
+    for uri in [
+        "/",
+        "/nothing-here",
+        "/argsx",
+        "/healthz/x",
+        "/ARGS",
+        "/metricsx",
+    ] {
         assert_eq!(
             get(connected(), uri).await,
-            answer(404, Vec::new(), ""),
+            answer(404, headers(&[("content-length", "0")]), ""),
             "{uri}"
         );
     }
@@ -525,4 +536,268 @@ async fn fresh_answers_are_not_marked() {
     for uri in ["/args", "/args/a", "/args/nope", "/readyz"] {
         assert_eq!(get(connected(), uri).await.header("x-args-stale"), None);
     }
+}
+
+// ---------------------------------------------------------------- read-your-writes
+
+/// `?min_revision=N` at or below the revision served answers at once, as
+/// without it; other query parameters change nothing, as before.
+#[tokio::test]
+async fn min_revision_reached_answers_at_once() {
+    for uri in ["/args", "/args/a", "/args/"] {
+        let plain = get(connected(), uri).await;
+        for query in [
+            "min_revision=7",
+            "min_revision=0",
+            "min_revision=3&wait=30",
+            "wait=2s&min_revision=7",
+            "foo=bar",
+            "min_revision=7&foo",
+        ] {
+            let asked = format!("{uri}?{query}");
+            assert_eq!(get(connected(), &asked).await, plain, "{asked}");
+        }
+    }
+    let tag = etag();
+    assert_eq!(
+        get_if_none_match(connected(), "/args?min_revision=7", &tag)
+            .await
+            .status,
+        304
+    );
+}
+
+/// A revision not reached within `wait` is a 409 saying which revision is
+/// served; `wait=0` does not wait.
+#[tokio::test]
+async fn min_revision_not_reached_is_409() {
+    for (query, within) in [
+        ("min_revision=8&wait=0", "0s"),
+        ("min_revision=8&wait=0.05", "50ms"),
+        ("wait=20ms&min_revision=8", "20ms"),
+    ] {
+        let body = format!(
+            r#"{{"error":"revision 8 was not reached within {within}; this worker serves revision 7","revision":7,"min_revision":8}}"#
+        );
+        for uri in ["/args", "/args/a", "/args/", "/args/nope"] {
+            let asked = format!("{uri}?{query}");
+            assert_eq!(
+                get(connected(), &asked).await,
+                refusal(409, &body),
+                "{asked}"
+            );
+        }
+    }
+}
+
+/// Without `wait`, a request waits 1 s before its 409.
+#[tokio::test]
+async fn min_revision_waits_one_second_by_default() {
+    let asked = std::time::Instant::now();
+    let answer = get(connected(), "/args?min_revision=18446744073709551615").await;
+    assert!(asked.elapsed() >= std::time::Duration::from_secs(1));
+    assert_eq!(
+        answer,
+        refusal(
+            409,
+            r#"{"error":"revision 18446744073709551615 was not reached within 1s; this worker serves revision 7","revision":7,"min_revision":18446744073709551615}"#
+        )
+    );
+}
+
+/// A bad `min_revision` or `wait` is a JSON 400 naming the parameter, on
+/// the whole document and on a pointer alike.
+#[tokio::test]
+async fn bad_read_your_writes_parameters_are_400() {
+    for (query, body) in [
+        (
+            "min_revision=abc",
+            r#"{"error":"min_revision must be a revision number (0 or more), not \"abc\"","parameter":"min_revision"}"#,
+        ),
+        (
+            "min_revision=-1",
+            r#"{"error":"min_revision must be a revision number (0 or more), not \"-1\"","parameter":"min_revision"}"#,
+        ),
+        (
+            "min_revision=1&wait=-1",
+            r#"{"error":"wait must be a number of seconds (2.5) or a duration with a unit (500ms, 2s), not \"-1\"","parameter":"wait"}"#,
+        ),
+        (
+            "wait=soon",
+            r#"{"error":"wait must be a number of seconds (2.5) or a duration with a unit (500ms, 2s), not \"soon\"","parameter":"wait"}"#,
+        ),
+        (
+            "min_revision=1&min_revision=2",
+            r#"{"error":"min_revision is given more than once","parameter":"min_revision"}"#,
+        ),
+        (
+            "min_revision=%22%3Cb%3E%00",
+            r#"{"error":"min_revision must be a revision number (0 or more), not \"\\\"<b>\\0\"","parameter":"min_revision"}"#,
+        ),
+        (
+            "min_revision=%FF",
+            r#"{"error":"min_revision must be a revision number (0 or more); its percent-encoding does not decode to UTF-8","parameter":"min_revision"}"#,
+        ),
+    ] {
+        for uri in ["/args", "/args/a", "/args/"] {
+            let asked = format!("{uri}?{query}");
+            assert_eq!(
+                get(connected(), &asked).await,
+                refusal(400, body),
+                "{asked}"
+            );
+        }
+    }
+}
+
+/// Without a broker, the 409 and the 400 of a query are marked stale like
+/// every answer of /args.
+#[tokio::test]
+async fn read_your_writes_refusals_are_marked_stale() {
+    let (app, _live, _dir) = disconnected();
+    for uri in ["/args?min_revision=8&wait=0", "/args/a?min_revision=x"] {
+        let expected = stale(get(connected(), uri).await);
+        assert_eq!(get(app.clone(), uri).await, expected, "{uri}");
+    }
+}
+
+// ---------------------------------------------------------------- --max-stale
+
+fn with_max_stale(live: Live<Prepared>, seconds: u64) -> Router {
+    app_with(
+        live,
+        Options {
+            max_stale: Some(std::time::Duration::from_secs(seconds)),
+        },
+    )
+}
+
+/// With --max-stale, a worker whose broker has been out of reach that long
+/// is not ready: 503, the usual fields, and why.
+#[tokio::test]
+async fn readyz_is_503_past_max_stale() {
+    let (_, live, _dir) = disconnected();
+    let answer = get(with_max_stale(live, 0), "/readyz").await;
+    let value: serde_json::Value = serde_json::from_str(&answer.body).expect("JSON");
+    let since = value["since_last_contact_ms"]
+        .as_u64()
+        .expect("a number of milliseconds");
+    let body = format!(
+        r#"{{"status":"stale","revision":7,"connected":false,"since_last_contact_ms":{since},"lineage":"{LINEAGE}","backend_connected":true,"reason":"the broker has been out of reach for longer than --max-stale (0s)"}}"#
+    );
+    assert_eq!(answer, refusal(503, &body));
+}
+
+/// Within --max-stale, or while connected, /readyz is 200 as without it.
+#[tokio::test]
+async fn readyz_is_200_within_max_stale() {
+    let (plain, live, _dir) = disconnected();
+    let answer = get(with_max_stale(live, 3600), "/readyz").await;
+    assert_eq!(answer.status, 200);
+    let value: serde_json::Value = serde_json::from_str(&answer.body).expect("JSON");
+    assert_eq!(value["status"], "ready");
+    assert_eq!(value["connected"], false);
+    assert_eq!(get(plain, "/readyz").await.status, 200);
+    let fresh = with_max_stale(Live::fixed(snapshot(), Prepared::new), 0);
+    assert_eq!(
+        get(fresh, "/readyz").await,
+        get(connected(), "/readyz").await
+    );
+}
+
+// ---------------------------------------------------------------- /metrics
+
+/// The lines of a scrape, and its content type.
+async fn scrape(app: Router) -> (Answer, Vec<String>) {
+    let answer = get(app, "/metrics").await;
+    let lines = answer.body.lines().map(str::to_owned).collect();
+    (answer, lines)
+}
+
+/// A scrape is OpenMetrics text: the revision, the lineage and hash served,
+/// the link to the broker, and every request counted under its route
+/// template and status (the scrape itself once it is answered).
+#[tokio::test]
+async fn metrics_say_what_is_served_and_count_requests() {
+    let app = connected();
+    for uri in [
+        "/args",
+        "/args",
+        "/args/a",
+        "/args/list/1",
+        "/args/nope",
+        "/args/",
+        "/readyz",
+        "/healthz",
+        "/nothing",
+        "/args?min_revision=9&wait=0",
+    ] {
+        get(app.clone(), uri).await;
+    }
+    get_if_none_match(app.clone(), "/args", "*").await;
+    send(app.clone(), request(Method::POST, "/args")).await;
+    get(app.clone(), "/metrics").await;
+    let (answer, lines) = scrape(app).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    let sha256: String = Sha256::digest(COMPACT.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let info = format!(r#"argsbroker_worker_info{{lineage="{LINEAGE}",sha256="{sha256}"}} 1"#);
+    for line in [
+        "# TYPE argsbroker_worker_revision gauge",
+        "argsbroker_worker_revision 7",
+        "# TYPE argsbroker_worker_info gauge",
+        &info,
+        "# TYPE argsbroker_worker_broker_connected gauge",
+        "argsbroker_worker_broker_connected 1",
+        "# TYPE argsbroker_worker_seconds_since_broker_contact gauge",
+        "argsbroker_worker_seconds_since_broker_contact 0.0",
+        "# TYPE argsbroker_worker_http_requests counter",
+        r#"argsbroker_worker_http_requests_total{route="/args",status="200"} 2"#,
+        r#"argsbroker_worker_http_requests_total{route="/args",status="304"} 1"#,
+        r#"argsbroker_worker_http_requests_total{route="/args",status="405"} 1"#,
+        r#"argsbroker_worker_http_requests_total{route="/args",status="409"} 1"#,
+        r#"argsbroker_worker_http_requests_total{route="/args/{pointer}",status="200"} 3"#,
+        r#"argsbroker_worker_http_requests_total{route="/args/{pointer}",status="304"} 0"#,
+        r#"argsbroker_worker_http_requests_total{route="/args/{pointer}",status="404"} 1"#,
+        r#"argsbroker_worker_http_requests_total{route="/readyz",status="200"} 1"#,
+        r#"argsbroker_worker_http_requests_total{route="/healthz",status="200"} 1"#,
+        r#"argsbroker_worker_http_requests_total{route="/metrics",status="200"} 1"#,
+        r#"argsbroker_worker_http_requests_total{route="other",status="404"} 1"#,
+    ] {
+        assert!(
+            lines.iter().any(|l| l == line),
+            "{line:?} in\n{}",
+            answer.body
+        );
+    }
+    // 5 metrics (HELP and TYPE each), 4 gauges, 11 counters, EOF.
+    assert_eq!(lines.len(), 10 + 4 + 11 + 1, "{}", answer.body);
+    assert_eq!(lines.last().map(String::as_str), Some("# EOF"));
+}
+
+/// Without a broker, a scrape says so and how long ago it was heard from.
+#[tokio::test]
+async fn metrics_without_a_broker() {
+    let (app, live, _dir) = disconnected();
+    let (answer, lines) = scrape(app).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "argsbroker_worker_broker_connected 0"),
+        "{}",
+        answer.body
+    );
+    let seconds: f64 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("argsbroker_worker_seconds_since_broker_contact "))
+        .expect("the gauge")
+        .parse()
+        .expect("a number");
+    assert!(seconds >= 0.0 && seconds <= live.since_last_contact().as_secs_f64() + 0.001);
 }

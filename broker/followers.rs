@@ -1,0 +1,255 @@
+//! The followers connected on Follow streams, what each applied or
+//! rejected, and writes that wait until every one of them applied a
+//! revision. Reports come once per revision per follower, never on the read
+//! path, so one mutex is enough.
+use crate::peer::Peer;
+use argsbroker::pb;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// How many recent revisions' publication times are kept, for how long
+/// after publication each follower applied them.
+const PUBLISHED_KEPT: usize = 64;
+
+#[derive(Default)]
+pub struct Followers {
+    next_id: AtomicU64,
+    state: Mutex<State>,
+    /// Bumped on every report, arrival and departure: what waits watch.
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    followers: BTreeMap<u64, Follower>,
+    /// (revision, when this broker published it), newest last.
+    published: VecDeque<(u64, Instant)>,
+}
+
+#[derive(Debug, Clone)]
+struct Follower {
+    name: String,
+    pid: u32,
+    uid: u32,
+    since: SystemTime,
+    /// The same moment, for comparing with publication times.
+    joined: Instant,
+    applied: u64,
+    /// When `applied` was reported.
+    applied_at: Option<Instant>,
+    rejected: Option<(u64, String)>,
+}
+
+impl Follower {
+    fn who(&self) -> String {
+        format!("{} (pid {}, uid {})", self.name, self.pid, self.uid)
+    }
+}
+
+/// A follower's place in the list, for as long as its stream lasts.
+pub struct Registration {
+    followers: Arc<Followers>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let gone = lock(&self.followers.state).followers.remove(&self.id);
+        if let Some(gone) = gone {
+            tracing::debug!(follower = gone.who(), "follower left");
+        }
+        self.followers.changed.send_modify(|n| *n += 1);
+    }
+}
+
+impl Registration {
+    /// Records a report: the revision applied, and a rejection if any.
+    pub fn report(&self, report: &pb::FollowRequest) {
+        let mut state = lock(&self.followers.state);
+        let Some(follower) = state.followers.get_mut(&self.id) else {
+            return;
+        };
+        if report.applied_revision != follower.applied {
+            follower.applied = report.applied_revision;
+            follower.applied_at = Some(Instant::now());
+        }
+        let rejected = (report.rejected_revision != 0)
+            .then(|| (report.rejected_revision, report.rejected_reason.clone()));
+        if rejected.is_some() && rejected != follower.rejected {
+            tracing::warn!(
+                follower = follower.who(),
+                revision = report.rejected_revision,
+                reason = report.rejected_reason,
+                serving = report.applied_revision,
+                "a follower rejected a revision"
+            );
+        }
+        follower.rejected = rejected;
+        drop(state);
+        self.followers.changed.send_modify(|n| *n += 1);
+    }
+}
+
+/// How a wait for a revision ended for the followers that did not apply it.
+#[derive(Debug, Default)]
+pub struct Lagging {
+    pub rejected: Vec<String>,
+    pub behind: Vec<String>,
+    pub left: Vec<String>,
+}
+
+impl Lagging {
+    pub fn is_empty(&self) -> bool {
+        self.rejected.is_empty() && self.behind.is_empty() && self.left.is_empty()
+    }
+}
+
+impl Followers {
+    /// Adds a follower that opened a Follow stream; it stays listed until
+    /// the returned registration is dropped (its stream ended).
+    pub fn register(
+        self: &Arc<Self>,
+        first: &pb::FollowRequest,
+        peer: Option<&Peer>,
+    ) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let pid = peer.and_then(|p| p.pid).unwrap_or(0).max(0) as u32;
+        let name = match first.name.trim() {
+            "" => format!("pid {pid}"),
+            name => name.to_owned(),
+        };
+        let follower = Follower {
+            name,
+            pid,
+            uid: peer.map_or(0, |p| p.uid),
+            since: SystemTime::now(),
+            joined: Instant::now(),
+            applied: 0,
+            applied_at: None,
+            rejected: None,
+        };
+        tracing::debug!(follower = follower.who(), "follower joined");
+        lock(&self.state).followers.insert(id, follower);
+        let registration = Registration {
+            followers: self.clone(),
+            id,
+        };
+        registration.report(first);
+        registration
+    }
+
+    /// Notes when `revision` was published here, for the applied-after figures.
+    pub fn published(&self, revision: u64) {
+        let mut state = lock(&self.state);
+        if state.published.back().is_some_and(|(r, _)| *r >= revision) {
+            return;
+        }
+        state.published.push_back((revision, Instant::now()));
+        if state.published.len() > PUBLISHED_KEPT {
+            state.published.pop_front();
+        }
+    }
+
+    /// The followers, oldest connection first, for ListFollowers.
+    pub fn list(&self, current: u64) -> Vec<pb::Follower> {
+        let state = lock(&self.state);
+        let published = state
+            .published
+            .iter()
+            .find(|(r, _)| *r == current)
+            .map(|(_, at)| *at);
+        state
+            .followers
+            .values()
+            .map(|f| pb::Follower {
+                name: f.name.clone(),
+                pid: f.pid,
+                uid: f.uid,
+                applied_revision: f.applied,
+                rejected_revision: f.rejected.as_ref().map_or(0, |r| r.0),
+                rejected_reason: f.rejected.as_ref().map(|r| r.1.clone()).unwrap_or_default(),
+                connected_since_unix_millis: f
+                    .since
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                applied_after_micros: match (published, f.applied_at) {
+                    // Only for a revision published while it was connected.
+                    (Some(published), Some(applied))
+                        if f.applied >= current && f.joined <= published =>
+                    {
+                        Some(applied.saturating_duration_since(published).as_micros() as u64)
+                    }
+                    _ => None,
+                },
+            })
+            .collect()
+    }
+
+    /// Waits until every follower connected now has applied `revision`, for
+    /// at most `timeout`; returns those that did not: rejected it, left, or
+    /// still behind when the time was up. Followers that connect meanwhile
+    /// are not waited for.
+    pub async fn wait_applied(&self, revision: u64, timeout: Duration) -> Lagging {
+        let mut changes = self.changed.subscribe();
+        let waiting: Vec<(u64, String)> = lock(&self.state)
+            .followers
+            .iter()
+            .map(|(id, f)| (*id, f.who()))
+            .collect();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            changes.borrow_and_update();
+            let (lagging, pending) = self.check(&waiting, revision);
+            if pending == 0 {
+                return lagging;
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    let (mut lagging, _) = self.check(&waiting, revision);
+                    let state = lock(&self.state);
+                    for (id, _) in &waiting {
+                        if let Some(f) = state.followers.get(id) {
+                            if f.applied < revision && f.rejected.as_ref().is_none_or(|r| r.0 != revision) {
+                                lagging.behind.push(format!("{} is at revision {}", f.who(), f.applied));
+                            }
+                        }
+                    }
+                    return lagging;
+                }
+            }
+        }
+    }
+
+    /// Who among `waiting` rejected `revision` or left, and how many are still pending.
+    fn check(&self, waiting: &[(u64, String)], revision: u64) -> (Lagging, usize) {
+        let state = lock(&self.state);
+        let mut lagging = Lagging::default();
+        let mut pending = 0;
+        for (id, who) in waiting {
+            match state.followers.get(id) {
+                None => lagging.left.push(format!("{who} disconnected")),
+                Some(f) if f.applied >= revision => {}
+                Some(f) => match &f.rejected {
+                    Some((rejected, reason)) if *rejected == revision => {
+                        lagging
+                            .rejected
+                            .push(format!("{} rejected it: {reason}", f.who()));
+                    }
+                    _ => pending += 1,
+                },
+            }
+        }
+        (lagging, pending)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain values that a panic cannot leave half-written.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
