@@ -22,6 +22,7 @@ use etcd_client::{
 };
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
@@ -97,6 +98,12 @@ pub enum StartError {
     },
     #[error("the key {key} does not exist in etcd at {endpoints}; give --args FILE to create it")]
     NoKey { key: String, endpoints: String },
+    #[error("etcd at {endpoints} did not accept the user {user}: {reason} (check --etcd-user, and the password in --etcd-password-file or ARGSBROKER_ETCD_PASSWORD)")]
+    Credentials {
+        user: String,
+        endpoints: String,
+        reason: String,
+    },
     #[error("etcd at {endpoints} refused to read the key {key}: {reason}")]
     Refused {
         key: String,
@@ -111,11 +118,12 @@ pub enum StartError {
         revision: u64,
         reason: String,
     },
-    #[error("the args file {path} cannot seed etcd: it is {size} bytes, over the {max} bytes etcd accepts in one request (--etcd-max-request-bytes)")]
+    #[error("the args file {path} cannot seed etcd: it is {size} bytes, over the limit of {max} bytes that etcd accepts in one request (--etcd-max-request-bytes {request_bytes})")]
     SeedTooLarge {
         path: PathBuf,
         size: usize,
         max: usize,
+        request_bytes: usize,
     },
 }
 
@@ -130,8 +138,12 @@ enum Failure {
     /// The request may have reached etcd and may still be committed.
     Unconfirmed(String),
     PermissionDenied(String),
+    /// etcd refused to create the key from the seed file (a user that may only read it).
+    CreateDenied(String),
     /// A read at a revision etcd no longer keeps.
     Compacted,
+    /// Over etcd's own request limit.
+    TooLarge(String),
     Other(String),
 }
 
@@ -145,7 +157,19 @@ impl Failure {
                     tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
                         Self::PermissionDenied(message)
                     }
+                    // etcd's ErrAuthFailed and ErrUserEmpty (auth is on and
+                    // no user was given) come as INVALID_ARGUMENT.
+                    tonic::Code::InvalidArgument
+                        if message.contains("authentication failed")
+                            || message.contains("user name is empty") =>
+                    {
+                        Self::PermissionDenied(message)
+                    }
                     tonic::Code::OutOfRange if message.contains("compacted") => Self::Compacted,
+                    // Over etcd's --max-request-bytes (ErrRequestTooLarge).
+                    tonic::Code::InvalidArgument if message.contains("request is too large") => {
+                        Self::TooLarge(message)
+                    }
                     tonic::Code::Unavailable if message.starts_with("tcp connect error") => {
                         Self::Unsent(message)
                     }
@@ -158,10 +182,17 @@ impl Failure {
                     {
                         Self::Unreachable(message)
                     }
-                    tonic::Code::Unavailable
-                    | tonic::Code::DeadlineExceeded
-                    | tonic::Code::Cancelled
-                    | tonic::Code::Unknown => Self::Unconfirmed(message),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                        Self::Unconfirmed(message)
+                    }
+                    // The client's own errors ("transport error", "operation
+                    // was canceled"): the cause (e.g. a TLS alert) is in the source.
+                    tonic::Code::Cancelled | tonic::Code::Unknown => {
+                        Self::Unconfirmed(match std::error::Error::source(&status) {
+                            Some(source) => argsbroker::one_line(source),
+                            None => message,
+                        })
+                    }
                     _ => Self::Other(message),
                 }
             }
@@ -177,6 +208,8 @@ impl Failure {
             | Self::Unsent(reason)
             | Self::Unconfirmed(reason)
             | Self::PermissionDenied(reason)
+            | Self::CreateDenied(reason)
+            | Self::TooLarge(reason)
             | Self::Other(reason) => reason.clone(),
             Self::Compacted => "the revision was compacted".to_owned(),
         }
@@ -213,6 +246,9 @@ pub struct EtcdStore {
     head: Mutex<Incarnation>,
     contact: watch::Sender<Contact>,
     state_dir: PathBuf,
+    /// `--etcd-user` and its password, and whether etcd took them yet.
+    user: Option<(String, String)>,
+    authenticated: AtomicBool,
 }
 
 impl EtcdStore {
@@ -229,7 +265,15 @@ impl EtcdStore {
                     path: seed.path().to_path_buf(),
                     size: seed.document().json().len(),
                     max,
+                    request_bytes: config.max_request_bytes,
                 });
+            }
+        }
+        if config.tls.is_some() {
+            if let Some(plain) = config.endpoints.iter().find(|e| !e.starts_with("https://")) {
+                return Err(StartError::Client(format!(
+                    "--etcd-cacert, --etcd-cert and --etcd-cert-key need https:// endpoints; {plain} is not one"
+                )));
             }
         }
         let options = connect_options(&config)?;
@@ -243,7 +287,30 @@ impl EtcdStore {
             Some(_) => Instant::now(),
             None => Instant::now() + config.startup_timeout,
         };
+        let authenticated = AtomicBool::new(false);
+        // Why etcd was not reached, for the message if it never is.
+        let mut why = String::new();
         let first = loop {
+            let user = config.user.as_ref();
+            match authenticate(&client, user, &authenticated, config.timeout).await {
+                Err(Failure::PermissionDenied(reason)) => {
+                    return Err(StartError::Credentials {
+                        user: user.map(|(name, _)| name.clone()).unwrap_or_default(),
+                        endpoints,
+                        reason,
+                    })
+                }
+                Err(failure) => {
+                    why = telling(why, failure.reason());
+                    if Instant::now() >= deadline {
+                        break Err(why);
+                    }
+                    tracing::debug!(reason = why, "etcd not reached yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Ok(()) => {}
+            }
             match read_or_seed(&client, &config, config.timeout).await {
                 Ok(first) => break Ok(first),
                 Err(Failure::PermissionDenied(reason)) => {
@@ -253,15 +320,30 @@ impl EtcdStore {
                         reason,
                     })
                 }
+                Err(Failure::CreateDenied(reason)) => {
+                    return Err(StartError::Client(format!(
+                        "etcd at {endpoints} refused to create the key {} from the args file: {reason}",
+                        config.key
+                    )))
+                }
+                Err(Failure::TooLarge(reason)) => {
+                    return Err(StartError::Client(format!(
+                        "etcd at {endpoints} refused to create the key {} from the args file as too large ({reason}): its --max-request-bytes is below this broker's --etcd-max-request-bytes {}",
+                        config.key, config.max_request_bytes
+                    )))
+                }
                 Err(Failure::Other(reason)) if reason == NO_KEY => {
                     return Err(StartError::NoKey {
                         key: config.key.clone(),
                         endpoints,
                     })
                 }
-                Err(failure) if Instant::now() >= deadline => break Err(failure.reason()),
                 Err(failure) => {
-                    tracing::debug!(reason = failure.reason(), "etcd not reached yet");
+                    why = telling(why, failure.reason());
+                    if Instant::now() >= deadline {
+                        break Err(why);
+                    }
+                    tracing::debug!(reason = why, "etcd not reached yet");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -329,6 +411,8 @@ impl EtcdStore {
             head: Mutex::new(incarnation),
             contact: watch::Sender::new(contact),
             state_dir: config.state_dir,
+            user: config.user,
+            authenticated,
         });
         tokio::spawn(store.clone().keep_last_known_good());
         tokio::spawn(store.clone().follow());
@@ -517,7 +601,19 @@ impl EtcdStore {
         }
     }
 
+    /// Authenticates as `--etcd-user` unless that was done already.
+    async fn authenticate(&self) -> Result<(), Failure> {
+        authenticate(
+            &self.client,
+            self.user.as_ref(),
+            &self.authenticated,
+            self.timeout,
+        )
+        .await
+    }
+
     async fn follow_once(&self) -> Result<(), Failure> {
+        self.authenticate().await?;
         let read = self
             .kv_call(|mut kv| async move { kv.get(self.key.as_str(), None).await })
             .await?;
@@ -643,7 +739,9 @@ impl EtcdStore {
 
     fn check_writable(&self, what: &'static str, size: usize) -> Result<(), WriteError> {
         if self.read_only {
-            return Err(WriteError::ReadOnly);
+            return Err(WriteError::ReadOnly(
+                "write through a broker without --read-only, or to etcd",
+            ));
         }
         self.check_size(what, size)
     }
@@ -680,6 +778,7 @@ impl EtcdStore {
         create: bool,
         next: impl Fn(&Document) -> Result<Document, WriteError>,
     ) -> Result<Arc<Published>, WriteError> {
+        self.authenticate().await.map_err(|f| self.write_error(f))?;
         let mut base = self.current.load_full();
         if let Some(expected) = expected {
             if expected > base.revision {
@@ -688,6 +787,10 @@ impl EtcdStore {
             }
         }
         let mut missing = false;
+        // The mod and create revisions of a value etcd holds that is not a
+        // valid document (never served): the write replaces it, computed
+        // from the last valid one.
+        let mut over: Option<(i64, i64)> = None;
         for _ in 0..MAX_ATTEMPTS {
             if let Some(expected) = expected {
                 if expected != base.revision || missing {
@@ -709,6 +812,8 @@ impl EtcdStore {
                 satisfies(self.schema.as_deref(), &document).map_err(WriteError::Schema)?;
             }
             let incarnation = *lock(&self.head);
+            let (mod_revision, create_revision) =
+                over.unwrap_or((base.revision as i64, incarnation.create_revision));
             let compare = if missing {
                 vec![Compare::create_revision(
                     self.key.as_str(),
@@ -717,19 +822,12 @@ impl EtcdStore {
                 )]
             } else {
                 vec![
-                    Compare::mod_revision(
-                        self.key.as_str(),
-                        CompareOp::Equal,
-                        base.revision as i64,
-                    ),
-                    Compare::create_revision(
-                        self.key.as_str(),
-                        CompareOp::Equal,
-                        incarnation.create_revision,
-                    ),
+                    Compare::mod_revision(self.key.as_str(), CompareOp::Equal, mod_revision),
+                    Compare::create_revision(self.key.as_str(), CompareOp::Equal, create_revision),
                 ]
             };
-            let unchanged = !missing && document.sha256() == base.document.sha256();
+            let unchanged =
+                !missing && over.is_none() && document.sha256() == base.document.sha256();
             let then = match unchanged {
                 true => vec![],
                 false => vec![TxnOp::put(
@@ -763,7 +861,7 @@ impl EtcdStore {
                     cluster_id: header.cluster_id(),
                     create_revision: match missing {
                         true => header.revision(),
-                        false => incarnation.create_revision,
+                        false => create_revision,
                     },
                 };
                 let revision = header.revision() as u64;
@@ -780,8 +878,15 @@ impl EtcdStore {
                 Some(kv) => {
                     missing = false;
                     base = self.publish_kv(kv, header);
+                    // Older than what etcd holds: that was not published,
+                    // not being a valid document.
+                    over = (base.revision < kv.mod_revision() as u64)
+                        .then(|| (kv.mod_revision(), kv.create_revision()));
                 }
-                None => missing = true,
+                None => {
+                    missing = true;
+                    over = None;
+                }
             }
         }
         Err(WriteError::Backend(format!(
@@ -810,12 +915,33 @@ impl EtcdStore {
             Failure::Unconfirmed(reason) => WriteError::Unavailable(format!(
                 "etcd at {endpoints} did not confirm the write ({reason}); it may still be committed: read the args to see"
             )),
-            Failure::PermissionDenied(reason) => WriteError::PermissionDenied(format!(
+            Failure::PermissionDenied(reason) | Failure::CreateDenied(reason) => WriteError::PermissionDenied(format!(
                 "etcd refused the write to {}: {reason}",
                 self.key
             )),
             Failure::Compacted => WriteError::Backend("etcd compacted the revision read".to_owned()),
+            Failure::TooLarge(reason) => WriteError::RefusedAsTooLarge(format!(
+                "etcd at {endpoints} refused the write as too large ({reason}): its --max-request-bytes is below this broker's --etcd-max-request-bytes {}; nothing was changed",
+                self.max_request_bytes
+            )),
             Failure::Other(reason) => WriteError::Backend(format!("etcd at {endpoints}: {reason}")),
+        }
+    }
+
+    /// A read (ListRevisions) that failed: as a write's, without saying
+    /// what a write would have changed.
+    fn read_error(&self, failure: Failure) -> WriteError {
+        let endpoints = &self.endpoints;
+        match failure {
+            Failure::Unreachable(reason)
+            | Failure::Unsent(reason)
+            | Failure::Unconfirmed(reason) => {
+                WriteError::Unavailable(format!("etcd at {endpoints} is out of reach ({reason})"))
+            }
+            Failure::PermissionDenied(reason) | Failure::CreateDenied(reason) => {
+                WriteError::PermissionDenied(format!("etcd refused to read {}: {reason}", self.key))
+            }
+            other => self.write_error(other),
         }
     }
 
@@ -857,6 +983,7 @@ impl EtcdStore {
     /// the current one, each at the revision before the last, until the key's
     /// creation, a compaction, `--history` revisions, or revision `after`.
     async fn walk(&self, after: Option<u64>) -> Result<Vec<Retained>, Failure> {
+        self.authenticate().await?;
         let current = self.current.load_full();
         let incarnation = *lock(&self.head);
         let mut found = Vec::new();
@@ -893,7 +1020,7 @@ impl EtcdStore {
 
     /// ListRevisions: the retained revisions, oldest first.
     pub async fn revisions(&self) -> Result<Vec<pb::Revision>, WriteError> {
-        let walked = self.walk(None).await.map_err(|f| self.write_error(f))?;
+        let walked = self.walk(None).await.map_err(|f| self.read_error(f))?;
         Ok(walked
             .into_iter()
             .map(|r| {
@@ -982,7 +1109,12 @@ async fn read_or_seed(
         .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
         .and_then(vec![TxnOp::put(key, json, None)])
         .or_else(vec![TxnOp::get(key, None)]);
-    let response = bounded(timeout, kv_client.txn(txn)).await?;
+    let response = bounded(timeout, kv_client.txn(txn))
+        .await
+        .map_err(|failure| match failure {
+            Failure::PermissionDenied(reason) => Failure::CreateDenied(reason),
+            failure => failure,
+        })?;
     let Some(header) = response.header().cloned() else {
         return Err(Failure::Other("etcd sent no response header".to_owned()));
     };
@@ -995,6 +1127,43 @@ async fn read_or_seed(
         (Some(kv), Some(header)) => Ok(First { kv, header }),
         _ => Err(Failure::Other(NO_KEY.to_owned())),
     }
+}
+
+/// The reason to report of two failures in a row: a request cancelled or
+/// cut off because its connection closed says less than the failure before
+/// it (after a TLS handshake etcd refused, requests see the alert, a
+/// broken pipe or a cancellation, whichever comes first).
+fn telling(before: String, now: String) -> String {
+    let vague = now.contains("operation was canceled") || now.contains("broken pipe");
+    match vague && !before.is_empty() {
+        true => before,
+        false => now,
+    }
+}
+
+/// Authenticates `client` as `user` (if any) unless `done` says it was;
+/// the client keeps the user for renewing its token.
+async fn authenticate(
+    client: &Client,
+    user: Option<&(String, String)>,
+    done: &AtomicBool,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let Some(user) = user else { return Ok(()) };
+    if done.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    let mut client = client.clone();
+    // Anything etcd answers other than a token is a refusal of the user
+    // (a wrong password, auth not enabled), not a reason to try again.
+    bounded(timeout, client.update_user(Some(user.clone())))
+        .await
+        .map_err(|failure| match failure {
+            Failure::Other(reason) => Failure::PermissionDenied(reason),
+            failure => failure,
+        })?;
+    done.store(true, Ordering::Release);
+    Ok(())
 }
 
 async fn bounded<T>(
@@ -1022,8 +1191,13 @@ fn connect_options(config: &Config) -> Result<ConnectOptions, StartError> {
         // A member cut off from the others must not answer: reads would be
         // stale and watches silent.
         .with_require_leader(true);
-    if let Some((user, password)) = &config.user {
-        options = options.with_user(user, password);
+    // The user is not given here: the client would authenticate while
+    // connecting, so a broker could not start on its last-known-good copy
+    // while etcd is out of reach. `authenticate` does it before the first
+    // request; from then on the client renews an expired token (etcd
+    // forgets its tokens when it restarts).
+    if config.user.is_some() {
+        options = options.with_auto_token_refresh(true);
     }
     if let Some(tls) = &config.tls {
         let mut tls_options = TlsOptions::new();

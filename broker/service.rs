@@ -477,14 +477,14 @@ fn write_status(err: WriteError) -> Status {
             }
             status
         }
-        WriteError::ReadOnly => Status::failed_precondition(message),
+        WriteError::ReadOnly(_) => Status::failed_precondition(message),
         WriteError::NotRetained { .. } => Status::not_found(message),
         WriteError::Invalid(_) | WriteError::PatchNotAnObject(_) | WriteError::Schema(_) => {
             Status::invalid_argument(message)
         }
-        WriteError::TooLarge { .. } | WriteError::TooLargeForBackend { .. } => {
-            Status::resource_exhausted(message)
-        }
+        WriteError::TooLarge { .. }
+        | WriteError::TooLargeForBackend { .. }
+        | WriteError::RefusedAsTooLarge(_) => Status::resource_exhausted(message),
         WriteError::Unavailable(_) => {
             tracing::warn!(%message, "write failed");
             Status::unavailable(message)

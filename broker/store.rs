@@ -161,8 +161,9 @@ pub enum WriteError {
         "revision conflict: expected revision {expected}, but the current revision is {current}"
     )]
     Conflict { expected: u64, current: u64 },
-    #[error("the broker is read-only (--read-only): change the args file and send SIGHUP")]
-    ReadOnly,
+    /// With what to do instead.
+    #[error("the broker is read-only (--read-only): {0}")]
+    ReadOnly(&'static str),
     #[error("{0}")]
     Invalid(DocumentError),
     #[error("the patch would make the top level {0}: the args must stay a JSON object")]
@@ -204,6 +205,11 @@ pub enum WriteError {
     /// What the write applies to is gone (the etcd key was deleted).
     #[error("{0}")]
     Missing(String),
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    /// The backend refused the write as too large for it (etcd's own
+    /// limit is below what the broker was told).
+    #[error("{0}")]
+    RefusedAsTooLarge(String),
     #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     /// Any other backend failure.
     #[error("{0}")]
@@ -483,7 +489,7 @@ impl Store {
 
     fn check_writable(&self, what: &'static str, size: usize) -> Result<(), WriteError> {
         if self.limits.read_only {
-            return Err(WriteError::ReadOnly);
+            return Err(WriteError::ReadOnly("change the args file and send SIGHUP"));
         }
         self.check_size(what, size)
     }

@@ -143,7 +143,8 @@ fn patch_status(
             .expect("connect")
             .patch_args(pb::PatchArgsRequest {
                 merge_patch: patch.to_owned(),
-                expected_revision: expected, ..Default::default() 
+                expected_revision: expected,
+                ..Default::default()
             })
             .await
             .map(tonic::Response::into_inner)

@@ -40,11 +40,8 @@ fn workers(site: &Site, n: usize, revision: u64) -> Vec<(u16, Proc)> {
         .collect();
     eventually("every worker listed at the revision", || {
         let listed = followers(site);
-        (listed.len() == n
-            && listed
-                .iter()
-                .all(|f| f["applied_revision"] == revision))
-        .then_some(())
+        (listed.len() == n && listed.iter().all(|f| f["applied_revision"] == revision))
+            .then_some(())
     });
     started
 }
@@ -94,7 +91,10 @@ fn patch_wait_returns_once_every_worker_serves_the_write() {
     for round in 2..=6u64 {
         let patch = format!(r#"{{"round":{round}}}"#);
         let (code, out, err) = ctl(&site, "patch", &["--wait=10", &patch]);
-        assert_eq!((code, out.as_str(), err.as_str()), (0, &*format!("revision {round}\n"), ""));
+        assert_eq!(
+            (code, out.as_str(), err.as_str()),
+            (0, &*format!("revision {round}\n"), "")
+        );
         // No polling: when --wait returned, every worker already serves it.
         for (port, _) in &workers {
             assert_eq!(
@@ -161,7 +161,9 @@ fn a_worker_killed_during_a_wait_is_reported() {
         .spawn()
         .expect("spawn broker patch");
     // Committed (and so waited for) before the worker dies.
-    eventually("the write to commit", || (site.current().revision == 2).then_some(()));
+    eventually("the write to commit", || {
+        (site.current().revision == 2).then_some(())
+    });
     doomed.signal(libc::SIGKILL);
     let _ = doomed.wait();
 
@@ -187,7 +189,9 @@ fn wait_flags_are_checked() {
     let (code, _, err) = ctl(&site, "patch", &["--rollback-on-reject", r#"{"b":2}"#]);
     assert_eq!(code, 2);
     assert!(
-        err.starts_with("error: the following required arguments were not provided:\n  --wait[=<SECONDS>]"),
+        err.starts_with(
+            "error: the following required arguments were not provided:\n  --wait[=<SECONDS>]"
+        ),
         "{err}"
     );
     let (code, _, err) = ctl(&site, "patch", &["--wait=soon", r#"{"b":2}"#]);

@@ -239,7 +239,7 @@ async fn writes_over_the_limit_or_read_only_are_refused() {
     );
     assert!(matches!(
         store.patch("{}", None, None).await,
-        Err(WriteError::ReadOnly)
+        Err(WriteError::ReadOnly(_))
     ));
 }
 
