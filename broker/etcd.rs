@@ -11,10 +11,11 @@
 //! directory as the last-known-good copy, served when a broker starts while
 //! etcd is out of reach.
 use crate::backend::Contact;
-use crate::store::{ArgsFile, Published, WriteError};
+use crate::store::{satisfies, ArgsFile, Published, WriteError};
 use arc_swap::ArcSwap;
 use argsbroker::document::Document;
 use argsbroker::pb;
+use argsbroker::schema::Schema;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient, ResponseHeader,
     TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
@@ -64,6 +65,8 @@ pub struct Config {
     /// How many revisions ListRevisions walks back.
     pub history: usize,
     pub read_only: bool,
+    /// `--schema`: what every value must satisfy.
+    pub schema: Option<Arc<Schema>>,
     pub tls: Option<Tls>,
     pub user: Option<(String, String)>,
 }
@@ -236,6 +239,7 @@ pub struct EtcdStore {
     max_request_bytes: usize,
     history: usize,
     read_only: bool,
+    schema: Option<Arc<Schema>>,
     current: ArcSwap<Published>,
     watch: watch::Sender<Arc<Published>>,
     /// Held while a snapshot is published; the current snapshot's key incarnation.
@@ -276,7 +280,8 @@ impl EtcdStore {
         let client = Client::connect(&config.endpoints, Some(options.clone()))
             .await
             .map_err(|err| StartError::Client(format!("etcd at {endpoints}: {err}")))?;
-        let saved = LastKnownGood::load(&config.state_dir, &config.key);
+        let schema = config.schema.as_deref();
+        let saved = LastKnownGood::load(&config.state_dir, &config.key, schema);
         // With a copy to serve, one try; without, up to the startup timeout.
         let deadline = match saved {
             Some(_) => Instant::now(),
@@ -351,7 +356,7 @@ impl EtcdStore {
                 };
                 let revision = kv.mod_revision() as u64;
                 let document =
-                    check_value(kv.value(), config.max_args_bytes).map_err(|reason| {
+                    check_value(kv.value(), config.max_args_bytes, schema).map_err(|reason| {
                         StartError::InvalidValue {
                             key: config.key.clone(),
                             revision,
@@ -400,6 +405,7 @@ impl EtcdStore {
             max_request_bytes: config.max_request_bytes,
             history: config.history.max(1),
             read_only: config.read_only,
+            schema: config.schema,
             current: ArcSwap::new(snapshot.clone()),
             watch: watch::Sender::new(snapshot),
             head: Mutex::new(incarnation),
@@ -497,7 +503,7 @@ impl EtcdStore {
         };
         let revision = kv.mod_revision() as u64;
         match self.publish(incarnation, revision, || {
-            check_value(kv.value(), self.max_args_bytes)
+            check_value(kv.value(), self.max_args_bytes, self.schema.as_deref())
         }) {
             Ok(snapshot) => snapshot,
             Err(err) => {
@@ -802,6 +808,9 @@ impl EtcdStore {
             }
             let document = next(&base.document)?;
             self.check_size("the result would be", document.json().len())?;
+            if document.sha256() != base.document.sha256() {
+                satisfies(self.schema.as_deref(), &document).map_err(WriteError::Schema)?;
+            }
             let incarnation = *lock(&self.head);
             let (mod_revision, create_revision) =
                 over.unwrap_or((base.revision as i64, incarnation.create_revision));
@@ -1222,15 +1231,17 @@ fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, StartError> {
     })
 }
 
-/// A value read from etcd, as a document; why not, in words.
-fn check_value(value: &[u8], max: usize) -> Result<Document, String> {
+/// A value read from etcd, as a document that satisfies `schema`; why not, in words.
+fn check_value(value: &[u8], max: usize, schema: Option<&Schema>) -> Result<Document, String> {
     if value.len() > max {
         return Err(format!(
             "it is {} bytes, over the limit of {max} (--max-args-bytes)",
             value.len()
         ));
     }
-    Document::parse(value).map_err(|err| err.to_string())
+    let document = Document::parse(value).map_err(|err| err.to_string())?;
+    satisfies(schema, &document).map_err(|unsatisfied| format!("it {unsatisfied}"))?;
+    Ok(document)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1275,8 +1286,9 @@ impl LastKnownGood {
         argsbroker::durable::write_atomic(&dir.join(LAST_KNOWN_GOOD), &text)
     }
 
-    /// The copy for `key`, if there is a readable one; anything else is logged.
-    fn load(dir: &Path, key: &str) -> Option<Self> {
+    /// The copy for `key`, if there is a readable one that satisfies
+    /// `schema`; anything else is logged.
+    fn load(dir: &Path, key: &str, schema: Option<&Schema>) -> Option<Self> {
         let path = dir.join(LAST_KNOWN_GOOD);
         let text = match std::fs::read(&path) {
             Ok(text) => text,
@@ -1297,6 +1309,10 @@ impl LastKnownGood {
         };
         if header.key != key {
             tracing::warn!(path = %path.display(), copy_of = header.key, key, "the last-known-good copy is of another key; not using it");
+            return None;
+        }
+        if let Err(unsatisfied) = satisfies(schema, &document) {
+            tracing::warn!(path = %path.display(), "the last-known-good copy {unsatisfied}; not using it");
             return None;
         }
         Some(Self {

@@ -479,7 +479,7 @@ fn write_status(err: WriteError) -> Status {
         }
         WriteError::ReadOnly(_) => Status::failed_precondition(message),
         WriteError::NotRetained { .. } => Status::not_found(message),
-        WriteError::Invalid(_) | WriteError::PatchNotAnObject(_) => {
+        WriteError::Invalid(_) | WriteError::PatchNotAnObject(_) | WriteError::Schema(_) => {
             Status::invalid_argument(message)
         }
         WriteError::TooLarge { .. }
