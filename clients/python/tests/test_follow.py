@@ -307,3 +307,20 @@ def test_a_broker_without_follow_is_watched_with_watchargs(tmp_path):
             assert live.get("/arg1", min_revision=8, timeout=5) == "newer"
     finally:
         server.stop(grace=None)
+
+
+def test_uvicorn_workers_are_listed_under_uvicorns_name_with_their_pids(broker, servers):
+    """The example app under real uvicorn with 2 workers: each worker follows
+    under the default name, uvicorn, with its own pid, and reports a patch."""
+    broker.start()
+    server = servers(broker.socket, workers=2)
+    server.wait_ready()
+    pids = server.worker_pids(2)
+
+    def listed(revision):
+        got = sorted((f.name, f.pid, f.applied_revision) for f in followers(broker.socket).followers)
+        return got if got == [("uvicorn", pid, revision) for pid in pids] else None
+
+    eventually("both workers at revision 1", lambda: listed(1))
+    assert broker.patch({"arg1": "to every worker"}) == 2
+    eventually("both workers at revision 2", lambda: listed(2))
