@@ -203,3 +203,155 @@ fn wait_flags_are_checked() {
         "{err}"
     );
 }
+
+/// A worker with `--schema` that the new document violates: it rejects it
+/// and keeps serving the old one, says so in /readyz, and `--wait` names it
+/// with its reason.
+#[test]
+fn a_worker_that_rejects_a_revision_is_named_with_its_reason() {
+    let site = Site::new(r#"{"port":8080}"#);
+    let schema = site.path("args.schema.json");
+    std::fs::write(&schema, SCHEMA).expect("write the schema");
+    let _broker = site.start_broker();
+    let plain_port = free_port();
+    let _plain = site.start_worker(plain_port, false);
+    let (strict_port, strict) = start_strict_worker(&site, &schema);
+    eventually("both workers listed", || {
+        (followers(&site).len() == 2).then_some(())
+    });
+
+    let (code, _, err) = ctl(&site, "patch", &["--wait=10", r#"{"port":"x"}"#]);
+    let reason = format!(
+        "the document does not satisfy the schema {}: /port: \"x\" is not of type \"integer\"",
+        schema.display()
+    );
+    assert_eq!(code, 5, "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "broker: error: revision 2 is committed, but not every follower applied it: worker 127.0.0.1:{strict_port} (pid {}, uid {}) rejected it: {reason}\n",
+            strict.pid(),
+            uid()
+        )
+    );
+    // The strict worker serves revision 1 and says why; the other serves 2.
+    assert_eq!(get(strict_port, "/args").body, r#"{"args":{"port":8080}}"#);
+    assert_eq!(get(plain_port, "/args").body, r#"{"args":{"port":"x"}}"#);
+    let ready: serde_json::Value =
+        serde_json::from_str(&get(strict_port, "/readyz").body).expect("JSON");
+    assert_eq!(ready["revision"], 1);
+    assert_eq!(
+        ready["rejected"],
+        serde_json::json!({"revision": 2, "reason": reason})
+    );
+    let listed = followers(&site);
+    let entry = listed
+        .iter()
+        .find(|f| f["pid"] == strict.pid())
+        .expect("the strict worker listed");
+    assert_eq!(entry["applied_revision"], 1);
+    assert_eq!(entry["rejected_revision"], 2);
+    assert_eq!(entry["rejected_reason"], reason.as_str());
+    let (_, status, _) = ctl(&site, "status", &[]);
+    assert!(
+        status.contains(&format!(
+            "  worker 127.0.0.1:{strict_port} pid {} uid {} applied 1 rejected 2: {reason} since ",
+            strict.pid(),
+            uid()
+        )),
+        "{status}"
+    );
+
+    // A later revision it accepts clears the rejection.
+    let (code, _, err) = ctl(&site, "patch", &["--wait=10", r#"{"port":9090}"#]);
+    assert_eq!(code, 0, "{err}");
+    let ready: serde_json::Value =
+        serde_json::from_str(&get(strict_port, "/readyz").body).expect("JSON");
+    assert_eq!(ready["revision"], 3);
+    assert_eq!(ready.get("rejected"), None);
+}
+
+/// `--rollback-on-reject`: a rejected revision is undone by a newer one
+/// with the old content, which every worker then serves.
+#[test]
+fn rollback_on_reject_restores_the_old_content_everywhere() {
+    let site = Site::new(r#"{"port":8080}"#);
+    let schema = site.path("args.schema.json");
+    std::fs::write(&schema, SCHEMA).expect("write the schema");
+    let _broker = site.start_broker();
+    let plain_port = free_port();
+    let _plain = site.start_worker(plain_port, false);
+    let (strict_port, strict) = start_strict_worker(&site, &schema);
+    eventually("both workers listed", || {
+        (followers(&site).len() == 2).then_some(())
+    });
+
+    let (code, _, err) = ctl(
+        &site,
+        "patch",
+        &["--wait=10", "--rollback-on-reject", r#"{"port":"x"}"#],
+    );
+    assert_eq!(code, 5, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "broker: error: revision 2 is committed, but not every follower applied it: worker 127.0.0.1:{strict_port} (pid {}, uid {}) rejected it: ",
+            strict.pid(),
+            uid()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.ends_with("; rolled back: revision 3 has the content of revision 1\n"),
+        "{err}"
+    );
+    let current = site.current();
+    assert_eq!(
+        (current.revision, &current.json[..]),
+        (3, &br#"{"port":8080}"#[..])
+    );
+    for port in [plain_port, strict_port] {
+        eventually(&format!("worker {port} at revision 3"), || {
+            let ready: serde_json::Value = serde_json::from_str(&get(port, "/readyz").body).ok()?;
+            (ready["revision"] == 3 && ready.get("rejected").is_none()).then_some(())
+        });
+        assert_eq!(get(port, "/args").body, r#"{"args":{"port":8080}}"#);
+    }
+}
+
+/// A worker whose schema the first revision violates does not start.
+#[test]
+fn a_worker_whose_schema_the_args_violate_does_not_start() {
+    let site = Site::new(r#"{"port":"x"}"#);
+    let schema = site.path("args.schema.json");
+    std::fs::write(&schema, SCHEMA).expect("write the schema");
+    let _broker = site.start_broker();
+    let port = free_port();
+    let (code, _, err) = run(site
+        .worker_cmd(port, false)
+        .arg("--schema")
+        .arg(&schema)
+        .arg("--startup-timeout")
+        .arg("5"));
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.lines().last().unwrap_or_default(),
+        format!(
+            "worker: error: revision 1 from the broker at {} was rejected: the document does not satisfy the schema {}: /port: \"x\" is not of type \"integer\"",
+            site.socket().display(),
+            schema.display()
+        )
+    );
+}
+
+const SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "properties": {"port": {"type": "integer"}}
+}"#;
+
+fn start_strict_worker(site: &Site, schema: &std::path::Path) -> (u16, Proc) {
+    let port = free_port();
+    let mut cmd = site.worker_cmd(port, false);
+    cmd.arg("--schema").arg(schema);
+    (port, site.spawn_worker(cmd, port))
+}

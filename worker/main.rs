@@ -79,6 +79,13 @@ struct Cli {
     /// meanwhile (marked X-Args-Stale). Without it, /readyz is 200 for as long as args are held.
     #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_MAX_STALE", value_parser = argsbroker::cmdline::seconds)]
     max_stale: Option<Duration>,
+
+    /// A JSON Schema (draft 2020-12) every revision must satisfy before this worker serves it. A
+    /// revision that does not is rejected: the worker keeps serving the one before, says so in
+    /// /readyz ("rejected") and its log, and tells the broker (`broker status`, `broker patch
+    /// --wait`). The first revision must satisfy it, or the worker does not start.
+    #[arg(long, value_name = "FILE", env = "ARGSBROKER_WORKER_SCHEMA")]
+    schema: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -95,6 +102,7 @@ fn main() -> ExitCode {
             idle_timeout: cli.idle_timeout,
         },
         threads: cli.threads,
+        schema: cli.schema,
         http: http::Options {
             max_stale: cli.max_stale,
         },

@@ -8,6 +8,7 @@ use socket2::{Domain, Socket, Type};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What the command line asks for (see `Cli` for each flag).
@@ -23,6 +24,8 @@ pub struct Config {
     /// Threads serving HTTP: one is a current-thread runtime.
     pub threads: u16,
     pub http: http::Options,
+    /// Revisions that do not satisfy it are rejected, not served.
+    pub schema: Option<PathBuf>,
 }
 
 /// Runs the worker to its end: 0 after a clean shutdown, 1 after an error
@@ -103,9 +106,24 @@ async fn hold_args(config: &Config) -> anyhow::Result<Live<http::Prepared>> {
         }
         http::Prepared::new(snapshot)
     };
+    let validate = match &config.schema {
+        Some(path) => {
+            let schema = argsbroker::schema::Schema::load(path)?;
+            let shown = path.display().to_string();
+            let check: client::Validate = Arc::new(move |snapshot: &client::Snapshot| {
+                schema
+                    .check(snapshot.document.value())
+                    .map_err(|violations| {
+                        format!("the document does not satisfy the schema {shown}: {violations}")
+                    })
+            });
+            Some(check)
+        }
+        None => None,
+    };
     let options = client::FollowOptions {
         name: Some(format!("worker {}", config.listen)),
-        validate: None,
+        validate,
     };
     let followed = client::follow_with(
         &config.broker,

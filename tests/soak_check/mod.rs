@@ -177,7 +177,8 @@ pub fn writer(
                 Kind::Patch | Kind::CasPatch => {
                     let request = pb::PatchArgsRequest {
                         merge_patch: format!(r#"{{"{key}": {n}}}"#),
-                        expected_revision: expected, ..Default::default() 
+                        expected_revision: expected,
+                        ..Default::default()
                     };
                     tokio::time::timeout(Duration::from_secs(10), c.patch_args(request)).await
                 }
@@ -191,7 +192,8 @@ pub fn writer(
                     );
                     let request = pb::SetArgsRequest {
                         json,
-                        expected_revision: expected, ..Default::default() 
+                        expected_revision: expected,
+                        ..Default::default()
                     };
                     tokio::time::timeout(Duration::from_secs(10), c.set_args(request)).await
                 }
