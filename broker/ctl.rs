@@ -372,8 +372,12 @@ fn status_lines(status: &pb::BrokerStatus, followers: &pb::ListFollowersResponse
         let after = f.applied_after_micros.map_or(String::new(), |us| {
             format!(" ({} after the write)", micros(us))
         });
+        let on = match f.host.as_str() {
+            "" => String::new(),
+            host => format!(" on {host}"),
+        };
         text.push_str(&format!(
-            "\n  {} pid {} uid {} applied {}{after}{rejected} since {}",
+            "\n  {}{on} pid {} uid {} applied {}{after}{rejected} since {}",
             f.name,
             f.pid,
             f.uid,
@@ -407,6 +411,7 @@ fn status_json(status: &pb::BrokerStatus, followers: &pb::ListFollowersResponse)
                 "rejected_reason": f.rejected_reason,
                 "connected_since_unix_millis": f.connected_since_unix_millis,
                 "applied_after_micros": f.applied_after_micros,
+                "host": f.host,
             })
         })
         .collect();

@@ -18,13 +18,20 @@ const PUBLISHED_KEPT: usize = 64;
 pub struct Followers {
     next_id: AtomicU64,
     state: Mutex<State>,
-    /// Bumped on every report, arrival and departure: what waits watch.
+    /// Bumped on every report, arrival and departure, here or on another
+    /// host: what waits watch.
     changed: watch::Sender<u64>,
+    /// Bumped when this broker's own followers change: what is shared with
+    /// the other hosts (etcd mode).
+    local_changed: watch::Sender<u64>,
 }
 
 #[derive(Default)]
 struct State {
     followers: BTreeMap<u64, Follower>,
+    /// The followers of the other hosts' brokers (etcd mode), by host, as
+    /// each host last shared them.
+    remote: BTreeMap<String, Vec<pb::Follower>>,
     /// (revision, when this broker published it), newest last.
     published: VecDeque<(u64, Instant)>,
 }
@@ -61,7 +68,7 @@ impl Drop for Registration {
         if let Some(gone) = gone {
             tracing::debug!(follower = gone.who(), "follower left");
         }
-        self.followers.changed.send_modify(|n| *n += 1);
+        self.followers.bump_local();
     }
 }
 
@@ -89,7 +96,7 @@ impl Registration {
         }
         follower.rejected = rejected;
         drop(state);
-        self.followers.changed.send_modify(|n| *n += 1);
+        self.followers.bump_local();
     }
 }
 
@@ -153,8 +160,22 @@ impl Followers {
         }
     }
 
-    /// The followers, oldest connection first, for ListFollowers.
+    /// The followers, this broker's first (oldest connection first), then
+    /// the other hosts' (etcd mode), for ListFollowers.
     pub fn list(&self, current: u64) -> Vec<pb::Follower> {
+        let mut all = self.local(current);
+        let state = lock(&self.state);
+        for (host, followers) in &state.remote {
+            all.extend(followers.iter().map(|f| pb::Follower {
+                host: host.clone(),
+                ..f.clone()
+            }));
+        }
+        all
+    }
+
+    /// This broker's own followers, oldest connection first.
+    pub fn local(&self, current: u64) -> Vec<pb::Follower> {
         let state = lock(&self.state);
         let published = state
             .published
@@ -184,67 +205,133 @@ impl Followers {
                     }
                     _ => None,
                 },
+                host: String::new(),
             })
             .collect()
     }
 
-    /// Waits until every follower connected now has applied `revision`, for
-    /// at most `timeout`; returns those that did not: rejected it, left, or
-    /// still behind when the time was up. Followers that connect meanwhile
-    /// are not waited for.
+    fn bump_local(&self) {
+        self.local_changed.send_modify(|n| *n += 1);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver told whenever this broker's own followers change.
+    pub fn local_changes(&self) -> watch::Receiver<u64> {
+        self.local_changed.subscribe()
+    }
+
+    /// Another host's followers, as it shared them (`None`: it is gone).
+    pub fn set_remote(&self, host: &str, followers: Option<Vec<pb::Follower>>) {
+        let mut state = lock(&self.state);
+        match followers {
+            Some(followers) => state.remote.insert(host.to_owned(), followers),
+            None => state.remote.remove(host),
+        };
+        drop(state);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Forgets every other host (before reading them all again).
+    pub fn clear_remote(&self) {
+        lock(&self.state).remote.clear();
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until every follower connected now (here and, with etcd, on
+    /// every host) has applied `revision`, for at most `timeout`; returns
+    /// those that did not: rejected it, left, or still behind when the time
+    /// was up. Followers that connect meanwhile are not waited for.
     pub async fn wait_applied(&self, revision: u64, timeout: Duration) -> Lagging {
         let mut changes = self.changed.subscribe();
-        let waiting: Vec<(u64, String)> = lock(&self.state)
-            .followers
-            .iter()
-            .map(|(id, f)| (*id, f.who()))
-            .collect();
+        let waiting: Vec<(Key, String)> = {
+            let state = lock(&self.state);
+            let local = state
+                .followers
+                .iter()
+                .map(|(id, f)| (Key::Local(*id), f.who()));
+            let remote = state.remote.iter().flat_map(|(host, followers)| {
+                followers.iter().map(move |f| {
+                    let key = Key::Remote {
+                        host: host.clone(),
+                        name: f.name.clone(),
+                        pid: f.pid,
+                    };
+                    (key, remote_who(host, f))
+                })
+            });
+            local.chain(remote).collect()
+        };
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             changes.borrow_and_update();
-            let (lagging, pending) = self.check(&waiting, revision);
+            let (lagging, pending) = self.check(&waiting, revision, false);
             if pending == 0 {
                 return lagging;
             }
             tokio::select! {
                 _ = changes.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => {
-                    let (mut lagging, _) = self.check(&waiting, revision);
-                    let state = lock(&self.state);
-                    for (id, _) in &waiting {
-                        if let Some(f) = state.followers.get(id) {
-                            if f.applied < revision && f.rejected.as_ref().is_none_or(|r| r.0 != revision) {
-                                lagging.behind.push(format!("{} is at revision {}", f.who(), f.applied));
-                            }
-                        }
-                    }
-                    return lagging;
+                    return self.check(&waiting, revision, true).0;
                 }
             }
         }
     }
 
-    /// Who among `waiting` rejected `revision` or left, and how many are still pending.
-    fn check(&self, waiting: &[(u64, String)], revision: u64) -> (Lagging, usize) {
+    /// Who among `waiting` rejected `revision` or left (and, once the time
+    /// is up, who is behind), and how many are still pending.
+    fn check(&self, waiting: &[(Key, String)], revision: u64, time_up: bool) -> (Lagging, usize) {
         let state = lock(&self.state);
         let mut lagging = Lagging::default();
         let mut pending = 0;
-        for (id, who) in waiting {
-            match state.followers.get(id) {
+        for (key, who) in waiting {
+            let position = match key {
+                Key::Local(id) => state
+                    .followers
+                    .get(id)
+                    .map(|f| (f.applied, f.rejected.clone())),
+                Key::Remote { host, name, pid } => state
+                    .remote
+                    .get(host)
+                    .and_then(|fs| fs.iter().find(|f| f.pid == *pid && f.name == *name))
+                    .map(|f| {
+                        let rejected = (f.rejected_revision != 0)
+                            .then(|| (f.rejected_revision, f.rejected_reason.clone()));
+                        (f.applied_revision, rejected)
+                    }),
+            };
+            match position {
                 None => lagging.left.push(format!("{who} disconnected")),
-                Some(f) if f.applied >= revision => {}
-                Some(f) => match &f.rejected {
-                    Some((rejected, reason)) if *rejected == revision => {
-                        lagging
-                            .rejected
-                            .push(format!("{} rejected it: {reason}", f.who()));
-                    }
-                    _ => pending += 1,
-                },
+                Some((applied, _)) if applied >= revision => {}
+                Some((_, Some((rejected, reason)))) if rejected == revision => {
+                    lagging
+                        .rejected
+                        .push(format!("{who} rejected it: {reason}"));
+                }
+                Some((applied, _)) if time_up => {
+                    lagging
+                        .behind
+                        .push(format!("{who} is at revision {applied}"));
+                }
+                Some(_) => pending += 1,
             }
         }
         (lagging, pending)
     }
+}
+
+/// A follower a wait started with.
+enum Key {
+    Local(u64),
+    /// On another host's broker: known by host, name and pid.
+    Remote {
+        host: String,
+        name: String,
+        pid: u32,
+    },
+}
+
+fn remote_who(host: &str, f: &pb::Follower) -> String {
+    format!("{} (pid {}, uid {}) on {host}", f.name, f.pid, f.uid)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -256,6 +256,15 @@ struct EtcdArgs {
     #[arg(long, value_name = "BYTES", env = "ARGSBROKER_ETCD_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024, value_parser = clap::value_parser!(u64).range(8192..))]
     etcd_max_request_bytes: u64,
 
+    /// This host's name among the brokers sharing the key, in `broker status` and --wait messages [default: HOSTNAME:SOCKET]
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "ARGSBROKER_ETCD_HOST",
+        requires = "etcd_endpoints"
+    )]
+    etcd_host: Option<String>,
+
     /// How long to wait for etcd at start when the state directory has no last-known-good copy to serve, in seconds.
     #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_STARTUP_TIMEOUT", default_value = "10", value_parser = argsbroker::cmdline::positive_seconds)]
     startup_timeout: Duration,

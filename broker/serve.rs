@@ -2,6 +2,7 @@
 //! in the order that makes it safe: claim the socket, own the state, open
 //! the store, set up reloads, bind, serve.
 use crate::backend::Backend;
+use crate::followers::Followers;
 use crate::{
     access, connections, lockfile, parent, reload, server, socket, store, supervisor, ServeArgs,
 };
@@ -26,9 +27,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => Some(Arc::new(argsbroker::schema::Schema::load(path)?)),
         None => None,
     };
+    let followers = Arc::new(Followers::default());
     let opened = match args.etcd.etcd_endpoints.is_empty() {
         true => open_file(&args, schema)?,
-        false => open_etcd(&args, schema).await?,
+        false => open_etcd(&args, schema, &followers).await?,
     };
     let store = opened.backend;
     let shutdown = argsbroker::shutdown::signal();
@@ -49,7 +51,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     // Shared with the accept loop, which binds the path again if the file is deleted.
     let claim = Arc::new(Mutex::new(claim));
-    let config = args.server_config(&claim);
+    let config = args.server_config(&claim, followers);
     let result = match stack {
         None => {
             argsbroker::sd_notify::ready();
@@ -103,7 +105,11 @@ fn open_file(args: &ServeArgs, schema: Option<Arc<Schema>>) -> anyhow::Result<Op
 /// Many hosts: the document in etcd, this host's last-known-good copy in
 /// the state directory (locked, one broker per state directory).
 #[cfg(feature = "etcd")]
-async fn open_etcd(args: &ServeArgs, schema: Option<Arc<Schema>>) -> anyhow::Result<Opened> {
+async fn open_etcd(
+    args: &ServeArgs,
+    schema: Option<Arc<Schema>>,
+    followers: &Arc<Followers>,
+) -> anyhow::Result<Opened> {
     use crate::etcd::{Config, EtcdStore, Tls};
     let flags = &args.etcd;
     let state_dir = match (&args.state_dir, &args.args) {
@@ -158,6 +164,11 @@ async fn open_etcd(args: &ServeArgs, schema: Option<Arc<Schema>>) -> anyhow::Res
         user,
     })
     .await?;
+    let host = match &flags.etcd_host {
+        Some(host) => host.clone(),
+        None => format!("{}:{}", host_name(), args.socket.display()),
+    };
+    store.share_followers(followers.clone(), host);
     // SIGHUP reloads the args file in file mode; here there is none to
     // reload, and the signal must not end the broker.
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -174,8 +185,22 @@ async fn open_etcd(args: &ServeArgs, schema: Option<Arc<Schema>>) -> anyhow::Res
 }
 
 #[cfg(not(feature = "etcd"))]
-async fn open_etcd(_: &ServeArgs, _: Option<Arc<Schema>>) -> anyhow::Result<Opened> {
+async fn open_etcd(
+    _: &ServeArgs,
+    _: Option<Arc<Schema>>,
+    _: &Arc<Followers>,
+) -> anyhow::Result<Opened> {
     anyhow::bail!("--etcd-endpoints: this broker was built without etcd (cargo feature `etcd`, on by default); build it again with the default features")
+}
+
+/// This machine's name, for telling hosts apart in `broker status`.
+#[cfg(feature = "etcd")]
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// The etcd user's password: from --etcd-password-file, else from
@@ -212,7 +237,11 @@ impl ServeArgs {
         }
     }
 
-    fn server_config(&self, claim: &Arc<Mutex<socket::Claim>>) -> server::Config {
+    fn server_config(
+        &self,
+        claim: &Arc<Mutex<socket::Claim>>,
+        followers: Arc<Followers>,
+    ) -> server::Config {
         let claim = claim.clone();
         server::Config {
             limits: connections::Limits {
@@ -227,6 +256,7 @@ impl ServeArgs {
                 self.reader_gid.clone(),
             ),
             rebind: Some(Box::new(move || lock(&claim).rebind_if_deleted())),
+            followers,
         }
     }
 

@@ -35,6 +35,8 @@ pub struct Config {
     pub policy: Policy,
     /// Binds the socket again if its file is deleted while serving.
     pub rebind: Option<connections::Rebind>,
+    /// The Follow streams' followers (shared with the other hosts in etcd mode).
+    pub followers: Arc<Followers>,
 }
 
 /// Serves `store` on `listener` until `shutdown` completes, then ends every
@@ -69,7 +71,7 @@ pub async fn run(
         })
     });
     // When each revision was published here, for how long followers took.
-    let followers = Arc::new(Followers::default());
+    let followers = config.followers.clone();
     let mut publications = store.subscribe();
     let noting = followers.clone();
     let noting = tokio::spawn(async move {

@@ -702,3 +702,89 @@ fn etcd_rebuilt_from_scratch_and_seeded_again_is_a_new_lineage_on_every_host() {
         );
     }
 }
+
+/// The fleet across hosts: each broker shares its followers through etcd,
+/// `broker status` on one host lists every host's workers, and a write with
+/// `--wait` through one host returns once the workers of every host serve
+/// it, or names the one that lags, with its host.
+#[test]
+fn a_write_that_waits_waits_for_every_hosts_workers() {
+    let cluster = Cluster::start(3);
+    let hosts = three_hosts(&cluster, "fleet");
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("the host name")
+        .trim()
+        .to_owned();
+    let host_name = |host: &Host| format!("{machine}:{}", host.socket().display());
+    let status = |host: &Host| -> serde_json::Value {
+        let (code, out, err) = run(Command::new(BROKER)
+            .args(["status", "--json", "--socket"])
+            .arg(host.socket()));
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).expect("JSON")
+    };
+    // Host A lists its own worker and, through etcd, the other two.
+    let listed = eventually("host A to list all three workers", || {
+        let followers = status(&hosts[0])["followers"].as_array()?.clone();
+        (followers.len() == 3).then_some(followers)
+    });
+    for (i, host) in hosts.iter().enumerate() {
+        let worker = host.worker.as_ref().expect("a worker");
+        let entry = listed
+            .iter()
+            .find(|f| f["pid"] == worker.pid())
+            .unwrap_or_else(|| panic!("host {i}'s worker not listed: {listed:?}"));
+        assert_eq!(entry["name"], format!("worker 127.0.0.1:{}", host.port));
+        let on = match i {
+            0 => String::new(),
+            _ => host_name(host),
+        };
+        assert_eq!(entry["host"], on.as_str(), "{entry}");
+    }
+
+    // --wait through A: when it returns, every host's worker serves the write.
+    for round in 1..=3 {
+        let patch = format!(r#"{{"round":{round}}}"#);
+        let (code, out, err) = run(Command::new(BROKER)
+            .args(["patch", "--wait=10", "--socket"])
+            .arg(hosts[0].socket())
+            .arg(&patch));
+        assert_eq!(code, 0, "{err}");
+        let revision: u64 = out
+            .trim()
+            .strip_prefix("revision ")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("{out:?}"));
+        for (i, host) in hosts.iter().enumerate() {
+            let (served, body) = host.served();
+            assert_eq!(served, revision, "host {i} after round {round}");
+            assert!(
+                body.contains(&format!(r#""round":{round}"#)),
+                "host {i}: {body}"
+            );
+        }
+    }
+
+    // A stopped worker on host C is named, with its host.
+    let lagging = &hosts[2];
+    let worker = lagging.worker.as_ref().expect("a worker");
+    let before = lagging.served().0;
+    worker.signal(libc::SIGSTOP);
+    let (code, out, err) = run(Command::new(BROKER)
+        .args(["patch", "--wait=2", "--socket"])
+        .arg(hosts[0].socket())
+        .arg(r#"{"lag":1}"#));
+    worker.signal(libc::SIGCONT);
+    assert_eq!((code, out.as_str()), (5, ""), "{err}");
+    // SAFETY: getuid(2) cannot fail.
+    let uid = unsafe { libc::getuid() };
+    assert!(
+        err.ends_with(&format!(
+            "is committed, but not every follower applied it: worker 127.0.0.1:{} (pid {}, uid {uid}) on {} is at revision {before} after 2s\n",
+            lagging.port,
+            worker.pid(),
+            host_name(lagging)
+        )),
+        "{err}"
+    );
+}
