@@ -215,11 +215,13 @@ impl Followers {
         self.changed.send_modify(|n| *n += 1);
     }
 
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     /// A receiver told whenever this broker's own followers change.
     pub fn local_changes(&self) -> watch::Receiver<u64> {
         self.local_changed.subscribe()
     }
 
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     /// Another host's followers, as it shared them (`None`: it is gone).
     pub fn set_remote(&self, host: &str, followers: Option<Vec<pb::Follower>>) {
         let mut state = lock(&self.state);
@@ -231,6 +233,7 @@ impl Followers {
         self.changed.send_modify(|n| *n += 1);
     }
 
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     /// Forgets every other host (before reading them all again).
     pub fn clear_remote(&self) {
         lock(&self.state).remote.clear();
