@@ -278,6 +278,7 @@ impl EtcdStore {
                         connected: false,
                         reason: reason.clone(),
                         since: SystemTime::now(),
+                        disconnects: 1,
                     };
                     (snapshot, incarnation, contact)
                 }
@@ -427,6 +428,7 @@ impl EtcdStore {
                 connected,
                 reason,
                 since: SystemTime::now(),
+                disconnects: contact.disconnects + u64::from(!connected),
             };
             true
         });

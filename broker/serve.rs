@@ -3,7 +3,8 @@
 //! the store, set up reloads, bind, serve.
 use crate::backend::Backend;
 use crate::{
-    access, connections, lockfile, parent, reload, server, socket, store, supervisor, ServeArgs,
+    access, connections, lockfile, metrics, parent, reload, server, socket, store, supervisor,
+    ServeArgs,
 };
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // the path exits before it reads or records anything.
     let mut claim = socket::claim(&args.socket, args.allow_unsafe_dir)?;
     let stack = args.stack()?;
+    // Bound before the state is touched: an address that cannot be had
+    // stops the broker with nothing done.
+    let metrics = args.metrics_listen.map(metrics::bind).transpose()?;
     let opened = match args.etcd.etcd_endpoints.is_empty() {
         true => open_file(&args)?,
         false => open_etcd(&args).await?,
@@ -43,7 +47,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     // Shared with the accept loop, which binds the path again if the file is deleted.
     let claim = Arc::new(Mutex::new(claim));
-    let config = args.server_config(&claim);
+    let config = args.server_config(&claim, metrics);
     let result = match stack {
         None => {
             argsbroker::sd_notify::ready();
@@ -200,7 +204,11 @@ impl ServeArgs {
         }
     }
 
-    fn server_config(&self, claim: &Arc<Mutex<socket::Claim>>) -> server::Config {
+    fn server_config(
+        &self,
+        claim: &Arc<Mutex<socket::Claim>>,
+        metrics: Option<std::net::TcpListener>,
+    ) -> server::Config {
         let claim = claim.clone();
         server::Config {
             limits: connections::Limits {
@@ -215,6 +223,7 @@ impl ServeArgs {
                 self.reader_gid.clone(),
             ),
             rebind: Some(Box::new(move || lock(&claim).rebind_if_deleted())),
+            metrics,
         }
     }
 

@@ -62,6 +62,7 @@ pub async fn start_broker(dir: &Path, limits: Limits) -> Broker {
         keepalive: Duration::from_secs(30),
         policy: access::Policy::new(vec![], vec![], vec![], vec![]),
         rebind: None,
+        metrics: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(async move {
