@@ -295,8 +295,11 @@ mod tests {
         methods.sort_by(|a, b| a.0.cmp(&b.0));
         use Access::*;
         let want = [
+            // A follower's reports are about itself: readers may follow.
+            ("Follow", Read),
             ("GetArgs", Read),
             ("GetStatus", Read),
+            ("ListFollowers", Read),
             ("ListRevisions", Read),
             ("PatchArgs", Write),
             ("Rollback", Write),

@@ -11,16 +11,18 @@
 //! directory as the last-known-good copy, served when a broker starts while
 //! etcd is out of reach.
 use crate::backend::Contact;
-use crate::store::{ArgsFile, Published, WriteError};
+use crate::store::{satisfies, ArgsFile, Published, WriteError};
 use arc_swap::ArcSwap;
 use argsbroker::document::Document;
 use argsbroker::pb;
+use argsbroker::schema::Schema;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient, ResponseHeader,
     TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
@@ -36,6 +38,12 @@ const MAX_DECODING_BYTES: usize = 256 * 1024 * 1024;
 /// How often a write that loses a compare-and-set race to another host is
 /// merged again before it gives up.
 const MAX_ATTEMPTS: usize = 64;
+
+/// How long a request that could not be sent waits before it is sent again.
+const UNSENT_PAUSE: Duration = Duration::from_millis(20);
+
+/// How often, per endpoint, a request that could not be sent is sent again.
+const UNSENT_TRIES_PER_ENDPOINT: usize = 3;
 
 /// The last-known-good copy's file, in the state directory.
 const LAST_KNOWN_GOOD: &str = "etcd-last-known-good";
@@ -57,6 +65,8 @@ pub struct Config {
     /// How many revisions ListRevisions walks back.
     pub history: usize,
     pub read_only: bool,
+    /// `--schema`: what every value must satisfy.
+    pub schema: Option<Arc<Schema>>,
     pub tls: Option<Tls>,
     pub user: Option<(String, String)>,
 }
@@ -88,6 +98,12 @@ pub enum StartError {
     },
     #[error("the key {key} does not exist in etcd at {endpoints}; give --args FILE to create it")]
     NoKey { key: String, endpoints: String },
+    #[error("etcd at {endpoints} did not accept the user {user}: {reason} (check --etcd-user, and the password in --etcd-password-file or ARGSBROKER_ETCD_PASSWORD)")]
+    Credentials {
+        user: String,
+        endpoints: String,
+        reason: String,
+    },
     #[error("etcd at {endpoints} refused to read the key {key}: {reason}")]
     Refused {
         key: String,
@@ -102,11 +118,12 @@ pub enum StartError {
         revision: u64,
         reason: String,
     },
-    #[error("the args file {path} cannot seed etcd: it is {size} bytes, over the {max} bytes etcd accepts in one request (--etcd-max-request-bytes)")]
+    #[error("the args file {path} cannot seed etcd: it is {size} bytes, over the limit of {max} bytes that etcd accepts in one request (--etcd-max-request-bytes {request_bytes})")]
     SeedTooLarge {
         path: PathBuf,
         size: usize,
         max: usize,
+        request_bytes: usize,
     },
 }
 
@@ -115,11 +132,18 @@ pub enum StartError {
 enum Failure {
     /// The request never reached etcd, or etcd refused it before doing anything.
     Unreachable(String),
+    /// No connection to the member the client picked: nothing was sent, and
+    /// another member may answer the same request.
+    Unsent(String),
     /// The request may have reached etcd and may still be committed.
     Unconfirmed(String),
     PermissionDenied(String),
+    /// etcd refused to create the key from the seed file (a user that may only read it).
+    CreateDenied(String),
     /// A read at a revision etcd no longer keeps.
     Compacted,
+    /// Over etcd's own request limit.
+    TooLarge(String),
     Other(String),
 }
 
@@ -133,16 +157,42 @@ impl Failure {
                     tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
                         Self::PermissionDenied(message)
                     }
+                    // etcd's ErrAuthFailed and ErrUserEmpty (auth is on and
+                    // no user was given) come as INVALID_ARGUMENT.
+                    tonic::Code::InvalidArgument
+                        if message.contains("authentication failed")
+                            || message.contains("user name is empty") =>
+                    {
+                        Self::PermissionDenied(message)
+                    }
                     tonic::Code::OutOfRange if message.contains("compacted") => Self::Compacted,
+                    // Over etcd's --max-request-bytes (ErrRequestTooLarge).
+                    tonic::Code::InvalidArgument if message.contains("request is too large") => {
+                        Self::TooLarge(message)
+                    }
+                    tonic::Code::Unavailable if message.starts_with("tcp connect error") => {
+                        Self::Unsent(message)
+                    }
+                    // Refused before anything was done. Not a connection
+                    // lost mid-request ("error reading a body from
+                    // connection"): that write may have been committed.
                     tonic::Code::Unavailable
-                        if message.contains("connect") || message.contains("no leader") =>
+                        if message.contains("error trying to connect")
+                            || message.contains("no leader") =>
                     {
                         Self::Unreachable(message)
                     }
-                    tonic::Code::Unavailable
-                    | tonic::Code::DeadlineExceeded
-                    | tonic::Code::Cancelled
-                    | tonic::Code::Unknown => Self::Unconfirmed(message),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                        Self::Unconfirmed(message)
+                    }
+                    // The client's own errors ("transport error", "operation
+                    // was canceled"): the cause (e.g. a TLS alert) is in the source.
+                    tonic::Code::Cancelled | tonic::Code::Unknown => {
+                        Self::Unconfirmed(match std::error::Error::source(&status) {
+                            Some(source) => argsbroker::one_line(source),
+                            None => message,
+                        })
+                    }
                     _ => Self::Other(message),
                 }
             }
@@ -155,8 +205,11 @@ impl Failure {
     fn reason(&self) -> String {
         match self {
             Self::Unreachable(reason)
+            | Self::Unsent(reason)
             | Self::Unconfirmed(reason)
             | Self::PermissionDenied(reason)
+            | Self::CreateDenied(reason)
+            | Self::TooLarge(reason)
             | Self::Other(reason) => reason.clone(),
             Self::Compacted => "the revision was compacted".to_owned(),
         }
@@ -186,12 +239,16 @@ pub struct EtcdStore {
     max_request_bytes: usize,
     history: usize,
     read_only: bool,
+    schema: Option<Arc<Schema>>,
     current: ArcSwap<Published>,
     watch: watch::Sender<Arc<Published>>,
     /// Held while a snapshot is published; the current snapshot's key incarnation.
     head: Mutex<Incarnation>,
     contact: watch::Sender<Contact>,
     state_dir: PathBuf,
+    /// `--etcd-user` and its password, and whether etcd took them yet.
+    user: Option<(String, String)>,
+    authenticated: AtomicBool,
 }
 
 impl EtcdStore {
@@ -208,20 +265,52 @@ impl EtcdStore {
                     path: seed.path().to_path_buf(),
                     size: seed.document().json().len(),
                     max,
+                    request_bytes: config.max_request_bytes,
                 });
+            }
+        }
+        if config.tls.is_some() {
+            if let Some(plain) = config.endpoints.iter().find(|e| !e.starts_with("https://")) {
+                return Err(StartError::Client(format!(
+                    "--etcd-cacert, --etcd-cert and --etcd-cert-key need https:// endpoints; {plain} is not one"
+                )));
             }
         }
         let options = connect_options(&config)?;
         let client = Client::connect(&config.endpoints, Some(options.clone()))
             .await
             .map_err(|err| StartError::Client(format!("etcd at {endpoints}: {err}")))?;
-        let saved = LastKnownGood::load(&config.state_dir, &config.key);
+        let schema = config.schema.as_deref();
+        let saved = LastKnownGood::load(&config.state_dir, &config.key, schema);
         // With a copy to serve, one try; without, up to the startup timeout.
         let deadline = match saved {
             Some(_) => Instant::now(),
             None => Instant::now() + config.startup_timeout,
         };
+        let authenticated = AtomicBool::new(false);
+        // Why etcd was not reached, for the message if it never is.
+        let mut why = String::new();
         let first = loop {
+            let user = config.user.as_ref();
+            match authenticate(&client, user, &authenticated, config.timeout).await {
+                Err(Failure::PermissionDenied(reason)) => {
+                    return Err(StartError::Credentials {
+                        user: user.map(|(name, _)| name.clone()).unwrap_or_default(),
+                        endpoints,
+                        reason,
+                    })
+                }
+                Err(failure) => {
+                    why = telling(why, failure.reason());
+                    if Instant::now() >= deadline {
+                        break Err(why);
+                    }
+                    tracing::debug!(reason = why, "etcd not reached yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Ok(()) => {}
+            }
             match read_or_seed(&client, &config, config.timeout).await {
                 Ok(first) => break Ok(first),
                 Err(Failure::PermissionDenied(reason)) => {
@@ -231,15 +320,30 @@ impl EtcdStore {
                         reason,
                     })
                 }
+                Err(Failure::CreateDenied(reason)) => {
+                    return Err(StartError::Client(format!(
+                        "etcd at {endpoints} refused to create the key {} from the args file: {reason}",
+                        config.key
+                    )))
+                }
+                Err(Failure::TooLarge(reason)) => {
+                    return Err(StartError::Client(format!(
+                        "etcd at {endpoints} refused to create the key {} from the args file as too large ({reason}): its --max-request-bytes is below this broker's --etcd-max-request-bytes {}",
+                        config.key, config.max_request_bytes
+                    )))
+                }
                 Err(Failure::Other(reason)) if reason == NO_KEY => {
                     return Err(StartError::NoKey {
                         key: config.key.clone(),
                         endpoints,
                     })
                 }
-                Err(failure) if Instant::now() >= deadline => break Err(failure.reason()),
                 Err(failure) => {
-                    tracing::debug!(reason = failure.reason(), "etcd not reached yet");
+                    why = telling(why, failure.reason());
+                    if Instant::now() >= deadline {
+                        break Err(why);
+                    }
+                    tracing::debug!(reason = why, "etcd not reached yet");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -252,7 +356,7 @@ impl EtcdStore {
                 };
                 let revision = kv.mod_revision() as u64;
                 let document =
-                    check_value(kv.value(), config.max_args_bytes).map_err(|reason| {
+                    check_value(kv.value(), config.max_args_bytes, schema).map_err(|reason| {
                         StartError::InvalidValue {
                             key: config.key.clone(),
                             revision,
@@ -302,11 +406,14 @@ impl EtcdStore {
             max_request_bytes: config.max_request_bytes,
             history: config.history.max(1),
             read_only: config.read_only,
+            schema: config.schema,
             current: ArcSwap::new(snapshot.clone()),
             watch: watch::Sender::new(snapshot),
             head: Mutex::new(incarnation),
             contact: watch::Sender::new(contact),
             state_dir: config.state_dir,
+            user: config.user,
+            authenticated,
         });
         tokio::spawn(store.clone().keep_last_known_good());
         tokio::spawn(store.clone().follow());
@@ -397,7 +504,7 @@ impl EtcdStore {
         };
         let revision = kv.mod_revision() as u64;
         match self.publish(incarnation, revision, || {
-            check_value(kv.value(), self.max_args_bytes)
+            check_value(kv.value(), self.max_args_bytes, self.schema.as_deref())
         }) {
             Ok(snapshot) => snapshot,
             Err(err) => {
@@ -442,6 +549,36 @@ impl EtcdStore {
         bounded(self.timeout, request).await
     }
 
+    /// One KV request, bounded by the request timeout. A request that was
+    /// not sent (the client's connection to a member that is down fails at
+    /// once, and the client picks that member again now and then) is sent
+    /// again, to whichever member the client picks next: a few times per
+    /// endpoint, so that it fails quickly when every member is down.
+    async fn kv_call<T, F>(&self, mut request: impl FnMut(KvClient) -> F) -> Result<T, Failure>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let mut unsent = 0;
+        let most = UNSENT_TRIES_PER_ENDPOINT * self.endpoints.split(',').count();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, request(self.kv())).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(err)) => match Failure::of(err) {
+                    Failure::Unsent(_)
+                        if unsent < most && Instant::now() + UNSENT_PAUSE < deadline =>
+                    {
+                        unsent += 1;
+                        tokio::time::sleep(UNSENT_PAUSE).await;
+                    }
+                    failure => return Err(failure),
+                },
+                Err(_) => return Err(no_answer(self.timeout)),
+            }
+        }
+    }
+
     fn kv(&self) -> KvClient {
         self.client
             .kv_client()
@@ -466,8 +603,22 @@ impl EtcdStore {
         }
     }
 
+    /// Authenticates as `--etcd-user` unless that was done already.
+    async fn authenticate(&self) -> Result<(), Failure> {
+        authenticate(
+            &self.client,
+            self.user.as_ref(),
+            &self.authenticated,
+            self.timeout,
+        )
+        .await
+    }
+
     async fn follow_once(&self) -> Result<(), Failure> {
-        let read = self.call(self.kv().get(self.key.as_str(), None)).await?;
+        self.authenticate().await?;
+        let read = self
+            .kv_call(|mut kv| async move { kv.get(self.key.as_str(), None).await })
+            .await?;
         let Some(header) = read.header() else {
             return Err(Failure::Other("etcd sent no response header".to_owned()));
         };
@@ -478,11 +629,11 @@ impl EtcdStore {
             }
             None => self.key_missing(),
         }
+        let options = WatchOptions::new().with_start_revision(start);
         let mut watch_client = self
             .client
             .watch_client()
             .max_decoding_message_size(MAX_DECODING_BYTES);
-        let options = WatchOptions::new().with_start_revision(start);
         let mut stream = self
             .call(watch_client.watch(self.key.as_str(), Some(options)))
             .await?;
@@ -590,7 +741,9 @@ impl EtcdStore {
 
     fn check_writable(&self, what: &'static str, size: usize) -> Result<(), WriteError> {
         if self.read_only {
-            return Err(WriteError::ReadOnly);
+            return Err(WriteError::ReadOnly(
+                "write through a broker without --read-only, or to etcd",
+            ));
         }
         self.check_size(what, size)
     }
@@ -627,6 +780,7 @@ impl EtcdStore {
         create: bool,
         next: impl Fn(&Document) -> Result<Document, WriteError>,
     ) -> Result<Arc<Published>, WriteError> {
+        self.authenticate().await.map_err(|f| self.write_error(f))?;
         let mut base = self.current.load_full();
         if let Some(expected) = expected {
             if expected > base.revision {
@@ -635,6 +789,10 @@ impl EtcdStore {
             }
         }
         let mut missing = false;
+        // The mod and create revisions of a value etcd holds that is not a
+        // valid document (never served): the write replaces it, computed
+        // from the last valid one.
+        let mut over: Option<(i64, i64)> = None;
         for _ in 0..MAX_ATTEMPTS {
             if let Some(expected) = expected {
                 if expected != base.revision || missing {
@@ -652,7 +810,12 @@ impl EtcdStore {
             }
             let document = next(&base.document)?;
             self.check_size("the result would be", document.json().len())?;
+            if document.sha256() != base.document.sha256() {
+                satisfies(self.schema.as_deref(), &document).map_err(WriteError::Schema)?;
+            }
             let incarnation = *lock(&self.head);
+            let (mod_revision, create_revision) =
+                over.unwrap_or((base.revision as i64, incarnation.create_revision));
             let compare = if missing {
                 vec![Compare::create_revision(
                     self.key.as_str(),
@@ -661,19 +824,12 @@ impl EtcdStore {
                 )]
             } else {
                 vec![
-                    Compare::mod_revision(
-                        self.key.as_str(),
-                        CompareOp::Equal,
-                        base.revision as i64,
-                    ),
-                    Compare::create_revision(
-                        self.key.as_str(),
-                        CompareOp::Equal,
-                        incarnation.create_revision,
-                    ),
+                    Compare::mod_revision(self.key.as_str(), CompareOp::Equal, mod_revision),
+                    Compare::create_revision(self.key.as_str(), CompareOp::Equal, create_revision),
                 ]
             };
-            let unchanged = !missing && document.sha256() == base.document.sha256();
+            let unchanged =
+                !missing && over.is_none() && document.sha256() == base.document.sha256();
             let then = match unchanged {
                 true => vec![],
                 false => vec![TxnOp::put(
@@ -687,7 +843,10 @@ impl EtcdStore {
                 .and_then(then)
                 .or_else(vec![TxnOp::get(self.key.as_str(), None)]);
             let response = self
-                .call(self.kv().txn(txn))
+                .kv_call(|mut kv| {
+                    let txn = txn.clone();
+                    async move { kv.txn(txn).await }
+                })
                 .await
                 .map_err(|f| self.write_error(f))?;
             let header = response.header();
@@ -704,7 +863,7 @@ impl EtcdStore {
                     cluster_id: header.cluster_id(),
                     create_revision: match missing {
                         true => header.revision(),
-                        false => incarnation.create_revision,
+                        false => create_revision,
                     },
                 };
                 let revision = header.revision() as u64;
@@ -721,8 +880,15 @@ impl EtcdStore {
                 Some(kv) => {
                     missing = false;
                     base = self.publish_kv(kv, header);
+                    // Older than what etcd holds: that was not published,
+                    // not being a valid document.
+                    over = (base.revision < kv.mod_revision() as u64)
+                        .then(|| (kv.mod_revision(), kv.create_revision()));
                 }
-                None => missing = true,
+                None => {
+                    missing = true;
+                    over = None;
+                }
             }
         }
         Err(WriteError::Backend(format!(
@@ -733,7 +899,9 @@ impl EtcdStore {
 
     /// Reads the key now and publishes it if it is newer.
     async fn refresh(&self) -> Result<Arc<Published>, Failure> {
-        let read = self.call(self.kv().get(self.key.as_str(), None)).await?;
+        let read = self
+            .kv_call(|mut kv| async move { kv.get(self.key.as_str(), None).await })
+            .await?;
         Ok(match read.kvs().first() {
             Some(kv) => self.publish_kv(kv, read.header()),
             None => self.current.load_full(),
@@ -743,18 +911,39 @@ impl EtcdStore {
     fn write_error(&self, failure: Failure) -> WriteError {
         let endpoints = &self.endpoints;
         match failure {
-            Failure::Unreachable(reason) => WriteError::Unavailable(format!(
+            Failure::Unreachable(reason) | Failure::Unsent(reason) => WriteError::Unavailable(format!(
                 "etcd at {endpoints} is out of reach ({reason}); nothing was changed"
             )),
             Failure::Unconfirmed(reason) => WriteError::Unavailable(format!(
                 "etcd at {endpoints} did not confirm the write ({reason}); it may still be committed: read the args to see"
             )),
-            Failure::PermissionDenied(reason) => WriteError::PermissionDenied(format!(
+            Failure::PermissionDenied(reason) | Failure::CreateDenied(reason) => WriteError::PermissionDenied(format!(
                 "etcd refused the write to {}: {reason}",
                 self.key
             )),
             Failure::Compacted => WriteError::Backend("etcd compacted the revision read".to_owned()),
+            Failure::TooLarge(reason) => WriteError::RefusedAsTooLarge(format!(
+                "etcd at {endpoints} refused the write as too large ({reason}): its --max-request-bytes is below this broker's --etcd-max-request-bytes {}; nothing was changed",
+                self.max_request_bytes
+            )),
             Failure::Other(reason) => WriteError::Backend(format!("etcd at {endpoints}: {reason}")),
+        }
+    }
+
+    /// A read (ListRevisions) that failed: as a write's, without saying
+    /// what a write would have changed.
+    fn read_error(&self, failure: Failure) -> WriteError {
+        let endpoints = &self.endpoints;
+        match failure {
+            Failure::Unreachable(reason)
+            | Failure::Unsent(reason)
+            | Failure::Unconfirmed(reason) => {
+                WriteError::Unavailable(format!("etcd at {endpoints} is out of reach ({reason})"))
+            }
+            Failure::PermissionDenied(reason) | Failure::CreateDenied(reason) => {
+                WriteError::PermissionDenied(format!("etcd refused to read {}: {reason}", self.key))
+            }
+            other => self.write_error(other),
         }
     }
 
@@ -762,7 +951,13 @@ impl EtcdStore {
     /// still retained by etcd.
     async fn value_at(&self, revision: u64) -> Result<Vec<u8>, WriteError> {
         let at = GetOptions::new().with_revision(revision as i64);
-        match self.call(self.kv().get(self.key.as_str(), Some(at))).await {
+        let read = self
+            .kv_call(|mut kv| {
+                let at = at.clone();
+                async move { kv.get(self.key.as_str(), Some(at)).await }
+            })
+            .await;
+        match read {
             Ok(read) => {
                 if let Some(kv) = read.kvs().first() {
                     if kv.mod_revision() as u64 == revision {
@@ -790,6 +985,7 @@ impl EtcdStore {
     /// the current one, each at the revision before the last, until the key's
     /// creation, a compaction, `--history` revisions, or revision `after`.
     async fn walk(&self, after: Option<u64>) -> Result<Vec<Retained>, Failure> {
+        self.authenticate().await?;
         let current = self.current.load_full();
         let incarnation = *lock(&self.head);
         let mut found = Vec::new();
@@ -800,7 +996,10 @@ impl EtcdStore {
             }
             let options = GetOptions::new().with_revision(at);
             let read = match self
-                .call(self.kv().get(self.key.as_str(), Some(options)))
+                .kv_call(|mut kv| {
+                    let options = options.clone();
+                    async move { kv.get(self.key.as_str(), Some(options)).await }
+                })
                 .await
             {
                 Ok(read) => read,
@@ -823,7 +1022,7 @@ impl EtcdStore {
 
     /// ListRevisions: the retained revisions, oldest first.
     pub async fn revisions(&self) -> Result<Vec<pb::Revision>, WriteError> {
-        let walked = self.walk(None).await.map_err(|f| self.write_error(f))?;
+        let walked = self.walk(None).await.map_err(|f| self.read_error(f))?;
         Ok(walked
             .into_iter()
             .map(|r| {
@@ -912,7 +1111,12 @@ async fn read_or_seed(
         .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
         .and_then(vec![TxnOp::put(key, json, None)])
         .or_else(vec![TxnOp::get(key, None)]);
-    let response = bounded(timeout, kv_client.txn(txn)).await?;
+    let response = bounded(timeout, kv_client.txn(txn))
+        .await
+        .map_err(|failure| match failure {
+            Failure::PermissionDenied(reason) => Failure::CreateDenied(reason),
+            failure => failure,
+        })?;
     let Some(header) = response.header().cloned() else {
         return Err(Failure::Other("etcd sent no response header".to_owned()));
     };
@@ -927,17 +1131,58 @@ async fn read_or_seed(
     }
 }
 
+/// The reason to report of two failures in a row: a request cancelled or
+/// cut off because its connection closed says less than the failure before
+/// it (after a TLS handshake etcd refused, requests see the alert, a
+/// broken pipe or a cancellation, whichever comes first).
+fn telling(before: String, now: String) -> String {
+    let vague = now.contains("operation was canceled") || now.contains("broken pipe");
+    match vague && !before.is_empty() {
+        true => before,
+        false => now,
+    }
+}
+
+/// Authenticates `client` as `user` (if any) unless `done` says it was;
+/// the client keeps the user for renewing its token.
+async fn authenticate(
+    client: &Client,
+    user: Option<&(String, String)>,
+    done: &AtomicBool,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let Some(user) = user else { return Ok(()) };
+    if done.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    let mut client = client.clone();
+    // Anything etcd answers other than a token is a refusal of the user
+    // (a wrong password, auth not enabled), not a reason to try again.
+    bounded(timeout, client.update_user(Some(user.clone())))
+        .await
+        .map_err(|failure| match failure {
+            Failure::Other(reason) => Failure::PermissionDenied(reason),
+            failure => failure,
+        })?;
+    done.store(true, Ordering::Release);
+    Ok(())
+}
+
 async fn bounded<T>(
     timeout: Duration,
     request: impl Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, Failure> {
     match tokio::time::timeout(timeout, request).await {
         Ok(result) => result.map_err(Failure::of),
-        Err(_) => Err(Failure::Unconfirmed(format!(
-            "no answer within {}",
-            humantime::format_duration(timeout)
-        ))),
+        Err(_) => Err(no_answer(timeout)),
     }
+}
+
+fn no_answer(timeout: Duration) -> Failure {
+    Failure::Unconfirmed(format!(
+        "no answer within {}",
+        humantime::format_duration(timeout)
+    ))
 }
 
 fn connect_options(config: &Config) -> Result<ConnectOptions, StartError> {
@@ -948,8 +1193,13 @@ fn connect_options(config: &Config) -> Result<ConnectOptions, StartError> {
         // A member cut off from the others must not answer: reads would be
         // stale and watches silent.
         .with_require_leader(true);
-    if let Some((user, password)) = &config.user {
-        options = options.with_user(user, password);
+    // The user is not given here: the client would authenticate while
+    // connecting, so a broker could not start on its last-known-good copy
+    // while etcd is out of reach. `authenticate` does it before the first
+    // request; from then on the client renews an expired token (etcd
+    // forgets its tokens when it restarts).
+    if config.user.is_some() {
+        options = options.with_auto_token_refresh(true);
     }
     if let Some(tls) = &config.tls {
         let mut tls_options = TlsOptions::new();
@@ -983,15 +1233,17 @@ fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, StartError> {
     })
 }
 
-/// A value read from etcd, as a document; why not, in words.
-fn check_value(value: &[u8], max: usize) -> Result<Document, String> {
+/// A value read from etcd, as a document that satisfies `schema`; why not, in words.
+fn check_value(value: &[u8], max: usize, schema: Option<&Schema>) -> Result<Document, String> {
     if value.len() > max {
         return Err(format!(
             "it is {} bytes, over the limit of {max} (--max-args-bytes)",
             value.len()
         ));
     }
-    Document::parse(value).map_err(|err| err.to_string())
+    let document = Document::parse(value).map_err(|err| err.to_string())?;
+    satisfies(schema, &document).map_err(|unsatisfied| format!("it {unsatisfied}"))?;
+    Ok(document)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1036,8 +1288,9 @@ impl LastKnownGood {
         argsbroker::durable::write_atomic(&dir.join(LAST_KNOWN_GOOD), &text)
     }
 
-    /// The copy for `key`, if there is a readable one; anything else is logged.
-    fn load(dir: &Path, key: &str) -> Option<Self> {
+    /// The copy for `key`, if there is a readable one that satisfies
+    /// `schema`; anything else is logged.
+    fn load(dir: &Path, key: &str, schema: Option<&Schema>) -> Option<Self> {
         let path = dir.join(LAST_KNOWN_GOOD);
         let text = match std::fs::read(&path) {
             Ok(text) => text,
@@ -1058,6 +1311,10 @@ impl LastKnownGood {
         };
         if header.key != key {
             tracing::warn!(path = %path.display(), copy_of = header.key, key, "the last-known-good copy is of another key; not using it");
+            return None;
+        }
+        if let Err(unsatisfied) = satisfies(schema, &document) {
+            tracing::warn!(path = %path.display(), "the last-known-good copy {unsatisfied}; not using it");
             return None;
         }
         Some(Self {

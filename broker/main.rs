@@ -78,6 +78,10 @@ struct ServeArgs {
     #[arg(long, value_name = "PATH", env = "ARGSBROKER_SOCKET", default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
 
+    /// A JSON Schema (draft 2020-12) every document must satisfy: a write that would break it is refused (INVALID_ARGUMENT), and so is an args file (at start, on reload) or an etcd value that breaks it. One self-contained file: nothing is fetched for a `$ref`.
+    #[arg(long, value_name = "FILE", env = "ARGSBROKER_SCHEMA")]
+    schema: Option<PathBuf>,
+
     /// Where revisions (with etcd: the last-known-good copy) are kept across restarts [default: FILE.state beside the args file]
     #[arg(long, value_name = "DIR", env = "ARGSBROKER_STATE_DIR")]
     state_dir: Option<PathBuf>,

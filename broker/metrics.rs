@@ -69,6 +69,7 @@ pub enum Outcome {
     Ok,
     Conflict,
     Invalid,
+    Schema,
     TooLarge,
     NotFound,
     ReadOnly,
@@ -85,6 +86,7 @@ impl Outcome {
             Self::Ok => "ok",
             Self::Conflict => "conflict",
             Self::Invalid => "invalid",
+            Self::Schema => "schema",
             Self::TooLarge => "too_large",
             Self::NotFound => "not_found",
             Self::ReadOnly => "read_only",
@@ -100,9 +102,12 @@ impl Outcome {
     pub fn of_error(err: &WriteError) -> Self {
         match err {
             WriteError::Conflict { .. } => Self::Conflict,
-            WriteError::ReadOnly => Self::ReadOnly,
+            WriteError::ReadOnly(_) => Self::ReadOnly,
             WriteError::Invalid(_) | WriteError::PatchNotAnObject(_) => Self::Invalid,
-            WriteError::TooLarge { .. } | WriteError::TooLargeForBackend { .. } => Self::TooLarge,
+            WriteError::Schema(_) => Self::Schema,
+            WriteError::TooLarge { .. }
+            | WriteError::TooLargeForBackend { .. }
+            | WriteError::RefusedAsTooLarge(_) => Self::TooLarge,
             WriteError::NotRetained { .. } => Self::NotFound,
             WriteError::Unavailable(_) => Self::Unavailable,
             WriteError::PermissionDenied(_) => Self::Denied,

@@ -7,6 +7,7 @@ use crate::{
     ServeArgs,
 };
 use anyhow::Context;
+use argsbroker::schema::Schema;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -24,9 +25,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Bound before the state is touched: an address that cannot be had
     // stops the broker with nothing done.
     let metrics = args.metrics_listen.map(metrics::bind).transpose()?;
+    // Read before the args: a document is checked against it from the start.
+    let schema = match &args.schema {
+        Some(path) => Some(Arc::new(argsbroker::schema::Schema::load(path)?)),
+        None => None,
+    };
     let opened = match args.etcd.etcd_endpoints.is_empty() {
-        true => open_file(&args)?,
-        false => open_etcd(&args).await?,
+        true => open_file(&args, schema)?,
+        false => open_etcd(&args, schema).await?,
     };
     let store = opened.backend;
     let shutdown = argsbroker::shutdown::signal();
@@ -72,17 +78,17 @@ struct Opened {
 }
 
 /// One host: the args file, its state, reloads on SIGHUP and with --watch.
-fn open_file(args: &ServeArgs) -> anyhow::Result<Opened> {
+fn open_file(args: &ServeArgs, schema: Option<Arc<Schema>>) -> anyhow::Result<Opened> {
     let Some(args_path) = args.args.clone() else {
         anyhow::bail!("--args FILE is required to serve (or give a subcommand; see --help)");
     };
     let state_dir = (args.state_dir.clone()).unwrap_or_else(|| default_state_dir(&args_path));
     // Read before the state is touched: a file that is refused leaves nothing.
-    let file = store::ArgsFile::read(&args_path, args.max_args_bytes as usize)?;
+    let file = store::ArgsFile::read(&args_path, args.max_args_bytes as usize, schema.as_deref())?;
     // One broker per args file and per state directory: two would both
     // call their next write the same revision.
     let owner = own_state(&args_path, &state_dir, &args.socket, args.read_only)?;
-    let store = Arc::new(store::Store::open(file, &state_dir, args.limits())?);
+    let store = Arc::new(store::Store::open(file, &state_dir, args.limits(schema))?);
     // Reloads are set up before the socket exists: once a client can
     // connect, a SIGHUP or a change to the file is never missed.
     reload::on_sighup(store.clone()).context("cannot handle SIGHUP")?;
@@ -101,7 +107,7 @@ fn open_file(args: &ServeArgs) -> anyhow::Result<Opened> {
 /// Many hosts: the document in etcd, this host's last-known-good copy in
 /// the state directory (locked, one broker per state directory).
 #[cfg(feature = "etcd")]
-async fn open_etcd(args: &ServeArgs) -> anyhow::Result<Opened> {
+async fn open_etcd(args: &ServeArgs, schema: Option<Arc<Schema>>) -> anyhow::Result<Opened> {
     use crate::etcd::{Config, EtcdStore, Tls};
     let flags = &args.etcd;
     let state_dir = match (&args.state_dir, &args.args) {
@@ -112,7 +118,11 @@ async fn open_etcd(args: &ServeArgs) -> anyhow::Result<Opened> {
         ),
     };
     let seed = match &args.args {
-        Some(path) => Some(store::ArgsFile::read(path, args.max_args_bytes as usize)?),
+        Some(path) => Some(store::ArgsFile::read(
+            path,
+            args.max_args_bytes as usize,
+            schema.as_deref(),
+        )?),
         None => None,
     };
     argsbroker::durable::create_private_dir(&state_dir).with_context(|| {
@@ -147,6 +157,7 @@ async fn open_etcd(args: &ServeArgs) -> anyhow::Result<Opened> {
         max_request_bytes: flags.etcd_max_request_bytes as usize,
         history: args.history,
         read_only: args.read_only,
+        schema,
         tls,
         user,
     })
@@ -167,7 +178,7 @@ async fn open_etcd(args: &ServeArgs) -> anyhow::Result<Opened> {
 }
 
 #[cfg(not(feature = "etcd"))]
-async fn open_etcd(_: &ServeArgs) -> anyhow::Result<Opened> {
+async fn open_etcd(_: &ServeArgs, _: Option<Arc<Schema>>) -> anyhow::Result<Opened> {
     anyhow::bail!("--etcd-endpoints: this broker was built without etcd (cargo feature `etcd`, on by default); build it again with the default features")
 }
 
@@ -195,8 +206,9 @@ fn etcd_password(flags: &crate::EtcdArgs) -> anyhow::Result<String> {
 
 /// The flags, as the parts of the broker take them.
 impl ServeArgs {
-    fn limits(&self) -> store::Limits {
+    fn limits(&self, schema: Option<Arc<Schema>>) -> store::Limits {
         store::Limits {
+            schema,
             max_args_bytes: self.max_args_bytes as usize,
             history: self.history,
             history_bytes: self.history_bytes,

@@ -467,11 +467,19 @@ pub async fn watch_args(
         Some(after) => store.revisions_after(after).await.unwrap_or_default(),
         None => Vec::new(),
     };
-    let mut last_sent = replay.last().map_or(0, |args| args.revision);
+    let mut last_sent = replay
+        .last()
+        .map(|args| (args.revision, args.lineage.clone()));
     let follow = WatchStream::new(updates).filter_map(move |snapshot| {
-        let newer = snapshot.revision > last_sent;
-        last_sent = last_sent.max(snapshot.revision);
-        std::future::ready(newer.then(|| snapshot.frame.clone()))
+        // A newer revision, or another lineage: with etcd, a key made again
+        // or a cluster rebuilt starts its revisions over while watches run.
+        let send = last_sent.as_ref().is_none_or(|(revision, lineage)| {
+            snapshot.revision > *revision || snapshot.reply.lineage != *lineage
+        });
+        if send {
+            last_sent = Some((snapshot.revision, snapshot.reply.lineage.clone()));
+        }
+        std::future::ready(send.then(|| snapshot.frame.clone()))
     });
     tokio_stream::iter(replay.into_iter().map(|args| Frame::new(&args)))
         .chain(follow)
@@ -512,14 +520,14 @@ fn write_status(err: WriteError) -> Status {
             }
             status
         }
-        WriteError::ReadOnly => Status::failed_precondition(message),
+        WriteError::ReadOnly(_) => Status::failed_precondition(message),
         WriteError::NotRetained { .. } => Status::not_found(message),
-        WriteError::Invalid(_) | WriteError::PatchNotAnObject(_) => {
+        WriteError::Invalid(_) | WriteError::PatchNotAnObject(_) | WriteError::Schema(_) => {
             Status::invalid_argument(message)
         }
-        WriteError::TooLarge { .. } | WriteError::TooLargeForBackend { .. } => {
-            Status::resource_exhausted(message)
-        }
+        WriteError::TooLarge { .. }
+        | WriteError::TooLargeForBackend { .. }
+        | WriteError::RefusedAsTooLarge(_) => Status::resource_exhausted(message),
         WriteError::Unavailable(_) => {
             tracing::warn!(%message, "write failed");
             Status::unavailable(message)

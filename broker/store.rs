@@ -19,6 +19,7 @@ use argsbroker::document::{Document, DocumentError};
 use argsbroker::durable::{self, Keep};
 use argsbroker::frame::Frame;
 use argsbroker::pb;
+use argsbroker::schema::{Schema, Violations};
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -66,6 +67,30 @@ pub fn merge(current: &Document, patch: &serde_json::Value) -> Result<Document, 
     })
 }
 
+/// A document that fails `--schema`: which schema, and every violation.
+#[derive(Debug, thiserror::Error)]
+#[error("does not satisfy the schema {}: {violations}", schema.display())]
+pub struct Unsatisfied {
+    pub schema: PathBuf,
+    pub violations: Violations,
+}
+
+/// The one check of `--schema`, on every document that is to become the
+/// next revision: a write's result, an args file read at start or reloaded,
+/// a value from etcd. The parsed tree is made for the check and dropped
+/// after it, so a published document does not keep one.
+pub fn satisfies(schema: Option<&Schema>, document: &Document) -> Result<(), Unsatisfied> {
+    let Some(schema) = schema else {
+        return Ok(());
+    };
+    schema
+        .check(&document.to_value())
+        .map_err(|violations| Unsatisfied {
+            schema: schema.path().to_path_buf(),
+            violations,
+        })
+}
+
 /// Who asked for a change, for the history.
 #[derive(Debug, Clone, Copy)]
 pub struct Origin {
@@ -99,6 +124,11 @@ pub enum OpenError {
         path: PathBuf,
         source: DocumentError,
     },
+    #[error("the args file {path} {unsatisfied}")]
+    Schema {
+        path: PathBuf,
+        unsatisfied: Unsatisfied,
+    },
     #[error(transparent)]
     History(#[from] HistoryError),
     #[error(
@@ -131,12 +161,16 @@ pub enum WriteError {
         "revision conflict: expected revision {expected}, but the current revision is {current}"
     )]
     Conflict { expected: u64, current: u64 },
-    #[error("the broker is read-only (--read-only): change the args file and send SIGHUP")]
-    ReadOnly,
+    /// With what to do instead.
+    #[error("the broker is read-only (--read-only): {0}")]
+    ReadOnly(&'static str),
     #[error("{0}")]
     Invalid(DocumentError),
     #[error("the patch would make the top level {0}: the args must stay a JSON object")]
     PatchNotAnObject(&'static str),
+    /// The document that would be the next revision fails `--schema`.
+    #[error("the document {0}")]
+    Schema(Unsatisfied),
     /// `what`: "the document is", "the patch is" or "the result would be".
     #[error("{what} {size} bytes, over the limit of {max} bytes")]
     TooLarge {
@@ -172,6 +206,11 @@ pub enum WriteError {
     #[error("{0}")]
     Missing(String),
     #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    /// The backend refused the write as too large for it (etcd's own
+    /// limit is below what the broker was told).
+    #[error("{0}")]
+    RefusedAsTooLarge(String),
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     /// Any other backend failure.
     #[error("{0}")]
     Backend(String),
@@ -187,6 +226,8 @@ pub struct Limits {
     pub history: usize,
     pub history_bytes: usize,
     pub read_only: bool,
+    /// `--schema`: what every document must satisfy.
+    pub schema: Option<Arc<Schema>>,
 }
 
 pub struct Store {
@@ -228,8 +269,13 @@ impl ArgsFile {
         &self.document
     }
 
-    pub fn read(path: &Path, max_bytes: usize) -> Result<Self, OpenError> {
+    /// Reads the args file; it must satisfy `schema`, if one is given.
+    pub fn read(path: &Path, max_bytes: usize, schema: Option<&Schema>) -> Result<Self, OpenError> {
         let (document, stamp) = read_document(path, max_bytes)?;
+        satisfies(schema, &document).map_err(|unsatisfied| OpenError::Schema {
+            path: path.to_path_buf(),
+            unsatisfied,
+        })?;
         Ok(Self {
             path: path.to_path_buf(),
             document,
@@ -443,7 +489,7 @@ impl Store {
 
     fn check_writable(&self, what: &'static str, size: usize) -> Result<(), WriteError> {
         if self.limits.read_only {
-            return Err(WriteError::ReadOnly);
+            return Err(WriteError::ReadOnly("change the args file and send SIGHUP"));
         }
         self.check_size(what, size)
     }
@@ -493,6 +539,7 @@ impl Store {
             if document.sha256() == current.document.sha256() {
                 return Ok(current);
             }
+            satisfies(self.limits.schema.as_deref(), &document).map_err(WriteError::Schema)?;
             let pretty = argsbroker::document::pretty(document.json());
             Ok(self.commit(
                 &mut file,
@@ -536,6 +583,12 @@ impl Store {
             };
             return Ok(None);
         }
+        satisfies(self.limits.schema.as_deref(), &document).map_err(|unsatisfied| {
+            OpenError::Schema {
+                path: self.args_path.clone(),
+                unsatisfied,
+            }
+        })?;
         tracing::info!(
             args = %self.args_path.display(),
             "the args file was changed by someone else; loading it as a new revision"

@@ -11,6 +11,7 @@
 //!   (`pb::Args` is [`wire::Args`], whose JSON text is shared `Bytes`).
 //! - [`document`]: the args document, parsed once and kept exact.
 //! - [`pointer`]: RFC 6901 JSON pointers into a document.
+//! - [`schema`]: a JSON Schema every document must satisfy (`broker --schema`).
 //! - [`client`]: connect to a broker and follow its args with a lock-free cache.
 //! - [`durable`]: atomic, fsynced file replacement that can be undone.
 //! - [`frame`]: a gRPC response message encoded once and sent many times.
@@ -47,6 +48,7 @@ pub mod durable;
 pub mod frame;
 pub mod logging;
 pub mod pointer;
+pub mod schema;
 pub mod sd_notify;
 pub mod shutdown;
 pub mod sys;

@@ -18,6 +18,7 @@ pub fn limits() -> Limits {
         history: 100,
         history_bytes: 64 * 1024 * 1024,
         read_only: false,
+        schema: None,
     }
 }
 
@@ -30,8 +31,12 @@ pub fn site(args: &str) -> tempfile::TempDir {
 
 /// Opens the store of `dir/args.json` (state in `dir/args.json.state`).
 pub fn open(dir: &Path, limits: Limits) -> Store {
-    let args =
-        ArgsFile::read(&dir.join("args.json"), limits.max_args_bytes).expect("read the args");
+    let args = ArgsFile::read(
+        &dir.join("args.json"),
+        limits.max_args_bytes,
+        limits.schema.as_deref(),
+    )
+    .expect("read the args");
     Store::open(args, &dir.join("args.json.state"), limits).expect("open the store")
 }
 

@@ -239,7 +239,7 @@ async fn writes_over_the_limit_or_read_only_are_refused() {
     );
     assert!(matches!(
         store.patch("{}", None, None).await,
-        Err(WriteError::ReadOnly)
+        Err(WriteError::ReadOnly(_))
     ));
 }
 
@@ -318,4 +318,47 @@ async fn an_outside_edit_back_to_the_brokers_own_write_is_a_revision() {
         (reverted.revision, json(&store)),
         (4, r#"{"a":2,"list":[10,20],"nested":{"k":"v"}}"#.into())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outside_edit_that_breaks_the_schema_is_never_a_revision() {
+    let dir = site(DOC);
+    let path = dir.path().join("args.schema.json");
+    let text = br#"{"properties": {"a": {"type": "integer"}}}"#;
+    let schema = argsbroker::schema::Schema::from_slice(&path, text).unwrap();
+    let store = open(
+        dir.path(),
+        Limits {
+            schema: Some(std::sync::Arc::new(schema)),
+            ..limits()
+        },
+    );
+    let unsatisfied = format!(
+        "does not satisfy the schema {}: /a: \"x\" is not of type \"integer\"",
+        path.display()
+    );
+    // A write, then an outside edit found by a reload or by the next write:
+    // each refused, and the revision stays.
+    let refused = store.patch(r#"{"a": "x"}"#, None, None).await.unwrap_err();
+    assert!(matches!(refused, WriteError::Schema(_)));
+    assert_eq!(refused.to_string(), format!("the document {unsatisfied}"));
+    write_outside(dir.path(), r#"{"a": "x"}"#);
+    let reloaded = store.reload().await.map(|s| s.map(|s| s.revision));
+    match reloaded {
+        Err(err @ OpenError::Schema { .. }) => assert_eq!(
+            err.to_string(),
+            format!(
+                "the args file {} {unsatisfied}",
+                dir.path().join("args.json").display()
+            )
+        ),
+        other => panic!("expected Schema, got {other:?}"),
+    }
+    let refused = store.patch(r#"{"b": 1}"#, None, None).await;
+    assert!(matches!(refused, Err(WriteError::OutsideEdit(..))));
+    assert_eq!(
+        (store.current().revision, json(&store)),
+        (1, DOC_COMPACT.into())
+    );
+    assert_eq!(sources(&store), [(1, "file".into())]);
 }

@@ -2,12 +2,16 @@
 //
 // At startup it waits for the broker (up to ARGSBROKER_TIMEOUT_MS, default
 // 10 s), takes the current args over gRPC on the broker's Unix socket, then
-// keeps them fresh by following WatchArgs (reconnecting with jittered backoff,
-// capped at 1 s, if the broker goes away). It serves GET /args as
+// keeps them fresh by following the broker's Follow stream, telling it after
+// each revision which one it serves (WatchArgs, reporting nothing, from a
+// broker without Follow), and reconnecting with jittered backoff, capped at
+// 1 s, if the broker goes away. It names itself ARGSBROKER_NAME (default: the
+// script's file name, worker.js) in `broker status`. It serves GET /args as
 // {"args": <document>} from the broker's exact JSON text: JavaScript numbers
 // cannot hold a 30-digit integer, so the text is passed through, not re-encoded.
 //
 //   ARGSBROKER_SOCKET=/tmp/argsbroker.sock PORT=8080 node worker.js
+//   ARGSBROKER_NAME="worker 127.0.0.1:8080" node worker.js
 //   node worker.js --print          # print the args once and exit
 import http from 'node:http';
 import path from 'node:path';
@@ -97,31 +101,58 @@ export function verdict(held, offered) {
   return o > h ? 'newer' : 'older';
 }
 
+/** How a follower names itself unless told: this script's file name, else "node". */
+export function defaultName() {
+  return process.argv[1] ? path.basename(process.argv[1]) : 'node';
+}
+
 /**
- * The live args: waits for the broker, then follows WatchArgs. `live.current`
- * is always the newest {revision, json, sha256, lineage}: within one lineage
- * it never goes back to an older revision, and a new lineage (the broker's
- * state was reset or replaced) is adopted at once, with a warning.
+ * The live args: waits for the broker, then follows it on a Follow stream.
+ * `live.current` is always the newest {revision, json, sha256, lineage}:
+ * within one lineage it never goes back to an older revision, and a new
+ * lineage (the broker's state was reset or replaced) is adopted at once, with
+ * a warning. Each Follow stream starts with a FollowRequest naming this
+ * follower (`options.name`, default `defaultName()`) and stating the revision
+ * it serves; another follows each revision it applies. A broker without
+ * Follow (UNIMPLEMENTED) is followed with WatchArgs, reporting nothing
+ * (`live.reporting` is false).
  */
-export async function follow(socketPath = process.env.ARGSBROKER_SOCKET || DEFAULT_SOCKET, timeoutMs = 10000) {
+export async function follow(socketPath = process.env.ARGSBROKER_SOCKET || DEFAULT_SOCKET, timeoutMs = 10000, options = {}) {
   const { client, first } = await waitForBroker(socketPath, timeoutMs);
-  const live = { current: first, client, closed: false, close: () => { live.closed = true; live.call?.cancel(); client.close(); } };
+  const name = options.name || defaultName();
+  const live = { current: first, client, name, reporting: false, closed: false, close: () => { live.closed = true; live.call?.cancel(); client.close(); } };
+  // This follower's whole position; it rejects nothing, so rejected_revision stays 0.
+  const position = () => ({ name, applied_revision: live.current.revision, applied_lineage: live.current.lineage, rejected_revision: '0', rejected_reason: '' });
+  // Returns whether the revision served changed (there is something to report).
   const apply = (args) => {
     const v = verdict(live.current, args);
     if (v === 'new lineage') {
       console.warn(`the broker's args have a new lineage (its state was reset or replaced); serving its revision ${args.revision}`);
     }
-    if (v === 'newer' || v === 'new lineage') live.current = args;
+    if (v === 'newer' || v === 'new lineage') {
+      live.current = args;
+      return true;
+    }
+    return false;
   };
   let step = 20;
-  const watch = () => {
+  const watch = (useFollow = true) => {
     if (live.closed) return;
-    const call = client.WatchArgs({});
+    const call = useFollow ? client.Follow() : client.WatchArgs({});
     live.call = call;
-    call.on('data', (args) => { step = 20; apply(args); });
-    call.on('error', () => {}); // 'end'/'close' follows; reconnect there
-    call.on('close', () => {
+    live.reporting = useFollow;
+    if (useFollow) call.write(position());
+    let unimplemented = false;
+    call.on('data', (args) => {
+      step = 20;
+      if (apply(args) && useFollow) call.write(position());
+    });
+    call.on('error', (err) => { unimplemented = useFollow && err.code === grpc.status.UNIMPLEMENTED; });
+    // 'status' comes last, however the call ended; reconnect there.
+    call.on('status', () => {
+      if (useFollow) call.end();
       if (live.closed) return;
+      if (unimplemented) return watch(false); // a broker from before Follow
       setTimeout(watch, jitter(step)).unref();
       step = Math.min(step * 2, 1000);
     });
@@ -153,7 +184,7 @@ async function main() {
     client.close();
     return;
   }
-  const live = await follow(socketPath, timeoutMs);
+  const live = await follow(socketPath, timeoutMs, { name: process.env.ARGSBROKER_NAME });
   const server = serve(live);
   server.listen(Number(process.env.PORT || 8080), process.env.HOST || '127.0.0.1', () => {
     const { address, port } = server.address();

@@ -13,7 +13,9 @@
 //! Cases tested elsewhere, once: a missing args file and a regular file at
 //! the socket path (startup_errors.rs); a second broker on a live socket
 //! (core.rs); a revision that is not retained for Rollback and writes under
-//! --read-only (updates.rs); other users' writes and reads (security.rs).
+//! --read-only (updates.rs); other users' writes and reads (security.rs);
+//! documents that break --schema, and schema files that are not JSON or not
+//! a schema (schema.rs).
 #[path = "../common/mod.rs"]
 mod common;
 

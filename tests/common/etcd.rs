@@ -37,6 +37,11 @@ pub struct Member {
     pub peer_port: u16,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// `http`, or `https` in a cluster started with [`Cluster::start_tls`].
+    pub scheme: &'static str,
+    /// Where `/health` is answered over plain HTTP: the client port, or
+    /// with TLS a separate `--listen-metrics-urls` port.
+    pub health_port: u16,
     child: Option<Child>,
     /// How many times it was started, for the log file's name.
     starts: u32,
@@ -44,7 +49,7 @@ pub struct Member {
 
 impl Member {
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.client_port)
     }
 
     fn peer_url(&self) -> String {
@@ -96,8 +101,21 @@ pub struct Cluster {
     pub members: Vec<Member>,
     initial_cluster: String,
     token: String,
+    /// Extra flags for every member (e.g. `--max-request-bytes`).
+    extra_args: Vec<String>,
+    tls: Option<ServerTls>,
     // Removed after Drop has killed every member.
     dir: tempfile::TempDir,
+}
+
+/// PEM files for a cluster's TLS client URLs: the server's certificate
+/// and key, and the CA that client certificates must be signed by
+/// (`--client-cert-auth`).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 impl Cluster {
@@ -105,10 +123,28 @@ impl Cluster {
     /// Ports are probed free; if one was taken in between (a member exits at
     /// once), the whole cluster is started again on new ports.
     pub fn start(n: usize) -> Self {
+        Self::start_with(n, &[])
+    }
+
+    /// [`Cluster::start`], with `extra_args` given to every member (e.g.
+    /// `["--max-request-bytes", "65536"]`).
+    pub fn start_with(n: usize, extra_args: &[&str]) -> Self {
+        Self::start_configured(n, extra_args, None)
+    }
+
+    /// [`Cluster::start_with`], serving clients over TLS only (`https://`
+    /// endpoints) and requiring a client certificate signed by `tls.ca`.
+    /// Peers talk plain HTTP; `/health` is polled on a plain metrics port.
+    pub fn start_tls(n: usize, tls: &ServerTls, extra_args: &[&str]) -> Self {
+        Self::start_configured(n, extra_args, Some(tls.clone()))
+    }
+
+    fn start_configured(n: usize, extra_args: &[&str], tls: Option<ServerTls>) -> Self {
         which_or_panic(&etcd_bin());
+        let extra_args: Vec<String> = extra_args.iter().map(|a| (*a).to_owned()).collect();
         let mut last_logs = String::new();
         for _attempt in 0..3 {
-            let mut cluster = Self::spawn(n);
+            let mut cluster = Self::spawn(n, &extra_args, tls.clone());
             match cluster.wait_all_healthy(STARTUP) {
                 Ok(()) => return cluster,
                 Err(why) => {
@@ -120,7 +156,7 @@ impl Cluster {
         panic!("the etcd cluster did not become healthy in 3 attempts:\n{last_logs}");
     }
 
-    fn spawn(n: usize) -> Self {
+    fn spawn(n: usize, extra_args: &[String], tls: Option<ServerTls>) -> Self {
         // /dev/shm where there is one: fsync on tmpfs costs nothing.
         let parent = Path::new("/dev/shm");
         let dir = if parent.is_dir() {
@@ -130,7 +166,9 @@ impl Cluster {
         }
         .expect("a temp dir for etcd");
         // All ports bound at once, so they are distinct; released just before use.
-        let listeners: Vec<TcpListener> = (0..2 * n)
+        // Per member: client, peer, and with TLS a plain metrics port.
+        let per = if tls.is_some() { 3 } else { 2 };
+        let listeners: Vec<TcpListener> = (0..per * n)
             .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
             .collect();
         let ports: Vec<u16> = listeners
@@ -141,10 +179,15 @@ impl Cluster {
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_port: ports[2 * i],
-                peer_port: ports[2 * i + 1],
+                client_port: ports[per * i],
+                peer_port: ports[per * i + 1],
                 data_dir: dir.path().join(format!("m{i}.etcd")),
                 log: dir.path().join(format!("m{i}.log")),
+                scheme: if tls.is_some() { "https" } else { "http" },
+                health_port: match tls {
+                    Some(_) => ports[per * i + 2],
+                    None => ports[per * i],
+                },
                 child: None,
                 starts: 0,
             })
@@ -166,6 +209,8 @@ impl Cluster {
             members,
             initial_cluster,
             token,
+            extra_args: extra_args.to_vec(),
+            tls,
             dir,
         };
         for i in 0..n {
@@ -205,7 +250,19 @@ impl Cluster {
             // Fast failure detection: a killed leader is replaced in about a second.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
-            .args(["--log-level", "warn"])
+            .args(["--log-level", "warn"]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth")
+                .arg("--listen-metrics-urls")
+                .arg(format!("http://127.0.0.1:{}", m.health_port));
+        }
+        cmd.args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("clone the log"))
             .stderr(out);
@@ -243,6 +300,26 @@ impl Cluster {
         }
     }
 
+    /// etcd rebuilt from scratch: kills every member (by its pid), deletes
+    /// their data directories, and starts a new cluster on the same ports
+    /// with a new cluster token (so a new cluster id), waiting until every
+    /// member is healthy. Nothing of the old cluster's keys survives.
+    pub fn wipe_and_start_again(&mut self) {
+        for m in &mut self.members {
+            m.kill();
+            if m.data_dir.exists() {
+                std::fs::remove_dir_all(&m.data_dir).expect("remove an etcd data dir");
+            }
+        }
+        self.token.push_str("-again");
+        for i in 0..self.members.len() {
+            self.spawn_member(i);
+        }
+        if let Err(why) = self.wait_all_healthy(STARTUP) {
+            panic!("{why}\n{}", self.logs());
+        }
+    }
+
     /// Waits until every running member answers `/health` with true.
     pub fn wait_all_healthy(&mut self, limit: Duration) -> Result<(), String> {
         let running: Vec<usize> = (0..self.members.len())
@@ -263,7 +340,7 @@ impl Cluster {
                     ));
                 }
             }
-            pending.retain(|&i| !healthy(self.members[i].client_port));
+            pending.retain(|&i| !healthy(self.members[i].health_port));
             if pending.is_empty() {
                 return Ok(());
             }

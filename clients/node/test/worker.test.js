@@ -3,12 +3,14 @@
 // by pid, readiness polled with deadlines.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { connect, getArgs, patchArgs, verdict, waitForBroker } from '../worker.js';
+import grpc from '@grpc/grpc-js';
+import protoLoader from '@grpc/proto-loader';
+import { connect, follow, getArgs, patchArgs, verdict, waitForBroker } from '../worker.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(here, '../../..');
@@ -188,4 +190,64 @@ test('the lineage rule: older within a lineage is kept out; a new lineage or ano
   assert.equal(verdict(held, { revision: '4', sha256: 'c', lineage: 'L1' }), 'older');
   assert.equal(verdict(held, { revision: '1', sha256: 'd', lineage: 'L2' }), 'new lineage');
   assert.equal(verdict(held, { revision: '5', sha256: 'e', lineage: 'L1' }), 'new lineage');
+});
+
+/** `broker status --json` of the broker on `socket`, parsed. */
+function brokerStatus(socket) {
+  return new Promise((resolve, reject) => {
+    execFile(BROKER, ['status', '--socket', socket, '--json'], (err, stdout, stderr) => (err ? reject(new Error(`${err.message}: ${stderr}`)) : resolve(JSON.parse(stdout))));
+  });
+}
+
+test('the worker follows on Follow: the broker lists it by name with the revision it applied', async () => {
+  const broker = startBroker(tempDir());
+  await brokerReady(broker);
+  const named = start(process.execPath, [WORKER], { env: { ...process.env, ARGSBROKER_SOCKET: broker.socket, PORT: '0', ARGSBROKER_NAME: 'node worker' } });
+  await eventually('the named worker to be listed', async () => (await brokerStatus(broker.socket)).followers.length === 1);
+  const plain = start(process.execPath, [WORKER], { env: { ...process.env, ARGSBROKER_SOCKET: broker.socket, PORT: '0', ARGSBROKER_NAME: '' } });
+  const listed = (status) => status.followers.map((f) => [f.name, f.pid, f.applied_revision, f.rejected_revision, f.rejected_reason]);
+  const both = (revision) => [['node worker', named.pid, revision, 0, ''], ['worker.js', plain.pid, revision, 0, '']];
+  await eventually('both workers to report revision 1', async () => JSON.stringify(listed(await brokerStatus(broker.socket))) === JSON.stringify(both(1)));
+
+  const client = connect(broker.socket);
+  const patched = await patchArgs(client, { arg1: 'followed' });
+  client.close();
+  assert.equal(patched.revision, '2');
+  const status = await eventually('both workers to report revision 2', async () => {
+    const s = await brokerStatus(broker.socket);
+    return JSON.stringify(listed(s)) === JSON.stringify(both(2)) ? s : null;
+  });
+  assert.equal(status.revision, 2);
+  await stopChild(named);
+  await stopChild(plain);
+  await eventually('the workers to leave the list', async () => (await brokerStatus(broker.socket)).followers.length === 0);
+  await stopChild(broker);
+});
+
+test('a broker without Follow (UNIMPLEMENTED) is followed with WatchArgs', async () => {
+  const { argsbroker } = grpc.loadPackageDefinition(protoLoader.loadSync('argsbroker/v1/args.proto', {
+    includeDirs: [path.join(REPO, 'proto')], keepCase: true, longs: String, defaults: true,
+  }));
+  const doc = (revision, json) => ({ revision, json, sha256: String(revision).repeat(64).slice(0, 64), lineage: 'L' });
+  const watches = [];
+  const server = new grpc.Server();
+  // Follow is left out: grpc-js answers it UNIMPLEMENTED, as a broker from before it does.
+  server.addService(argsbroker.v1.ArgsBroker.service, {
+    GetArgs: (call, callback) => callback(null, doc(7, '{"arg1":"old broker"}')),
+    WatchArgs: (call) => { watches.push(call); call.write(doc(7, '{"arg1":"old broker"}')); },
+  });
+  const socket = path.join(tempDir(), 'old.sock');
+  await new Promise((resolve, reject) => server.bindAsync(`unix:${socket}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())));
+  const live = await follow(socket, 5000, { name: 'test' });
+  try {
+    await eventually('the fallback to WatchArgs', () => watches.length === 1 && live.reporting === false);
+    assert.equal(live.current.revision, '7');
+    watches[0].write(doc(8, '{"arg1":"newer"}'));
+    await eventually('revision 8', () => live.current.revision === '8');
+    assert.equal(live.current.json, '{"arg1":"newer"}');
+    assert.equal(watches.length, 1);
+  } finally {
+    live.close();
+    server.forceShutdown();
+  }
 });

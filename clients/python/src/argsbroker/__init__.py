@@ -9,6 +9,7 @@ an app (uvicorn or gunicorn workers included), served by a small broker.
 
     live = argsbroker.follow()             # in a worker: a live local copy
     live.value, live.get("/model/name")    # local reads, always the newest revision
+    live.get(min_revision=7)               # once revision 7 (or newer) is here (1 s at most)
 
     client = argsbroker.connect()          # one-shot reads and writes (one RPC each)
 
@@ -28,7 +29,7 @@ from ._client import (
     loads,
     open_channel,
 )
-from ._live import LiveArgs, Rejection, follow
+from ._live import LiveArgs, Rejection, RevisionNotReached, follow
 from ._model import ArgsRejected
 from ._pointer import InvalidPointer
 from ._serve import ServedArgs, broker_executable, serve
@@ -46,6 +47,7 @@ __all__ = [
     "LiveArgs",
     "Rejection",
     "RevisionConflict",
+    "RevisionNotReached",
     "ServedArgs",
     "Snapshot",
     "broker_executable",

@@ -1,10 +1,14 @@
-"""A local copy of the args that a background thread keeps fresh by following WatchArgs."""
+"""A local copy of the args that a background thread keeps fresh by following
+the broker (Follow, reporting what it applied; WatchArgs from a broker without it)."""
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import queue
+import sys
 import threading
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import grpc
 
@@ -27,34 +31,110 @@ from ._pointer import resolve
 #: How long one attempt may wait for the first message of a watch.
 _FIRST_MESSAGE_LIMIT = 5.0
 
+#: What a user's validate callable may be: it takes the Snapshot (``typed``
+#: set when there is a model) and rejects it by raising, or by returning an
+#: error string (or False); None or True accepts it.
+Validate = Callable[[Snapshot], Any]
 
-def _open_watch(socket_path: str, limit: float) -> Tuple[grpc.Channel, Any, Snapshot]:
-    """Opens WatchArgs on a fresh channel and reads its first message, the
-    broker's current snapshot, giving up after ``limit`` seconds."""
-    channel = open_channel(socket_path)
-    call = args_pb2_grpc.ArgsBrokerStub(channel).WatchArgs(args_pb2.WatchArgsRequest())
-    # A stream has no per-message deadline; a timer cancels a silent one.
+
+def default_name() -> str:
+    """How a follower names itself unless told: this program's file name
+    (``app.py``, ``uvicorn``; the package for ``python -m pkg``), else "python"."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if argv0 in ("", "-c", "-m", "-"):
+        return "python"
+    base = os.path.basename(argv0)
+    if base == "__main__.py":
+        return os.path.basename(os.path.dirname(argv0)) or "python"
+    return base or "python"
+
+
+class _Reports:
+    """The request side of one Follow call: FollowRequests queued for grpc's
+    sending thread, until closed."""
+
+    def __init__(self) -> None:
+        self._queue: "queue.SimpleQueue[Optional[args_pb2.FollowRequest]]" = queue.SimpleQueue()
+
+    def send(self, request: args_pb2.FollowRequest) -> None:
+        self._queue.put(request)
+
+    def close(self) -> None:
+        """Ends the request stream, so that grpc's thread reading it stops."""
+        self._queue.put(None)
+
+    def __iter__(self) -> Iterator[args_pb2.FollowRequest]:
+        while True:
+            request = self._queue.get()
+            if request is None:
+                return
+            yield request
+
+
+def _first_message(call: Any, limit: float) -> Any:
+    """The first message of a stream; a timer cancels one that stays silent."""
     guard = threading.Timer(limit, call.cancel)
     guard.daemon = True
     guard.start()
     try:
-        first = next(call)
-    except StopIteration:
-        channel.close()
-        raise BrokerUnavailable("the broker ended the watch before sending a snapshot") from None
-    except grpc.RpcError as err:
-        channel.close()
-        if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
-            raise BrokerUnavailable(f"{err.code().name}: {err.details()}") from None
-        raise translate(err, socket_path, "WatchArgs") from None
+        return next(call)
     finally:
         guard.cancel()
+
+
+def _open_watch(
+    socket_path: str,
+    limit: float,
+    name: str,
+    position: Optional[args_pb2.FollowRequest] = None,
+) -> Tuple[grpc.Channel, Any, Snapshot, Optional[_Reports]]:
+    """Opens Follow on a fresh channel (its first request names this follower
+    and states ``position``, if any) and reads its first message, the broker's
+    current snapshot, giving up after ``limit`` seconds. A broker without
+    Follow (UNIMPLEMENTED) is watched with WatchArgs instead, and gets no
+    reports (None)."""
+    channel = open_channel(socket_path)
+    stub = args_pb2_grpc.ArgsBrokerStub(channel)
+    reports: Optional[_Reports] = _Reports()
+    hello = args_pb2.FollowRequest()
+    if position is not None:
+        hello.CopyFrom(position)
+    hello.name = name
+    reports.send(hello)
+    what = "Follow"
+    try:
+        try:
+            call = stub.Follow(iter(reports))
+            first = _first_message(call, limit)
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            # A broker from before Follow: watch, without reports.
+            reports.close()
+            reports, what = None, "WatchArgs"
+            call = stub.WatchArgs(args_pb2.WatchArgsRequest())
+            first = _first_message(call, limit)
+    except StopIteration:
+        _close(channel, reports)
+        raise BrokerUnavailable(f"the broker ended {what} before sending a snapshot") from None
+    except grpc.RpcError as err:
+        _close(channel, reports)
+        if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise BrokerUnavailable(f"{err.code().name}: {err.details()}") from None
+        raise translate(err, socket_path, what) from None
     try:
         snapshot = Snapshot.from_message(first)
     except ValueError as err:
-        channel.close()
+        call.cancel()
+        _close(channel, reports)
         raise BrokerError(f"the broker at {socket_path} sent args that are not valid JSON: {err}") from None
-    return channel, call, snapshot
+    return channel, call, snapshot, reports
+
+
+def _close(channel: grpc.Channel, reports: Optional[_Reports]) -> None:
+    if reports is not None:
+        reports.close()
+    channel.close()
 
 
 #: What a follower does with a snapshot the broker offers (see _verdict).
@@ -75,25 +155,70 @@ def _verdict(held: Snapshot, offered: Snapshot) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Rejection:
-    """A revision the broker served that the model refused; the previous one is kept."""
+    """A revision the broker served that this follower refused (its model or
+    its validate said no); the previous one is kept."""
 
     revision: int
     lineage: str
-    #: The validation error's text (pydantic's message).
+    #: Why: pydantic's message for a model, validate's error otherwise.
     error: str
+
+    @property
+    def reason(self) -> str:
+        """The same as ``error``: what the broker is told (rejected_reason)."""
+        return self.error
+
+
+class RevisionNotReached(TimeoutError):
+    """``get(min_revision=N)`` waited and the follower still serves an older revision."""
+
+    def __init__(self, message: str, wanted: int, serving: int) -> None:
+        super().__init__(message)
+        self.wanted = wanted
+        self.serving = serving
+
+
+def checker(model: Any = None, validate: Optional[Validate] = None) -> Optional[Validator]:
+    """One Validator for a model and a user's validate: returns the typed
+    value (None without a model) or raises ArgsRejected with the reason."""
+    typed_by = validator(model) if model is not None else None
+    if typed_by is None and validate is None:
+        return None
+
+    def check(snapshot: Snapshot) -> Any:
+        typed = typed_by(snapshot) if typed_by is not None else None
+        if validate is None:
+            return typed
+        try:
+            verdict = validate(dataclasses.replace(snapshot, typed=typed))
+        except ArgsRejected:
+            raise
+        except Exception as err:  # the user's check said no by raising
+            reason = str(err) or type(err).__name__
+        else:
+            if verdict is None or verdict is True:
+                return typed
+            reason = verdict if isinstance(verdict, str) and verdict else "rejected by validate"
+        raise ArgsRejected(f"validate rejected the broker's args at revision {snapshot.revision}: {reason}", reason)
+
+    return check
 
 
 class LiveArgs:
     """The broker's args, kept fresh in the background: reading them is one
     attribute load, with no RPC and no lock.
 
-    A daemon thread follows WatchArgs. When the broker goes away, the last
-    args stay readable and the thread reconnects with jittered, capped
-    exponential backoff (at most 1 s between tries). Within one lineage of
-    the broker's state what it holds never goes back to an older revision; a
-    new lineage (the broker's state was reset or replaced) is adopted at once.
-    With a model, a revision that fails it is rejected (logged, and kept in
-    ``rejected``) and the previous one stays. Create it in each worker process
+    A daemon thread follows the broker on a Follow stream, naming this
+    follower (``name``) and telling the broker, after each revision, which one
+    it serves and the last one it rejected (see ``broker status``); from a
+    broker without Follow it watches WatchArgs and reports nothing. When the
+    broker goes away, the last args stay readable and the thread reconnects
+    with jittered, capped exponential backoff (at most 1 s between tries).
+    Within one lineage of the broker's state what it holds never goes back to
+    an older revision; a new lineage (the broker's state was reset or
+    replaced) is adopted at once. With a model or a validate callable, a
+    revision that fails is rejected (logged, kept in ``rejected``, reported to
+    the broker) and the previous one stays. Create it in each worker process
     (in the lifespan hook, not before a fork).
     """
 
@@ -104,13 +229,19 @@ class LiveArgs:
         call: Any,
         first: Snapshot,
         validate: Optional[Validator] = None,
+        *,
+        name: Optional[str] = None,
+        reports: Optional[_Reports] = None,
     ) -> None:
         self.socket_path = socket_path
+        #: How this follower names itself to the broker.
+        self.name = name or default_name()
         self._validate = validate
         self._snapshot = first
         self._connected = True
         self._channel = channel
         self._call = call
+        self._reports = reports
         self._listeners: List[Callable[[Snapshot], None]] = []
         self._lock = threading.Lock()
         self._changed = threading.Condition()
@@ -150,14 +281,45 @@ class LiveArgs:
         return self._connected
 
     @property
+    def reporting(self) -> bool:
+        """Whether the broker hears what this follower applies (it has Follow)."""
+        return self._reports is not None
+
+    @property
     def rejected(self) -> Optional[Rejection]:
-        """The last revision the model refused, if it is newer than the one served."""
+        """The last revision the model or validate refused, until a newer one is served."""
         return self._rejected
 
-    def get(self, pointer: str = "") -> Any:
+    def get(self, pointer: str = "", *, min_revision: Optional[int] = None, timeout: Optional[float] = 1.0) -> Any:
         """The value at an RFC 6901 pointer in the local copy (no RPC).
-        Raises ArgsNotFound if there is none."""
+        Raises ArgsNotFound if there is none.
+
+        With ``min_revision``: first waits (blocking this thread, woken by the
+        watcher, no polling) until the copy is at that revision or newer, for at
+        most ``timeout`` seconds (None: no limit); RevisionNotReached otherwise.
+        In async code use ``get_async``."""
+        if min_revision is not None and not self.wait_for_revision_blocking(min_revision, timeout):
+            raise self._not_reached(min_revision, timeout)
         return resolve(self._snapshot.value, pointer)
+
+    async def get_async(
+        self, pointer: str = "", *, min_revision: Optional[int] = None, timeout: Optional[float] = 1.0
+    ) -> Any:
+        """``get``, waiting for ``min_revision`` without blocking the event loop."""
+        if min_revision is not None and not await self.wait_for_revision(min_revision, timeout):
+            raise self._not_reached(min_revision, timeout)
+        return resolve(self._snapshot.value, pointer)
+
+    def _not_reached(self, wanted: int, timeout: Optional[float]) -> RevisionNotReached:
+        serving = self._snapshot.revision
+        message = (
+            f"argsbroker: revision {wanted} or newer did not arrive within {timeout:g} s: "
+            f"still serving revision {serving} from the broker at {self.socket_path}"
+        )
+        rejected = self._rejected
+        if rejected is not None and rejected.revision >= wanted:
+            message += f" (revision {rejected.revision} was rejected: {rejected.error})"
+        return RevisionNotReached(message, wanted, serving)
 
     def on_change(self, listener: Callable[[Snapshot], None]) -> None:
         """Calls ``listener(snapshot)`` on the watcher thread for each revision adopted."""
@@ -193,7 +355,7 @@ class LiveArgs:
         self._closed.set()
         with self._lock:
             self._call.cancel()
-            self._channel.close()
+            _close(self._channel, self._reports)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=2.0)
 
@@ -203,9 +365,28 @@ class LiveArgs:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _position(self) -> args_pb2.FollowRequest:
+        """What this follower tells the broker: the revision it serves, and
+        the last one it rejected."""
+        held, rejected = self._snapshot, self._rejected
+        return args_pb2.FollowRequest(
+            name=self.name,
+            applied_revision=held.revision,
+            applied_lineage=held.lineage,
+            rejected_revision=rejected.revision if rejected else 0,
+            rejected_reason=rejected.error if rejected else "",
+        )
+
+    def _report(self) -> None:
+        reports = self._reports
+        if reports is not None:
+            reports.send(self._position())
+
     def _follow(self) -> None:
         backoff = Backoff(0.02, 1.0)
         while True:
+            # Every watch starts by stating where this follower is.
+            self._report()
             reason = self._drain(self._call)
             if self._closed.is_set():
                 return
@@ -216,22 +397,24 @@ class LiveArgs:
                 reason,
                 self._snapshot.revision,
             )
-            self._channel.close()
+            _close(self._channel, self._reports)
             backoff.reset()
             while True:
                 if self._closed.wait(backoff.next()):
                     return
                 try:
-                    channel, call, first = _open_watch(self.socket_path, _FIRST_MESSAGE_LIMIT)
+                    channel, call, first, reports = _open_watch(
+                        self.socket_path, _FIRST_MESSAGE_LIMIT, self.name, self._position()
+                    )
                 except BrokerError as err:
                     log.debug("argsbroker: broker at %s still unreachable: %s", self.socket_path, err)
                     continue
                 with self._lock:
                     if self._closed.is_set():
                         call.cancel()
-                        channel.close()
+                        _close(channel, reports)
                         return
-                    self._channel, self._call = channel, call
+                    self._channel, self._call, self._reports = channel, call, reports
                 self._apply(first)
                 log.warning(
                     "argsbroker: reconnected to the broker at %s; serving revision %d",
@@ -241,7 +424,8 @@ class LiveArgs:
                 break
 
     def _drain(self, call: Any) -> str:
-        """Applies every message of an open watch; returns why it ended."""
+        """Applies every message of an open watch, reporting each revision
+        applied or rejected; returns why it ended."""
         try:
             for message in call:
                 try:
@@ -249,18 +433,21 @@ class LiveArgs:
                 except ValueError as err:
                     log.warning("argsbroker: ignoring revision %d: not valid JSON: %s", message.revision, err)
                     continue
-                self._apply(snapshot)
+                if self._apply(snapshot):
+                    self._report()
             return "the broker ended the watch"
         except grpc.RpcError as err:
             return f"{err.code().name}: {err.details()}"
 
-    def _apply(self, snapshot: Snapshot) -> None:
-        """Adopts ``snapshot`` if the lineage rule says so and the model accepts it."""
+    def _apply(self, snapshot: Snapshot) -> bool:
+        """Adopts ``snapshot`` if the lineage rule says so and the model and
+        validate accept it. Returns whether what this follower reports
+        changed (a revision applied, or another one rejected)."""
         self._connected = True
         held = self._snapshot
         verdict = _verdict(held, snapshot)
         if verdict == SAME:
-            return
+            return False
         if verdict == OLDER:
             log.warning(
                 "argsbroker: the broker at %s offers revision %d, older than the %d held; keeping the newer one",
@@ -268,13 +455,14 @@ class LiveArgs:
                 snapshot.revision,
                 held.revision,
             )
-            return
+            return False
         if self._validate is not None:
             try:
                 snapshot = dataclasses.replace(snapshot, typed=self._validate(snapshot))
             except ArgsRejected as err:
                 rejection = Rejection(snapshot.revision, snapshot.lineage, err.details)
-                if rejection != self._rejected:
+                changed = rejection != self._rejected
+                if changed:
                     log.warning(
                         "argsbroker: rejected revision %d from the broker at %s: %s; still serving revision %d",
                         snapshot.revision,
@@ -283,7 +471,7 @@ class LiveArgs:
                         held.revision,
                     )
                 self._rejected = rejection
-                return
+                return changed
         if verdict == NEW_LINEAGE:
             log.warning(
                 "the broker's args have a new lineage (its state was reset or replaced); serving its revision %d",
@@ -306,6 +494,7 @@ class LiveArgs:
                 listener(snapshot)
             except Exception:  # a listener's bug must not stop the watch
                 log.exception("argsbroker: an on_change listener failed")
+        return True
 
 
 def _settle(future: "asyncio.Future[bool]") -> None:
@@ -318,28 +507,37 @@ def follow(
     timeout: float = DEFAULT_TIMEOUT,
     *,
     model: Any = None,
+    name: Optional[str] = None,
+    validate: Optional[Validate] = None,
 ) -> LiveArgs:
     """Waits up to ``timeout`` seconds for the broker at ``socket_path``
     ($ARGSBROKER_SOCKET, else /tmp/argsbroker.sock), takes its current args and
     keeps them fresh in a background thread.
 
+    ``name`` is how this follower appears in ``broker status`` (default: this
+    program's file name, see ``default_name``).
+
     With ``model`` (a pydantic model, or any type pydantic can validate), every
     revision is validated before it is served: ``live.typed`` is the model
-    instance. A first document that fails raises ArgsRejected with pydantic's
-    message; a later one is rejected and the previous one kept.
+    instance. With ``validate`` (a callable taking the Snapshot, ``typed``
+    set), a revision is rejected when it raises, returns an error string or
+    returns False. A first document that fails raises ArgsRejected with the
+    reason; a later one is rejected (logged, ``live.rejected``, reported to the
+    broker) and the previous one kept.
 
     Raises BrokerUnavailable, naming the socket, if no broker answers in time.
     """
     path = socket_from_env(socket_path)
-    validate = validator(model) if model is not None else None
-    channel, call, first = wait_for_broker(
-        path, timeout, lambda left: _open_watch(path, min(left, _FIRST_MESSAGE_LIMIT))
+    name = name or default_name()
+    check = checker(model, validate)
+    channel, call, first, reports = wait_for_broker(
+        path, timeout, lambda left: _open_watch(path, min(left, _FIRST_MESSAGE_LIMIT), name)
     )
-    if validate is not None:
+    if check is not None:
         try:
-            first = dataclasses.replace(first, typed=validate(first))
+            first = dataclasses.replace(first, typed=check(first))
         except ArgsRejected:
             call.cancel()
-            channel.close()
+            _close(channel, reports)
             raise
-    return LiveArgs(path, channel, call, first, validate)
+    return LiveArgs(path, channel, call, first, check, name=name, reports=reports)

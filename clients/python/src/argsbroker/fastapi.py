@@ -24,7 +24,7 @@ from typing import Any, AsyncIterator, Callable, Optional
 from starlette.requests import HTTPConnection
 
 from ._client import DEFAULT_TIMEOUT, Snapshot
-from ._live import LiveArgs, follow
+from ._live import LiveArgs, Validate, follow
 
 #: Seconds a starting worker waits for the broker, unless args_lifespan() is told.
 TIMEOUT_VARIABLE = "ARGSBROKER_TIMEOUT"
@@ -35,6 +35,8 @@ def args_lifespan(
     *,
     socket: Optional[str] = None,
     timeout: Optional[float] = None,
+    name: Optional[str] = None,
+    validate: Optional[Validate] = None,
 ) -> Callable[[Any], Any]:
     """A lifespan that waits for the broker (``socket``, else $ARGSBROKER_SOCKET,
     which argsbroker.serve() sets; ``timeout`` seconds, else $ARGSBROKER_TIMEOUT,
@@ -44,7 +46,13 @@ def args_lifespan(
     With ``model`` (a pydantic model, or any type pydantic validates), a
     document that fails it at startup fails the worker with pydantic's message
     (ArgsRejected); a later revision that fails it is logged and not served
-    (the worker keeps the previous one; ``live.rejected`` says which).
+    (the worker keeps the previous one; ``live.rejected`` says which, and the
+    broker is told: ``broker status``). ``validate`` (a callable taking the
+    Snapshot) rejects a revision the same way when it raises, returns an
+    error string or returns False.
+
+    ``name`` is how each worker appears in ``broker status`` (default: the
+    program's name, e.g. ``uvicorn``; the broker adds each worker's pid).
 
     To combine it with your own lifespan: ``async with args_lifespan()(app): ...``.
     """
@@ -52,7 +60,7 @@ def args_lifespan(
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         wait = timeout if timeout is not None else float(os.environ.get(TIMEOUT_VARIABLE) or DEFAULT_TIMEOUT)
-        live = await asyncio.to_thread(follow, socket, wait, model=model)
+        live = await asyncio.to_thread(follow, socket, wait, model=model, name=name, validate=validate)
         app.state.args = live
         try:
             yield
