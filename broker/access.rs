@@ -9,6 +9,7 @@
 //! `--writer-uid` / `--writer-gid`. Reads are for every peer that can open
 //! the socket, unless `--reader-uid` / `--reader-gid` are given; then for
 //! those, and for whoever may write.
+use crate::metrics::{Metrics, Outcome, Write};
 use crate::peer::Peer;
 use argsbroker::sys;
 use std::future::Future;
@@ -158,12 +159,22 @@ pub fn parse_gid(text: &str) -> Result<u32, String> {
 #[derive(Clone)]
 pub struct AccessLayer {
     policy: Arc<Policy>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl AccessLayer {
     pub fn new(policy: Policy) -> Self {
         Self {
             policy: Arc::new(policy),
+            metrics: None,
+        }
+    }
+
+    /// Counts the writes it refuses (`result="denied"`) in `metrics`.
+    pub fn counting(self, metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics: Some(metrics),
+            ..self
         }
     }
 }
@@ -175,6 +186,7 @@ impl<S> Layer<S> for AccessLayer {
         AccessService {
             inner,
             policy: self.policy.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -183,6 +195,7 @@ impl<S> Layer<S> for AccessLayer {
 pub struct AccessService<S> {
     inner: S,
     policy: Arc<Policy>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 type Reply = http::Response<tonic::body::Body>;
@@ -208,6 +221,11 @@ where
                 pid = peer.and_then(|p| p.pid),
                 "refused: {refusal}"
             );
+            let write =
+                (request.uri().path().strip_prefix(ARGS_SERVICE)).and_then(Write::of_method);
+            if let (Some(metrics), Some(write)) = (&self.metrics, write) {
+                metrics.write(write, Outcome::Denied);
+            }
             let reply = tonic::Status::permission_denied(refusal.to_string()).into_http();
             return AccessFuture::Refused { reply: Some(reply) };
         }

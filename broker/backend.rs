@@ -24,6 +24,9 @@ pub struct Contact {
     /// Why not, when not.
     pub reason: String,
     pub since: SystemTime,
+    /// How many times it was lost since the broker started (a start
+    /// without it counts once), for the metrics.
+    pub disconnects: u64,
 }
 
 impl Contact {
@@ -32,6 +35,7 @@ impl Contact {
             connected: true,
             reason: String::new(),
             since: SystemTime::now(),
+            disconnects: 0,
         }
     }
 }

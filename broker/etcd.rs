@@ -383,6 +383,7 @@ impl EtcdStore {
                         connected: false,
                         reason: reason.clone(),
                         since: SystemTime::now(),
+                        disconnects: 1,
                     };
                     (snapshot, incarnation, contact)
                 }
@@ -535,6 +536,7 @@ impl EtcdStore {
                 connected,
                 reason,
                 since: SystemTime::now(),
+                disconnects: contact.disconnects + u64::from(!connected),
             };
             true
         });

@@ -4,6 +4,7 @@
 //! path, so one mutex is enough.
 use crate::peer::Peer;
 use argsbroker::pb;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +15,6 @@ use tokio::sync::watch;
 /// after publication each follower applied them.
 const PUBLISHED_KEPT: usize = 64;
 
-#[derive(Default)]
 pub struct Followers {
     next_id: AtomicU64,
     state: Mutex<State>,
@@ -24,6 +24,17 @@ pub struct Followers {
     /// Bumped when this broker's own followers change: what is shared with
     /// the other hosts (etcd mode).
     local_changed: watch::Sender<u64>,
+    /// Where each report of a newer revision, published while the follower
+    /// was connected, observes how long after its publication it came.
+    apply_seconds: Histogram,
+}
+
+/// The followers as a scrape counts them (see [`Followers::census`]).
+pub struct Census {
+    /// Each follower's name, pid and applied revision, oldest connection first.
+    pub followers: Vec<(String, u32, u64)>,
+    pub at_current: usize,
+    pub behind: usize,
 }
 
 #[derive(Default)]
@@ -76,12 +87,29 @@ impl Registration {
     /// Records a report: the revision applied, and a rejection if any.
     pub fn report(&self, report: &pb::FollowRequest) {
         let mut state = lock(&self.followers.state);
-        let Some(follower) = state.followers.get_mut(&self.id) else {
+        let State {
+            followers,
+            published,
+            ..
+        } = &mut *state;
+        let Some(follower) = followers.get_mut(&self.id) else {
             return;
         };
         if report.applied_revision != follower.applied {
+            let now = Instant::now();
+            // A newer revision, published here while the follower was
+            // connected: how long it took to reach the follower.
+            let published = published
+                .iter()
+                .find(|(r, _)| *r == report.applied_revision)
+                .map(|(_, at)| *at)
+                .filter(|at| report.applied_revision > follower.applied && follower.joined <= *at);
+            if let Some(published) = published {
+                let took = now.saturating_duration_since(published);
+                self.followers.apply_seconds.observe(took.as_secs_f64());
+            }
             follower.applied = report.applied_revision;
-            follower.applied_at = Some(Instant::now());
+            follower.applied_at = Some(now);
         }
         let rejected = (report.rejected_revision != 0)
             .then(|| (report.rejected_revision, report.rejected_reason.clone()));
@@ -115,6 +143,43 @@ impl Lagging {
 }
 
 impl Followers {
+    /// No followers yet.
+    pub fn new() -> Self {
+        Self {
+            next_id: AtomicU64::new(0),
+            state: Mutex::default(),
+            changed: watch::Sender::default(),
+            local_changed: watch::Sender::default(),
+            // 0.5 ms to about 4 s: a follower on this host applies a
+            // revision in well under a millisecond to a few ms; seconds
+            // mean trouble.
+            apply_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+        }
+    }
+
+    /// How long after its publication each follower applied a revision
+    /// (observed as they report), for the metrics.
+    pub fn apply_seconds(&self) -> Histogram {
+        self.apply_seconds.clone()
+    }
+
+    /// How many followers there are, how many have applied `current`, and
+    /// what each one applied.
+    pub fn census(&self, current: u64) -> Census {
+        let state = lock(&self.state);
+        let followers: Vec<(String, u32, u64)> = state
+            .followers
+            .values()
+            .map(|f| (f.name.clone(), f.pid, f.applied))
+            .collect();
+        let at_current = followers.iter().filter(|f| f.2 >= current).count();
+        Census {
+            behind: followers.len() - at_current,
+            at_current,
+            followers,
+        }
+    }
+
     /// Adds a follower that opened a Follow stream; it stays listed until
     /// the returned registration is dropped (its stream ended).
     pub fn register(

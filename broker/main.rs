@@ -11,6 +11,7 @@ mod followers;
 mod history;
 mod lineage;
 mod lockfile;
+mod metrics;
 mod parent;
 mod peer;
 mod reload;
@@ -123,6 +124,10 @@ struct ServeArgs {
     /// The HTTP address the workers share (SO_REUSEPORT), with --workers.
     #[arg(long, value_name = "HOST:PORT", env = "ARGSBROKER_HTTP", value_parser = argsbroker::cmdline::host_port)]
     http: Option<std::net::SocketAddr>,
+
+    /// Serve Prometheus metrics (GET /metrics, OpenMetrics text) over HTTP on this address, e.g. 127.0.0.1:9881.
+    #[arg(long, value_name = "HOST:PORT", env = "ARGSBROKER_METRICS_LISTEN", value_parser = argsbroker::cmdline::host_port)]
+    metrics_listen: Option<std::net::SocketAddr>,
 
     /// The worker executable [default: `worker` beside this broker's executable]
     #[arg(long, value_name = "PATH", env = "ARGSBROKER_WORKER_BIN")]

@@ -4,7 +4,8 @@
 use crate::backend::Backend;
 use crate::followers::Followers;
 use crate::{
-    access, connections, lockfile, parent, reload, server, socket, store, supervisor, ServeArgs,
+    access, connections, lockfile, metrics, parent, reload, server, socket, store, supervisor,
+    ServeArgs,
 };
 use anyhow::Context;
 use argsbroker::schema::Schema;
@@ -22,12 +23,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // the path exits before it reads or records anything.
     let mut claim = socket::claim(&args.socket, args.allow_unsafe_dir)?;
     let stack = args.stack()?;
+    // Bound before the state is touched: an address that cannot be had
+    // stops the broker with nothing done.
+    let metrics = args.metrics_listen.map(metrics::bind).transpose()?;
     // Read before the args: a document is checked against it from the start.
     let schema = match &args.schema {
         Some(path) => Some(Arc::new(argsbroker::schema::Schema::load(path)?)),
         None => None,
     };
-    let followers = Arc::new(Followers::default());
+    let followers = Arc::new(Followers::new());
     let opened = match args.etcd.etcd_endpoints.is_empty() {
         true => open_file(&args, schema)?,
         false => open_etcd(&args, schema, &followers).await?,
@@ -51,7 +55,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     // Shared with the accept loop, which binds the path again if the file is deleted.
     let claim = Arc::new(Mutex::new(claim));
-    let config = args.server_config(&claim, followers);
+    let config = args.server_config(&claim, followers, metrics);
     let result = match stack {
         None => {
             argsbroker::sd_notify::ready();
@@ -241,6 +245,7 @@ impl ServeArgs {
         &self,
         claim: &Arc<Mutex<socket::Claim>>,
         followers: Arc<Followers>,
+        metrics: Option<std::net::TcpListener>,
     ) -> server::Config {
         let claim = claim.clone();
         server::Config {
@@ -257,6 +262,7 @@ impl ServeArgs {
             ),
             rebind: Some(Box::new(move || lock(&claim).rebind_if_deleted())),
             followers,
+            metrics,
         }
     }
 

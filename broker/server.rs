@@ -4,6 +4,7 @@ use crate::access::{AccessLayer, Policy};
 use crate::backend::Backend;
 use crate::connections::{self, Limits};
 use crate::followers::Followers;
+use crate::metrics::{self, Metrics};
 use crate::service::{self, ArgsService};
 use argsbroker::pb;
 use std::future::Future;
@@ -37,6 +38,8 @@ pub struct Config {
     pub rebind: Option<connections::Rebind>,
     /// The Follow streams' followers (shared with the other hosts in etcd mode).
     pub followers: Arc<Followers>,
+    /// Where `GET /metrics` is served (`--metrics-listen`), already bound.
+    pub metrics: Option<std::net::TcpListener>,
 }
 
 /// Serves `store` on `listener` until `shutdown` completes, then ends every
@@ -70,8 +73,10 @@ pub async fn run(
             }
         })
     });
-    // When each revision was published here, for how long followers took.
+    // What the broker counts, served with --metrics-listen.
     let followers = config.followers.clone();
+    let metrics = Arc::new(Metrics::new(followers.apply_seconds()));
+    // When each revision was published here, for how long followers took.
     let mut publications = store.subscribe();
     let noting = followers.clone();
     let noting = tokio::spawn(async move {
@@ -83,7 +88,34 @@ pub async fn run(
             }
         }
     });
-    let args = ArgsService::new(store, followers, stopping.clone(), message_limit);
+    let scraping = match config.metrics {
+        Some(listener) => {
+            let mut stopping = stopping.clone();
+            let stopped = async move {
+                let _ = stopping.wait_for(|stopping| *stopping).await;
+            };
+            let serving = metrics::serve(
+                listener,
+                metrics.clone(),
+                store.clone(),
+                followers.clone(),
+                stopped,
+            );
+            Some(tokio::spawn(async move {
+                if let Err(err) = serving.await {
+                    tracing::error!("{}", argsbroker::one_line(err.as_ref()));
+                }
+            }))
+        }
+        None => None,
+    };
+    let args = ArgsService::new(
+        store,
+        followers,
+        metrics.clone(),
+        stopping.clone(),
+        message_limit,
+    );
     let mut routes = Routes::new(args)
         .add_service(health)
         .add_service(reflection().build_v1()?)
@@ -103,7 +135,7 @@ pub async fn run(
         .http2_keepalive_interval(Some(config.keepalive))
         .http2_keepalive_timeout(Some(config.keepalive))
         // Around every service, so that none slips past the check.
-        .layer(AccessLayer::new(config.policy))
+        .layer(AccessLayer::new(config.policy).counting(metrics))
         .add_routes(routes.prepare())
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
@@ -127,6 +159,9 @@ pub async fn run(
         }
     };
     accepting.abort();
+    if let Some(scraping) = scraping {
+        scraping.abort();
+    }
     result
 }
 

@@ -11,6 +11,7 @@
 //! tonic's generated `ArgsBrokerServer`.
 use crate::backend::Backend;
 use crate::followers::Followers;
+use crate::metrics::{Metrics, Outcome, Write};
 use crate::peer::Peer;
 use crate::store::{Published, WriteError};
 use argsbroker::frame::Frame;
@@ -81,6 +82,11 @@ impl Method {
             Self::ListFollowers => "ListFollowers",
         }
     }
+
+    /// The write this method is, for the metrics.
+    fn write(self) -> Option<Write> {
+        Write::of_method(self.name())
+    }
 }
 
 /// The args service, cloned per connection by tonic's router.
@@ -88,6 +94,7 @@ impl Method {
 pub struct ArgsService {
     store: Backend,
     followers: Arc<Followers>,
+    metrics: Arc<Metrics>,
     /// Flips to true when the broker shuts down, ending every watch.
     shutdown: watch::Receiver<bool>,
     /// The largest request message accepted.
@@ -98,12 +105,14 @@ impl ArgsService {
     pub fn new(
         store: Backend,
         followers: Arc<Followers>,
+        metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
         limit: usize,
     ) -> Self {
         Self {
             store,
             followers,
+            metrics,
             shutdown,
             limit,
         }
@@ -158,6 +167,9 @@ impl ArgsService {
         };
         if let Some(encoding) = request.headers().get("grpc-encoding") {
             if encoding != "identity" {
+                if let Some(write) = method.write() {
+                    self.metrics.write(write, Outcome::Invalid);
+                }
                 return Err(compressed(method));
             }
         }
@@ -175,32 +187,44 @@ impl ArgsService {
             }
             Method::WatchArgs => {
                 let request: pb::WatchArgsRequest = self.decode(body, method).await?;
+                let watching = self.metrics.watching();
                 let updates =
                     watch_args(store, self.shutdown.clone(), request.start_revision).await;
-                Either::Right(Box::pin(updates))
+                Either::Right(Box::pin(updates.map(move |frame| {
+                    let _counted = &watching;
+                    frame
+                })))
             }
             Method::SetArgs => {
-                let request: pb::SetArgsRequest = self.decode(body, method).await?;
+                let request: pb::SetArgsRequest =
+                    self.refused(Write::SetArgs, self.decode(body, method).await)?;
                 let wait = Wait::of(request.wait_applied_ms, request.rollback_on_reject);
                 let before = store.current().revision;
                 let written = store
                     .set(&request.json, request.expected_revision, uid)
                     .await;
+                self.count(Write::SetArgs, &written);
                 one(self.settle(written, wait, before, uid).await?)
             }
             Method::PatchArgs => {
-                let request: pb::PatchArgsRequest = self.decode(body, method).await?;
+                let request: pb::PatchArgsRequest =
+                    self.refused(Write::PatchArgs, self.decode(body, method).await)?;
                 let wait = Wait::of(request.wait_applied_ms, request.rollback_on_reject);
                 let before = store.current().revision;
                 let written = store.patch(&request.merge_patch, request.expected_revision, uid);
-                one(self.settle(written.await, wait, before, uid).await?)
+                let written = written.await;
+                self.count(Write::PatchArgs, &written);
+                one(self.settle(written, wait, before, uid).await?)
             }
             Method::Rollback => {
-                let request: pb::RollbackRequest = self.decode(body, method).await?;
+                let request: pb::RollbackRequest =
+                    self.refused(Write::Rollback, self.decode(body, method).await)?;
                 let wait = Wait::of(request.wait_applied_ms, request.rollback_on_reject);
                 let before = store.current().revision;
                 let written = store.rollback(request.to_revision, request.expected_revision, uid);
-                one(self.settle(written.await, wait, before, uid).await?)
+                let written = written.await;
+                self.count(Write::Rollback, &written);
+                one(self.settle(written, wait, before, uid).await?)
             }
             Method::Follow => {
                 let decoder = tonic_prost::ProstCodec::<(), pb::FollowRequest>::default().decoder();
@@ -215,6 +239,7 @@ impl ArgsService {
                 // follower that half-closes its side still follows.
                 let registration = Arc::new(self.followers.register(&first, peer.as_ref()));
                 let reports = registration.clone();
+                let watching = self.metrics.watching();
                 tokio::spawn(async move {
                     while let Ok(Some(report)) = requests.message().await {
                         reports.report(&report);
@@ -222,7 +247,7 @@ impl ArgsService {
                 });
                 let updates = watch_args(store, self.shutdown.clone(), None).await;
                 Either::Right(Box::pin(updates.map(move |frame| {
-                    let _listed = &registration;
+                    let _listed = (&registration, &watching);
                     frame
                 })))
             }
@@ -290,6 +315,7 @@ impl ArgsService {
                 .store
                 .rollback(before, Some(written.revision), uid)
                 .await;
+            self.count(Write::Rollback, &rolled);
             message.push_str(&match rolled {
                 Ok(back) => format!(
                     "; rolled back: revision {} has the content of revision {before}",
@@ -306,6 +332,23 @@ impl ArgsService {
             status.metadata_mut().insert(COMMITTED_REVISION, value);
         }
         Err(status)
+    }
+
+    /// Counts a write's request that was refused before the store saw it.
+    fn refused<T>(&self, write: Write, decoded: Result<T, Status>) -> Result<T, Status> {
+        if let Err(status) = &decoded {
+            self.metrics.write(write, Outcome::of_code(status.code()));
+        }
+        decoded
+    }
+
+    /// Counts what the store made of a write.
+    fn count(&self, write: Write, written: &Result<Arc<Published>, WriteError>) {
+        let outcome = match written {
+            Ok(_) => Outcome::Ok,
+            Err(err) => Outcome::of_error(err),
+        };
+        self.metrics.write(write, outcome);
     }
 
     /// The one request message of a call, decoded by tonic's decoder.

@@ -67,7 +67,8 @@ pub async fn start_broker(dir: &Path, limits: Limits) -> Broker {
         keepalive: Duration::from_secs(30),
         policy: access::Policy::new(vec![], vec![], vec![], vec![]),
         rebind: None,
-        followers: Default::default(),
+        followers: std::sync::Arc::new(crate::followers::Followers::new()),
+        metrics: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(async move {

@@ -1,0 +1,296 @@
+//! `broker --metrics-listen`: the broker's `GET /metrics` line by line, what
+//! an address it cannot have says, and a real Prometheus (Debian's
+//! `prometheus`; tests/prerequisites installs it) scraping a broker and two
+//! workers and answering queries with the revision each of them serves.
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The lines of the broker's `/metrics` answer.
+fn scrape(port: u16) -> Vec<String> {
+    let answer = get(port, "/metrics");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(
+        answer.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(answer.body.ends_with("# EOF\n"), "{}", answer.body);
+    answer.body.lines().map(str::to_owned).collect()
+}
+
+/// Waits until the broker's `/metrics` has every line of `wanted`.
+fn scrape_until(port: u16, wanted: &[String]) -> Vec<String> {
+    let deadline = Instant::now() + PATIENCE;
+    let last = loop {
+        let lines = scrape(port);
+        if wanted.iter().all(|w| lines.contains(w)) {
+            return lines;
+        }
+        if Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let missing: Vec<&String> = wanted.iter().filter(|w| !last.contains(w)).collect();
+    panic!(
+        "/metrics never had {missing:?}; the last scrape:\n{}",
+        last.join("\n")
+    );
+}
+
+#[test]
+fn the_broker_metrics_say_revision_writes_followers_and_backend() {
+    let site = Site::new(r#"{"a": 1}"#);
+    let metrics = free_port();
+    let _broker = site.start_broker_with(&["--metrics-listen", &format!("127.0.0.1:{metrics}")]);
+    let first = site.current();
+    let lines = scrape(metrics);
+    for line in [
+        "argsbroker_broker_revision 1".to_owned(),
+        format!(
+            r#"argsbroker_broker_info{{lineage="{}",sha256="{}",backend="file {}"}} 1"#,
+            first.lineage,
+            first.sha256,
+            site.args().display()
+        ),
+        r#"argsbroker_broker_writes_total{method="PatchArgs",result="ok"} 0"#.to_owned(),
+        r#"argsbroker_broker_writes_total{method="PatchArgs",result="conflict"} 0"#.to_owned(),
+        r#"argsbroker_broker_writes_total{method="Rollback",result="not_found"} 0"#.to_owned(),
+        "argsbroker_broker_watchers 0".to_owned(),
+        "argsbroker_broker_followers 0".to_owned(),
+        "argsbroker_broker_followers_at_current_revision 0".to_owned(),
+        "argsbroker_broker_followers_behind 0".to_owned(),
+        "argsbroker_broker_follower_apply_seconds_count 0".to_owned(),
+        "argsbroker_broker_backend_connected 1".to_owned(),
+        "argsbroker_broker_backend_disconnects_total 0".to_owned(),
+    ] {
+        assert!(
+            lines.contains(&line),
+            "no {line:?} in:\n{}",
+            lines.join("\n")
+        );
+    }
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("argsbroker_broker_follower_applied_revision{")),
+        "{lines:?}"
+    );
+
+    // A worker follows (one Follow stream), then a write and a conflicting one.
+    let http = free_port();
+    let mut worker = site.start_worker(http, false);
+    let follower = format!(r#"name="worker 127.0.0.1:{http}",pid="{}""#, worker.pid());
+    scrape_until(
+        metrics,
+        &[
+            "argsbroker_broker_followers 1".to_owned(),
+            "argsbroker_broker_watchers 1".to_owned(),
+            format!("argsbroker_broker_follower_applied_revision{{{follower}}} 1"),
+        ],
+    );
+    assert_eq!(
+        site.patch(r#"{"b": 2}"#, Some(1)).expect("patch").revision,
+        2
+    );
+    let conflict = site.patch(r#"{"c": 3}"#, Some(1)).expect_err("a conflict");
+    assert_eq!(conflict.0, tonic::Code::FailedPrecondition);
+    let lines = scrape_until(
+        metrics,
+        &[
+            "argsbroker_broker_revision 2".to_owned(),
+            r#"argsbroker_broker_writes_total{method="PatchArgs",result="ok"} 1"#.to_owned(),
+            r#"argsbroker_broker_writes_total{method="PatchArgs",result="conflict"} 1"#.to_owned(),
+            r#"argsbroker_broker_writes_total{method="SetArgs",result="ok"} 0"#.to_owned(),
+            "argsbroker_broker_followers 1".to_owned(),
+            "argsbroker_broker_followers_at_current_revision 1".to_owned(),
+            "argsbroker_broker_followers_behind 0".to_owned(),
+            format!("argsbroker_broker_follower_applied_revision{{{follower}}} 2"),
+            // The worker was connected when revision 2 was published.
+            "argsbroker_broker_follower_apply_seconds_count 1".to_owned(),
+            "argsbroker_broker_backend_connected 1".to_owned(),
+        ],
+    );
+    let writes: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("argsbroker_broker_writes_total{") && !l.ends_with(" 0"))
+        .collect();
+    assert_eq!(writes.len(), 2, "{writes:?}");
+
+    // The follower that left is gone from the next scrape.
+    assert!(worker.stop().success());
+    let lines = scrape_until(
+        metrics,
+        &[
+            "argsbroker_broker_followers 0".to_owned(),
+            "argsbroker_broker_watchers 0".to_owned(),
+        ],
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("argsbroker_broker_follower_applied_revision{")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn a_metrics_address_in_use_stops_the_broker_with_one_line() {
+    let site = Site::new(r#"{"a": 1}"#);
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = held.local_addr().expect("addr");
+    let (code, _, stderr) = run(site
+        .broker_cmd()
+        .args(["--metrics-listen", &addr.to_string()]));
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "broker: error: --metrics-listen {addr}: {addr} is already in use by another process\n"
+        )
+    );
+    assert!(!exists(&site.socket()), "the socket was left behind");
+    assert!(
+        !exists(&site.path("args.json.state")),
+        "the state was touched"
+    );
+
+    let (code, _, stderr) = run(site.broker_cmd().args(["--metrics-listen", "127.0.0.1"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--metrics-listen"), "{stderr}");
+}
+
+/// Debian's Prometheus, run by this test alone: its own config, data and
+/// port in `dir`.
+fn start_prometheus(dir: &Path, targets: &[u16]) -> (Proc, u16) {
+    let bin = std::env::var("ARGSBROKER_PROMETHEUS").unwrap_or_else(|_| "prometheus".to_owned());
+    let targets: Vec<String> = targets.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+             scrape_configs:\n  - job_name: argsbroker\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        ),
+    )
+    .expect("write prometheus.yml");
+    let port = free_port();
+    let mut cmd = Command::new(&bin);
+    cmd.arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+    if let Err(err) = Command::new(&bin).arg("--version").output() {
+        panic!("cannot run {bin}: {err} (install Debian's prometheus; tests/prerequisites does)");
+    }
+    let mut proc = Proc::spawn(cmd, dir.join("prometheus.log"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(proc.is_running(), "prometheus exited: {}", proc.log());
+        if try_get(port, "/-/ready", &[]).is_some_and(|r| r.status == 200) {
+            return (proc, port);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus never ready: {}",
+            proc.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An instant query's answer: each series' `instance` and value.
+fn query(prometheus: u16, expr: &str) -> BTreeMap<String, String> {
+    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+    let expr_query = utf8_percent_encode(expr, NON_ALPHANUMERIC);
+    let answer = get(prometheus, &format!("/api/v1/query?query={expr_query}"));
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let body = match answer.header("transfer-encoding") {
+        Some(te) if te.eq_ignore_ascii_case("chunked") => dechunk(&answer.body),
+        _ => answer.body.clone(),
+    };
+    let value: serde_json::Value = serde_json::from_str(&body).expect("the query answer is JSON");
+    assert_eq!(value["status"], "success", "{body}");
+    let result = value["data"]["result"].as_array().expect("a result vector");
+    result
+        .iter()
+        .map(|series| {
+            let instance = series["metric"]["instance"].as_str().expect("an instance");
+            let value = series["value"][1].as_str().expect("a value");
+            (instance.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+/// An HTTP/1.1 chunked body, put back together.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+/// Polls `expr` until it answers `wanted`, within a minute.
+fn query_until(prometheus: u16, expr: &str, wanted: &BTreeMap<String, String>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = query(prometheus, expr);
+        if &got == wanted {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{expr}: Prometheus answers {got:?}, not {wanted:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn prometheus_scrapes_the_broker_and_the_workers() {
+    let site = Site::new(r#"{"a": 1}"#);
+    let metrics = free_port();
+    let mut broker = site.start_broker_with(&["--metrics-listen", &format!("127.0.0.1:{metrics}")]);
+    let (one, two) = (free_port(), free_port());
+    let mut workers = [site.start_worker(one, false), site.start_worker(two, false)];
+    let (mut prometheus, port) = start_prometheus(site.dir.path(), &[metrics, one, two]);
+
+    let at = |revision: &str, ports: &[u16]| -> BTreeMap<String, String> {
+        ports
+            .iter()
+            .map(|p| (format!("127.0.0.1:{p}"), revision.to_owned()))
+            .collect()
+    };
+    query_until(port, "up", &at("1", &[metrics, one, two]));
+    query_until(port, "argsbroker_broker_revision", &at("1", &[metrics]));
+    query_until(port, "argsbroker_worker_revision", &at("1", &[one, two]));
+
+    assert_eq!(site.patch(r#"{"b": 2}"#, None).expect("patch").revision, 2);
+    query_until(port, "argsbroker_broker_revision", &at("2", &[metrics]));
+    query_until(port, "argsbroker_worker_revision", &at("2", &[one, two]));
+    query_until(
+        port,
+        r#"argsbroker_broker_writes_total{method="PatchArgs",result="ok"}"#,
+        &at("1", &[metrics]),
+    );
+    query_until(port, "argsbroker_broker_followers", &at("2", &[metrics]));
+
+    assert!(prometheus.stop().success(), "{}", prometheus.log());
+    for worker in &mut workers {
+        assert!(worker.stop().success());
+    }
+    assert!(broker.stop().success());
+}
