@@ -283,8 +283,6 @@ impl Metrics {
         self.writes.get_or_create(&labels).inc();
     }
 
-    /// The histogram followers' reports are observed into.
-
     /// Counts an open watch until the returned guard is dropped.
     pub fn watching(&self) -> Watching {
         self.watchers.inc();

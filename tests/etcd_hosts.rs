@@ -467,9 +467,10 @@ fn without_an_etcd_quorum_writes_fail_fast_reads_go_on_and_every_host_recovers()
         let (code, out) = status(host);
         assert_eq!(code, 0, "{out}");
         let lines: Vec<&str> = out.lines().collect();
-        // The revision, the backend, then the followers: this host's worker.
-        assert_eq!(lines.len(), 4, "{out}");
-        assert_eq!(lines[2], "followers 1", "{out}");
+        // The revision, the backend, then the followers: this host's
+        // worker and, as last shared through etcd, the other two hosts'.
+        assert_eq!(lines.len(), 6, "{out}");
+        assert_eq!(lines[2], "followers 3", "{out}");
         assert_eq!(
             lines[0],
             format!(
