@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 /// opens the store, sets up reloads, binds, then serves (with the workers
 /// under the supervisor when `--workers` asks for them).
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    crate::backend::started();
     if let Some(pid) = args.exit_with_parent {
         parent::exit_with_parent(pid)?;
     }

@@ -493,7 +493,7 @@ fn status(store: &Backend) -> pb::BrokerStatus {
     let current = store.current();
     let contact = store
         .contact()
-        .map_or_else(crate::backend::Contact::connected, |c| c.borrow().clone());
+        .map_or_else(crate::backend::Contact::file, |c| c.borrow().clone());
     let since = contact
         .since
         .duration_since(std::time::UNIX_EPOCH)
