@@ -38,6 +38,20 @@ impl Contact {
             disconnects: 0,
         }
     }
+
+    /// A file is at hand from the broker's start on.
+    pub fn file() -> Self {
+        Self {
+            since: started(),
+            ..Self::connected()
+        }
+    }
+}
+
+/// When this broker started (the first call: `serve::run` makes it early).
+pub fn started() -> SystemTime {
+    static STARTED: std::sync::OnceLock<SystemTime> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(SystemTime::now)
 }
 
 impl Backend {
