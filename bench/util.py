@@ -197,6 +197,8 @@ def report(results, versions_path, cmd, quick):
     for n in (8, 64, 256):
         R.compare(f"change → last of {n} followers, acks on vs off, p99", f"A.follow.{n}.1k", "p99_us",
                   f"A.watch.{n}.1k", "p99_us", "µs", 1.1, False, "≤ 1.1× no acks", "WatchArgs only")
+        R.compare(f"change → last of {n} followers, acks on vs off, p50", f"A.follow.{n}.1k", "p50_us",
+                  f"A.watch.{n}.1k", "p50_us", "µs", None, False, "(info)", "WatchArgs only")
     for n in (8, 64):
         w50, w99 = R.med(f"A.wait.{n}.1k", "p50_us"), R.med(f"A.wait.{n}.1k", "p99_us")
         if w50 is not None:
