@@ -9,16 +9,29 @@
 //!                                                          p50/p99/p999 and calls/s
 //! bench conc      --socket S [--target ..] [--secs 5] [--conns 4] [--inflight 64]
 //!                                                          N calls in flight over M connections
-//! bench propagate --socket S --logs DIR --workers N [--changes 200] [--gap-ms 10]
-//!                                                          PatchArgs reply -> last of N worker
-//!                                                          processes applied it (from their logs)
-//! bench watchers  --socket S --watchers 1000 [--changes 50] [--gap-ms 20] [--broker-pid P]
-//!                                                          PatchArgs reply -> last of N in-process
-//!                                                          WatchArgs streams (one connection each)
-//! bench write     --socket S [--changes 20] [--gap-ms 10]  PatchArgs latency alone
+//! bench propagate --socket S --logs DIR --workers N [--changes 200] [--gap-ms 10] [--acks]
+//!                                                          PatchArgs sent -> last of N worker
+//!                                                          processes applied it (from their logs);
+//!                                                          --acks: also the broker's publish -> last
+//!                                                          report (ListFollowers, broker's clock)
+//! bench watchers  --socket S --watchers 1000 [--changes 50] [--gap-ms 20] [--follow] [--broker-pid P]
+//!                                                          PatchArgs sent -> last of N in-process
+//!                                                          WatchArgs (or Follow) streams
+//! bench write     --socket S [--changes 20] [--gap-ms 10] [--wait-ms MS]
+//!                                                          PatchArgs latency alone (--wait-ms:
+//!                                                          wait_applied_ms, `broker patch --wait`)
+//! bench follower  --socket S [--watch-only]                a follower process (Follow, a report per
+//!                                                          revision) logging what it receives
+//! bench etcd-watch --endpoints A,B,C [--key K] [--payload F] [--changes 200] [--gap-ms 10]
+//!                                                          etcd put sent -> last of one watch
+//!                                                          stream per member, and put latency
 //! bench coldstart --probe http:HOST:PORT|broker:SOCK|floor:SOCK [--reps 15] -- CMD ARGS..
 //!                                                          spawn CMD until the probe answers
 //! ```
+//!
+//! Every propagation figure starts just before the write is sent: on this
+//! process's monotonic clock for receivers in it, on the system clock for
+//! other processes (their log lines carry it).
 //!
 //! `--target broker` calls `argsbroker.v1.ArgsBroker/GetArgs` on the broker;
 //! `--target floor` calls `floor.Floor/GetArgs` on `floor-server` (bench/floor.rs),
@@ -80,8 +93,13 @@ enum Cmd {
     Propagate(Propagate),
     /// Change propagation to N WatchArgs streams in this process.
     Watchers(Watchers),
-    /// PatchArgs latency alone.
+    /// PatchArgs latency alone (with `--wait-ms`: `broker patch --wait`).
     Write(Write_),
+    /// A minimal follower process: Follow with a report per revision (or
+    /// WatchArgs only), logging each revision's arrival like a worker does.
+    Follower(Follower),
+    /// etcd's own floor: put -> the watch event on one stream per member.
+    EtcdWatch(EtcdWatch),
     /// Cold start of a server process until a probe answers.
     Coldstart(Coldstart),
 }
@@ -136,6 +154,10 @@ struct Propagate {
     /// A JSON key the patches set (a counter), so every patch is a new revision.
     #[arg(long, default_value = "bench_seq")]
     key: String,
+    /// Also ask ListFollowers after each change (in the gap): the broker's
+    /// publish -> the last follower's report, on the broker's clock.
+    #[arg(long)]
+    acks: bool,
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +172,10 @@ struct Watchers {
     gap_ms: f64,
     #[arg(long, default_value_t = 60.0)]
     timeout_secs: f64,
+    /// Follow streams that report each applied revision (as workers do)
+    /// instead of WatchArgs.
+    #[arg(long)]
+    follow: bool,
     /// The broker's pid, to report its RSS before and with the watchers.
     #[arg(long)]
     broker_pid: Option<u32>,
@@ -165,8 +191,44 @@ struct Write_ {
     changes: usize,
     #[arg(long, default_value_t = 10.0)]
     gap_ms: f64,
+    /// PatchArgs `wait_applied_ms` (`broker patch --wait`): the reply comes once
+    /// every follower applied the revision. 0: no waiting.
+    #[arg(long, default_value_t = 0)]
+    wait_ms: u32,
+    #[arg(long, default_value_t = 120.0)]
+    timeout_secs: f64,
     #[arg(long, default_value = "bench_seq")]
     key: String,
+}
+
+#[derive(Debug, Args)]
+struct Follower {
+    #[arg(long)]
+    socket: PathBuf,
+    /// WatchArgs instead of Follow: no report of what was applied.
+    #[arg(long)]
+    watch_only: bool,
+    #[arg(long, default_value = "bench follower")]
+    name: String,
+}
+
+#[derive(Debug, Args)]
+struct EtcdWatch {
+    /// etcd client URLs, comma-separated: one watch stream on each.
+    #[arg(long)]
+    endpoints: String,
+    /// The key put and watched (not one a broker serves).
+    #[arg(long, default_value = "/bench/floor")]
+    key: String,
+    /// A file whose bytes make the value (so that it is as large as the document).
+    #[arg(long)]
+    payload: Option<PathBuf>,
+    #[arg(long, default_value_t = 200)]
+    changes: usize,
+    #[arg(long, default_value_t = 10.0)]
+    gap_ms: f64,
+    #[arg(long, default_value_t = 60.0)]
+    timeout_secs: f64,
 }
 
 #[derive(Debug, Args)]
@@ -193,6 +255,8 @@ fn main() {
         Cmd::Propagate(p) => current_thread().and_then(|rt| rt.block_on(propagate(p))),
         Cmd::Watchers(w) => multi_thread().and_then(|rt| rt.block_on(watchers(w))),
         Cmd::Write(w) => current_thread().and_then(|rt| rt.block_on(write(w))),
+        Cmd::Follower(f) => current_thread().and_then(|rt| rt.block_on(follower(f))),
+        Cmd::EtcdWatch(e) => multi_thread().and_then(|rt| rt.block_on(etcd_watch(e))),
         Cmd::Coldstart(c) => coldstart(c),
     };
     if let Err(err) = result {
@@ -399,12 +463,21 @@ async fn conc(g: Get) -> Result<()> {
 
 /// One timed PatchArgs: the revision it made, the wall-clock time of its reply
 /// (µs since the epoch) and its latency (ns, monotonic).
+///
+/// Every propagation figure is measured from `sent` (in-process receivers) or
+/// `sent_unix_us` (other processes, whose logs carry the same system clock),
+/// both taken just before the request is handed to the channel: a receiver
+/// may see a revision before the writer sees its reply, never before the send.
 struct Change {
     revision: u64,
     sent_unix_us: i64,
     reply_unix_us: i64,
-    reply_at: Instant,
+    sent: Instant,
     latency_ns: u64,
+    /// With `list_acks`: the broker's publish -> the last follower's report
+    /// that it applied this revision (ListFollowers' `applied_after_micros`,
+    /// all on the broker's clock); `None` when some follower had not.
+    acked_us: Option<u64>,
 }
 
 async fn patch_series(
@@ -413,6 +486,8 @@ async fn patch_series(
     changes: usize,
     gap: Duration,
     deadline: Instant,
+    wait_applied_ms: u32,
+    list_acks: bool,
 ) -> Result<Vec<Change>> {
     let mut client = argsbroker::client::connect(socket).await?;
     // A nonce per run, so that a run never repeats the content of an earlier one.
@@ -424,39 +499,66 @@ async fn patch_series(
         }
         let request = pb::PatchArgsRequest {
             merge_patch: format!("{{{}:\"{nonce}-{i}\"}}", serde_json::to_string(key)?),
+            wait_applied_ms,
             ..Default::default()
         };
-        let sent_wall = SystemTime::now();
         let sent = Instant::now();
+        let sent_wall = SystemTime::now();
         let reply = client.patch_args(request).await?.into_inner();
         let reply_at = Instant::now();
         let reply_wall = SystemTime::now();
+        tokio::time::sleep(gap).await;
+        // Asked in the gap, after the fan-out, so it does not compete with it.
+        let acked_us = match list_acks {
+            false => None,
+            true => {
+                let list = client
+                    .list_followers(pb::ListFollowersRequest {})
+                    .await?
+                    .into_inner();
+                let all = list.revision == reply.revision
+                    && list
+                        .followers
+                        .iter()
+                        .all(|f| f.applied_revision == reply.revision);
+                all.then(|| {
+                    list.followers
+                        .iter()
+                        .filter_map(|f| f.applied_after_micros)
+                        .max()
+                })
+                .flatten()
+            }
+        };
         out.push(Change {
             revision: reply.revision,
             sent_unix_us: unix_us(sent_wall),
             reply_unix_us: unix_us(reply_wall),
-            reply_at,
+            sent,
             latency_ns: (reply_at - sent).as_nanos() as u64,
+            acked_us,
         });
-        tokio::time::sleep(gap).await;
     }
     Ok(out)
 }
 
 async fn write(w: Write_) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs_f64(w.timeout_secs);
     let changes = patch_series(
         &w.socket,
         &w.key,
         w.changes,
         Duration::from_secs_f64(w.gap_ms / 1e3),
         deadline,
+        w.wait_ms,
+        false,
     )
     .await?;
     let mut lat: Vec<u64> = changes.iter().map(|c| c.latency_ns).collect();
     lat.sort_unstable();
     println!(
-        "mode=write n={} p50_us={:.1} p99_us={:.1} max_us={:.1}",
+        "mode=write wait_ms={} n={} p50_us={:.1} p99_us={:.1} max_us={:.1}",
+        w.wait_ms,
         lat.len(),
         pct(&lat, 50.0),
         pct(&lat, 99.0),
@@ -490,7 +592,9 @@ fn read_logs(dir: &Path) -> Result<Vec<(bool, BTreeMap<u64, i64>)>> {
                 continue;
             }
             let (Some(ts), Some(rev)) = (
-                line.split_whitespace().next().and_then(parse_rfc3339_us),
+                line.split_whitespace()
+                    .next()
+                    .and_then(|t| parse_rfc3339_us(t).or_else(|| t.parse().ok())),
                 field(&line, "revision="),
             ) else {
                 continue;
@@ -575,6 +679,8 @@ async fn propagate(p: Propagate) -> Result<()> {
         p.changes,
         Duration::from_secs_f64(p.gap_ms / 1e3),
         deadline,
+        0,
+        p.acks,
     )
     .await?;
     let last_rev = changes.last().map_or(0, |c| c.revision);
@@ -590,7 +696,9 @@ async fn propagate(p: Propagate) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let (mut last_from_reply, mut last_from_send, mut any_from_reply) =
+    // Every figure from the send (one clock: the system clock the workers' log
+    // lines carry); `from_reply_*` kept for comparison with older runs.
+    let (mut last_from_send, mut last_from_reply, mut any_from_send) =
         (Vec::new(), Vec::new(), Vec::new());
     let mut missing = 0usize;
     let mut skipped = 0usize;
@@ -608,34 +716,48 @@ async fn propagate(p: Propagate) -> Result<()> {
             if !applied.contains_key(&c.revision) {
                 skipped += 1;
             }
-            any_from_reply.push(t - c.reply_unix_us);
+            any_from_send.push(t - c.sent_unix_us);
             latest = Some(latest.map_or(t, |l: i64| l.max(t)));
         }
         if let (true, Some(t)) = (complete, latest) {
-            last_from_reply.push(t - c.reply_unix_us);
             last_from_send.push(t - c.sent_unix_us);
+            last_from_reply.push(t - c.reply_unix_us);
         }
     }
     let mut write: Vec<u64> = changes.iter().map(|c| c.latency_ns).collect();
     write.sort_unstable();
+    let mut acked: Vec<u64> = changes
+        .iter()
+        .filter_map(|c| c.acked_us.map(|us| us * 1000))
+        .collect();
+    acked.sort_unstable();
+    let acks = match p.acks {
+        false => String::new(),
+        true => format!(
+            " acked={} ack_p50_us={:.1} ack_p99_us={:.1}",
+            acked.len(),
+            pct(&acked, 50.0),
+            pct(&acked, 99.0)
+        ),
+    };
     last_from_reply.sort_unstable();
     last_from_send.sort_unstable();
-    any_from_reply.sort_unstable();
+    any_from_send.sort_unstable();
     println!(
         "mode=propagate workers={} logs={} changes={} complete={} missing={missing} skipped={skipped} \
-         p50_us={:.1} p99_us={:.1} max_us={:.1} from_send_p50_us={:.1} from_send_p99_us={:.1} \
-         any_p50_us={:.1} any_p99_us={:.1} write_p50_us={:.1} write_p99_us={:.1}",
+         p50_us={:.1} p99_us={:.1} max_us={:.1} from_reply_p50_us={:.1} from_reply_p99_us={:.1} \
+         any_p50_us={:.1} any_p99_us={:.1} write_p50_us={:.1} write_p99_us={:.1}{acks}",
         p.workers,
         logs.len(),
         changes.len(),
-        last_from_reply.len(),
-        pct_i(&last_from_reply, 50.0),
-        pct_i(&last_from_reply, 99.0),
-        pct_i(&last_from_reply, 100.0),
+        last_from_send.len(),
         pct_i(&last_from_send, 50.0),
         pct_i(&last_from_send, 99.0),
-        pct_i(&any_from_reply, 50.0),
-        pct_i(&any_from_reply, 99.0),
+        pct_i(&last_from_send, 100.0),
+        pct_i(&last_from_reply, 50.0),
+        pct_i(&last_from_reply, 99.0),
+        pct_i(&any_from_send, 50.0),
+        pct_i(&any_from_send, 99.0),
         pct(&write, 50.0),
         pct(&write, 99.0),
     );
@@ -654,20 +776,23 @@ async fn watchers(w: Watchers) -> Result<()> {
     let t_connect = Instant::now();
     let mut tasks = Vec::with_capacity(w.watchers);
     for i in 0..w.watchers {
-        let (socket, ready, stop, seen) =
-            (w.socket.clone(), ready.clone(), stop.clone(), seen.clone());
+        let (socket, ready, stop, seen, follow) = (
+            w.socket.clone(),
+            ready.clone(),
+            stop.clone(),
+            seen.clone(),
+            w.follow,
+        );
         tasks.push(tokio::spawn(async move {
-            let mut client = argsbroker::client::connect(&socket).await?;
-            let mut stream = client
-                .watch_args(pb::WatchArgsRequest::default())
-                .await?
-                .into_inner();
+            let mut stream =
+                ArgsStream::open(&socket, follow, &format!("bench watcher {i}")).await?;
             let mut first = true;
             while !stop.load(Ordering::Relaxed) {
-                let next = tokio::time::timeout(Duration::from_millis(200), stream.message()).await;
+                let next = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
                 let Ok(message) = next else { continue };
                 let Some(args) = message? else { break };
                 let at = Instant::now();
+                stream.ack(&args).await;
                 if first {
                     first = false;
                     ready.fetch_add(1, Ordering::Relaxed);
@@ -698,6 +823,8 @@ async fn watchers(w: Watchers) -> Result<()> {
         w.changes,
         Duration::from_secs_f64(w.gap_ms / 1e3),
         deadline,
+        0,
+        false,
     )
     .await?;
     let last_rev = changes.last().map_or(0, |c| c.revision);
@@ -737,11 +864,10 @@ async fn watchers(w: Watchers) -> Result<()> {
             }
         }
         if let (true, Some(t)) = (complete, latest) {
-            // Signed: a watcher may get the revision before the writer gets its reply.
-            last.push(match t.checked_duration_since(c.reply_at) {
-                Some(d) => d.as_micros() as i64,
-                None => -(c.reply_at.duration_since(t).as_micros() as i64),
-            });
+            // From the send, on this process's one monotonic clock: a watcher may
+            // get the revision before the writer gets its reply (the broker
+            // publishes, then replies), but never before the request was sent.
+            last.push(t.saturating_duration_since(c.sent).as_micros() as i64);
         }
     }
     last.sort_unstable();
@@ -751,8 +877,9 @@ async fn watchers(w: Watchers) -> Result<()> {
         t.abort();
     }
     println!(
-        "mode=watchers watchers={} changes={} complete={} missing={missing} connect_ms={connect_ms:.1} \
+        "mode=watchers follow={} watchers={} changes={} complete={} missing={missing} connect_ms={connect_ms:.1} \
          p50_us={:.1} p99_us={:.1} write_p50_us={:.1} write_p99_us={:.1} rss_broker_before_kb={} rss_broker_with_kb={}",
+        u8::from(w.follow),
         w.watchers,
         changes.len(),
         last.len(),
@@ -762,6 +889,213 @@ async fn watchers(w: Watchers) -> Result<()> {
         pct(&write, 99.0),
         rss_before.map_or("nan".into(), |v| v.to_string()),
         rss_with.map_or("nan".into(), |v| v.to_string()),
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------------ followers
+
+/// One stream of args from the broker: WatchArgs, or Follow with a report
+/// (`FollowRequest`, the follower's whole position) after each revision, as
+/// `argsbroker::client` sends it for every worker.
+struct ArgsStream {
+    stream: tonic::Streaming<pb::Args>,
+    reports: Option<tokio::sync::mpsc::Sender<pb::FollowRequest>>,
+    name: String,
+}
+
+impl ArgsStream {
+    async fn open(socket: &Path, follow: bool, name: &str) -> Result<Self> {
+        let mut client = argsbroker::client::connect(socket).await?;
+        if !follow {
+            let stream = client
+                .watch_args(pb::WatchArgsRequest::default())
+                .await?
+                .into_inner();
+            return Ok(Self {
+                stream,
+                reports: None,
+                name: name.to_owned(),
+            });
+        }
+        let (reports, requests) = tokio::sync::mpsc::channel(16);
+        reports
+            .send(pb::FollowRequest {
+                name: name.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|_| anyhow!("follow: request stream closed"))?;
+        let stream = client
+            .follow(tokio_stream::wrappers::ReceiverStream::new(requests))
+            .await?
+            .into_inner();
+        Ok(Self {
+            stream,
+            reports: Some(reports),
+            name: name.to_owned(),
+        })
+    }
+
+    async fn next(&mut self) -> Result<Option<pb::Args>> {
+        Ok(self.stream.message().await?)
+    }
+
+    /// Reports `args` applied (Follow only).
+    async fn ack(&self, args: &pb::Args) {
+        if let Some(reports) = &self.reports {
+            let _ = reports
+                .send(pb::FollowRequest {
+                    name: self.name.clone(),
+                    applied_revision: args.revision,
+                    applied_lineage: args.lineage.clone(),
+                    ..Default::default()
+                })
+                .await;
+        }
+    }
+}
+
+/// A follower process: logs `serving args on` once it holds the args, then
+/// `<µs since the epoch> args updated revision=N` as each revision arrives
+/// (the clock and the line `bench propagate` reads from workers' logs).
+async fn follower(f: Follower) -> Result<()> {
+    let mut stream = ArgsStream::open(&f.socket, !f.watch_only, &f.name).await?;
+    let mut first = true;
+    while let Some(args) = stream.next().await? {
+        let at = unix_us(SystemTime::now());
+        if first {
+            first = false;
+            eprintln!(
+                "serving args on (bench follower) revision={}",
+                args.revision
+            );
+        } else {
+            eprintln!("{at} args updated revision={}", args.revision);
+        }
+        stream.ack(&args).await;
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ etcd's own floor
+
+/// Puts to `key` and times each put from the send to its event on one watch
+/// stream per member (the last of them), on this process's one clock: what a
+/// broker in etcd mode gets from etcd before it passes a revision on.
+async fn etcd_watch(e: EtcdWatch) -> Result<()> {
+    let endpoints: Vec<String> = e.endpoints.split(',').map(str::to_owned).collect();
+    let deadline = Instant::now() + Duration::from_secs_f64(e.timeout_secs);
+    let seen: Arc<Mutex<Vec<HashMap<u64, Instant>>>> =
+        Arc::new(Mutex::new(vec![HashMap::new(); endpoints.len()]));
+    let ready = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        let (endpoint, key, seen, ready) =
+            (endpoint.clone(), e.key.clone(), seen.clone(), ready.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = etcd_client::Client::connect([endpoint], None).await?;
+            let mut stream = client.watch(key, None).await?;
+            while let Some(reply) = stream.message().await? {
+                let at = Instant::now();
+                if reply.created() {
+                    ready.fetch_add(1, Ordering::Relaxed);
+                }
+                for event in reply.events() {
+                    if let Some(kv) = event.kv() {
+                        if let Ok(mut seen) = seen.lock() {
+                            seen[i].entry(kv.mod_revision() as u64).or_insert(at);
+                        }
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    while ready.load(Ordering::Relaxed) < endpoints.len() {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} etcd watches started",
+                ready.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let payload = match &e.payload {
+        Some(p) => std::fs::read(p)?,
+        None => Vec::new(),
+    };
+    let mut client = etcd_client::Client::connect(&endpoints, None).await?;
+    let nonce = unix_us(SystemTime::now());
+    let mut puts: Vec<(u64, Instant, u64)> = Vec::with_capacity(e.changes);
+    for i in 0..e.changes {
+        if Instant::now() > deadline {
+            break;
+        }
+        let mut value = format!("{nonce}-{i} ").into_bytes();
+        value.extend_from_slice(&payload);
+        let sent = Instant::now();
+        let reply = client.put(e.key.as_bytes(), value, None).await?;
+        let latency = sent.elapsed().as_nanos() as u64;
+        let revision = reply
+            .header()
+            .map(|h| h.revision() as u64)
+            .context("put: no header")?;
+        puts.push((revision, sent, latency));
+        tokio::time::sleep(Duration::from_secs_f64(e.gap_ms / 1e3)).await;
+    }
+    let last_rev = puts.last().map_or(0, |p| p.0);
+    loop {
+        let done = seen
+            .lock()
+            .map(|s| s.iter().filter(|m| m.contains_key(&last_rev)).count())
+            .unwrap_or(0);
+        if done >= endpoints.len() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for t in &tasks {
+        t.abort();
+    }
+    let seen = seen.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    let (mut last, mut any) = (Vec::new(), Vec::new());
+    let mut missing = 0usize;
+    for (revision, sent, _) in &puts {
+        let mut latest: Option<Instant> = None;
+        let mut complete = true;
+        for m in &seen {
+            match m.get(revision) {
+                Some(t) => {
+                    any.push(t.saturating_duration_since(*sent).as_micros() as i64);
+                    latest = Some(latest.map_or(*t, |l| l.max(*t)));
+                }
+                None => {
+                    complete = false;
+                    missing += 1;
+                }
+            }
+        }
+        if let (true, Some(t)) = (complete, latest) {
+            last.push(t.saturating_duration_since(*sent).as_micros() as i64);
+        }
+    }
+    last.sort_unstable();
+    any.sort_unstable();
+    let mut write: Vec<u64> = puts.iter().map(|p| p.2).collect();
+    write.sort_unstable();
+    println!(
+        "mode=etcd-watch watches={} changes={} complete={} missing={missing} p50_us={:.1} p99_us={:.1} \
+         any_p50_us={:.1} any_p99_us={:.1} write_p50_us={:.1} write_p99_us={:.1}",
+        endpoints.len(),
+        puts.len(),
+        last.len(),
+        pct_i(&last, 50.0),
+        pct_i(&last, 99.0),
+        pct_i(&any, 50.0),
+        pct_i(&any, 99.0),
+        pct(&write, 50.0),
+        pct(&write, 99.0),
     );
     Ok(())
 }

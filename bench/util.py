@@ -174,21 +174,59 @@ def report(results, versions_path, cmd, quick):
               True, "> 7× FastAPI", "FastAPI")
     R.compare("GET /args 1 MiB, 2 workers, wrk -t2 -c64", "H.1m", "rps", "N.1m", "rps", "req/s", 0.9, True,
               "≥ 0.9× nginx", "nginx")
-    # ---- propagation
+    # ---- propagation (every figure from the moment the write is sent)
     R.compare("change → last of 8 workers, p99", "P.8.1k", "p99_us", "R.pub.c.8.1k", "p99_us", "µs", 1.0, False,
               "≤ 1.0× Redis PUBLISH → 8 C subs", "Redis")
     R.compare("change → last of 8 workers, p50", "P.8.1k", "p50_us", "R.pub.c.8.1k", "p50_us", "µs", None, False,
               "(info)", "Redis")
-    R.compare("change → last of 64 workers, p99", "P.64.1k", "p99_us", "R.pub.c.64.1k", "p99_us", "µs", None, False,
-              "(info)", "Redis → 64 C subs")
+    R.compare("change → last of 64 workers, p99", "P.64.1k", "p99_us", "R.pub.c.64.1k", "p99_us", "µs", 1.0, False,
+              "≤ 1.0× Redis PUBLISH → 64 C subs", "Redis → 64 C subs")
     R.compare("change → last of 256 workers, p99 vs Redis", "P.256.1k", "p99_us", "R.pub.c.256.1k", "p99_us", "µs",
-              None, False, "(info)", "Redis → 256 C subs")
+              1.0, False, "≤ 1.0× Redis PUBLISH → 256 C subs", "Redis → 256 C subs")
     R.absolute("change → last of 256 workers, p99", R.med("P.256.1k", "p99_us"), "µs", 20000, "< 20 ms")
+    for n in (8, 64, 256):
+        R.compare(f"{n} workers: broker publish → last worker's report (broker clock, excl. the write), p99",
+                  f"P.{n}.1k", "ack_p99_us", f"R.pub.c.{n}.1k", "p99_us", "µs", None, False, "(info)",
+                  f"Redis → {n} C subs")
     R.compare("change → last of 8 workers, 1 MiB, p99", "P.8.1m", "p99_us", "R.pub.c.8.1m", "p99_us", "µs", None,
               False, "(info)", "Redis")
+    for n in (8, 64, 256):
+        R.compare(f"change → last of {n} workers, broker on tmpfs, p99", f"A.workers.{n}.1k", "p99_us",
+                  f"R.pub.c.{n}.1k", "p99_us", "µs", 1.0, False, f"≤ 1.0× Redis PUBLISH → {n} C subs",
+                  f"Redis → {n} C subs")
+    for n in (8, 64, 256):
+        R.compare(f"change → last of {n} followers, acks on vs off, p99", f"A.follow.{n}.1k", "p99_us",
+                  f"A.watch.{n}.1k", "p99_us", "µs", 1.1, False, "≤ 1.1× no acks", "WatchArgs only")
+        R.compare(f"change → last of {n} followers, acks on vs off, p50", f"A.follow.{n}.1k", "p50_us",
+                  f"A.watch.{n}.1k", "p50_us", "µs", None, False, "(info)", "WatchArgs only")
+    for n in (8, 64):
+        w50, w99 = R.med(f"A.wait.{n}.1k", "p50_us"), R.med(f"A.wait.{n}.1k", "p99_us")
+        if w50 is not None:
+            R.add(f"broker patch --wait to {n} workers, p50 / p99",
+                  f"p50 {num(w50)} µs, p99 {num(w99)} µs",
+                  f"no --wait: p50 {num(R.med(f'A.nowait.{n}.1k', 'p50_us'))} µs, "
+                  f"p99 {num(R.med(f'A.nowait.{n}.1k', 'p99_us'))} µs",
+                  f"{w50 / R.med(f'A.nowait.{n}.1k', 'p50_us'):.2f}× (p50)", "(info)", "(info)")
     w50, w99 = R.med("P.8.1k", "write_p50_us"), R.med("P.8.1k", "write_p99_us")
     if w50 is not None:
         R.add("PatchArgs latency (incl. fsync), 1 KiB", f"p50 {num(w50)} µs, p99 {num(w99)} µs", "—", "—", "(info)", "(info)")
+    # ---- many hosts (etcd)
+    ep, fp = R.med("E.prop.etcd.1k", "p99_us"), R.med("E.etcd.watch.1k", "p99_us")
+    if ep is not None and fp is not None:
+        n = int(R.med("E.prop.etcd.1k", "workers") or 0)
+        R.add(f"etcd: change → last of {n} workers on 3 brokers, p99, over etcd's own watch",
+              f"{num(ep)} µs (p50 {num(R.med('E.prop.etcd.1k', 'p50_us'))} µs)",
+              f"etcd put → last of 3 watches {num(fp)} µs (p50 {num(R.med('E.etcd.watch.1k', 'p50_us'))} µs)",
+              f"+{num(ep - fp)} µs", "< +1 ms p99 over etcd's watch",
+              "**met**" if ep - fp < 1000 else "**missed**")
+    R.compare("etcd: change → last worker, p99, vs file mode (same worker count)", "E.prop.etcd.1k", "p99_us",
+              "E.prop.file.1k", "p99_us", "µs", None, False, "(info)", "file mode")
+    R.compare("etcd: PatchArgs through etcd, p50", "E.prop.etcd.1k", "write_p50_us", "E.etcd.watch.1k", "write_p50_us",
+              "µs", None, False, "(info)", "etcd put")
+    R.compare("etcd: PatchArgs through etcd, p99", "E.prop.etcd.1k", "write_p99_us", "E.etcd.watch.1k", "write_p99_us",
+              "µs", None, False, "(info)", "etcd put")
+    R.compare("etcd: GetArgs 1 KiB, sequential, p50, etcd mode vs file mode", "E.get.etcd.1k", "p50_us", "E.get.file.1k",
+              "p50_us", "µs", 1.05, False, "as fast as file mode (≤ 1.05×, noise)", "file mode")
     # ---- start and memory
     R.absolute("worker start → /readyz 200 (incl. fetch)", R.med("S.worker.1k", "cold_ms"), "ms", 15, "< 15 ms")
     R.compare("worker start vs bare tonic server start", "S.worker.1k", "cold_ms", "S.floor.1k", "cold_ms", "ms", None,
@@ -278,28 +316,34 @@ def report(results, versions_path, cmd, quick):
     p("")
     p("## Detail: propagation and writes")
     p("")
-    p("Workers: the time from the client receiving the PatchArgs reply to the `args updated revision=N` log line of")
-    p("the last worker (wall clock, µs; a worker that skipped to a newer revision counts at that one). `from send` starts")
-    p("at the request instead, `any` counts every worker. Redis: from just before the PUBLISH is sent to the last")
-    p("subscriber having read the whole message.")
+    p("Every figure is measured from the moment the write is sent: workers and `bench follower` processes, from just")
+    p("before the client sends PatchArgs to the `args updated revision=N` log line of the last of them (the system clock")
+    p("both carry, µs; a worker that skipped to a newer revision counts at that one); `any` counts every worker;")
+    p("`from reply` starts at the PatchArgs reply instead (the figure of runs before issue 14; the broker publishes")
+    p("before it replies, so it can be negative). Watch streams (`X.watch`) and etcd's watch (`E.etcd`): from the send")
+    p("to the receipt, on the one monotonic clock of the client process. Redis: from just before the PUBLISH is sent")
+    p("to the last subscriber having read the whole message. `write`: PatchArgs (or etcd put) send → reply.")
     p("")
-    p("| id | workload | payload | n | last p50 µs | last p99 µs | from send p50/p99 µs | any p50/p99 µs | write p50/p99 µs | notes |")
+    p("| id | workload | payload | n | last p50 µs | last p99 µs | from reply p50/p99 µs | any p50/p99 µs | write p50/p99 µs | notes |")
     p("|---|---|---|---|---|---|---|---|---|---|")
     for rid, r in rows.items():
-        if not rid.startswith(("P.", "R.pub", "X.watch", "X.write")):
+        if not rid.startswith(("P.", "R.pub", "X.watch", "X.write", "A.", "E.prop", "E.etcd")):
             continue
         v = r["vals"]
         notes = []
         for k in ("missing", "skipped", "short_publish"):
             if k in v and any(v[k]):
                 notes.append(f"{k}={int(max(v[k]))}")
+        if "ack_p50_us" in v and R.med(rid, "acked"):
+            notes.append(f"broker publish → last report {num(R.med(rid, 'ack_p50_us'))} / {num(R.med(rid, 'ack_p99_us'))} µs "
+                         f"({int(R.med(rid, 'acked'))} of {int(R.med(rid, 'changes'))} changes)")
         if "connect_ms" in v:
             notes.append(f"connect {num(R.med(rid, 'connect_ms'))} ms; broker RSS {num(R.med(rid, 'rss_broker_before_kb') * kb)} → "
                          f"{num(R.med(rid, 'rss_broker_with_kb') * kb)} MiB")
-        fs = f"{num(R.med(rid, 'from_send_p50_us'))} / {num(R.med(rid, 'from_send_p99_us'))}" if "from_send_p50_us" in v else ""
+        fs = f"{num(R.med(rid, 'from_reply_p50_us'))} / {num(R.med(rid, 'from_reply_p99_us'))}" if "from_reply_p50_us" in v else ""
         an = f"{num(R.med(rid, 'any_p50_us'))} / {num(R.med(rid, 'any_p99_us'))}" if "any_p50_us" in v else ""
         wr = f"{num(R.med(rid, 'write_p50_us'))} / {num(R.med(rid, 'write_p99_us'))}" if "write_p50_us" in v else ""
-        if rid.startswith("X.write"):
+        if rid.startswith(("X.write", "A.wait", "A.nowait")):
             wr = f"{num(R.med(rid, 'p50_us'))} / {num(R.med(rid, 'p99_us'))}"
             p(f"| {rid} | {r['workload']} | {r['payload']} | {R.n(rid)} | | | | | {wr} | {'; '.join(notes)} |")
             continue
@@ -353,6 +397,12 @@ def report(results, versions_path, cmd, quick):
     p("- Cold start: `bench coldstart` spawns the process and probes it every 0.1 ms (worker: `GET /readyz`;")
     p("  broker and bare tonic: a GetArgs call). RSS is VmRSS from /proc after the load.")
     p("- Scale: `bench watchers` opens N WatchArgs streams, one connection each, in one client process.")
+    p("- Fleet (`A.*`): N `bench follower` processes on one broker, reporting each applied revision on a Follow stream")
+    p("  (acks on, as every worker does) or only watching (WatchArgs), one set right after the other, the order flipped")
+    p("  every repetition; `broker patch --wait` is PatchArgs with `wait_applied_ms` to N real workers.")
+    p("- Many hosts (`E.*`): a 3-member etcd cluster on loopback (data on /dev/shm), 3 brokers with `--etcd-endpoints`,")
+    p("  E_WORKERS workers each, PatchArgs sent to one of them; etcd's own floor is `bench etcd-watch` (etcd-client: a")
+    p("  put, and one watch stream per member, timed on one clock); then the same number of workers on a file-mode broker.")
     p("- Figures move 1.2–1.4× between runs on a shared 2-CPU VM; only ratios inside one run count.")
     print("\n".join(out))
 
