@@ -15,6 +15,7 @@ use crate::followers::Followers;
 use crate::store::{satisfies, ArgsFile, Published, WriteError};
 use arc_swap::ArcSwap;
 use argsbroker::document::Document;
+use argsbroker::lock;
 use argsbroker::pb;
 use argsbroker::schema::Schema;
 use etcd_client::{
@@ -1245,13 +1246,6 @@ fn check_value(value: &[u8], max: usize, schema: Option<&Schema>) -> Result<Docu
     let document = Document::parse(value).map_err(|err| err.to_string())?;
     satisfies(schema, &document).map_err(|unsatisfied| format!("it {unsatisfied}"))?;
     Ok(document)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Holds a plain value that a panic cannot leave half-written.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The last document the broker served, kept in its state directory:

@@ -3,7 +3,7 @@
 //! revision. Reports come once per revision per follower, never on the read
 //! path, so one mutex is enough.
 use crate::peer::Peer;
-use argsbroker::pb;
+use argsbroker::{lock, pb};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -400,11 +400,4 @@ enum Key {
 
 fn remote_who(host: &str, f: &pb::Follower) -> String {
     format!("{} (pid {}, uid {}) on {host}", f.name, f.pid, f.uid)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Plain values that a panic cannot leave half-written.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -31,7 +31,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use tonic::Code;
 
 /// What a scrape answers with: OpenMetrics, which Prometheus asks for first.
@@ -295,7 +295,7 @@ impl Metrics {
         store: &Backend,
         followers: &Followers,
     ) -> Result<String, std::fmt::Error> {
-        let _one = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
+        let _one = argsbroker::lock(&self.scrape);
         let current = store.current();
         self.revision.set(current.revision);
         let info = InfoLabels {

@@ -8,6 +8,7 @@ use crate::{
     ServeArgs,
 };
 use anyhow::Context;
+use argsbroker::lock;
 use argsbroker::schema::Schema;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -282,13 +283,6 @@ impl ServeArgs {
         )
         .map(Some)
     }
-}
-
-fn lock(claim: &Mutex<socket::Claim>) -> std::sync::MutexGuard<'_, socket::Claim> {
-    // The claim holds no invariant a panic could break halfway.
-    claim
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Locks the state directory (`DIR/lock`) and, unless read-only, the args

@@ -409,9 +409,7 @@ impl Store {
 
     fn history(&self) -> std::sync::MutexGuard<'_, History> {
         // A panic while holding this lock leaves whole entries behind; carry on.
-        self.history
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        argsbroker::lock(&self.history)
     }
 
     /// Replaces the document with `json`.

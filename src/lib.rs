@@ -73,6 +73,15 @@ pub const CONFLICT_METADATA: &str = "argsbroker-current-revision";
 /// The default socket path of the broker, shared by every command line.
 pub const DEFAULT_SOCKET: &str = "/tmp/argsbroker.sock";
 
+/// Locks a mutex whose value a panic cannot leave half-written (a plain
+/// value replaced whole, a list, a unit guard): a holder's panic is carried
+/// on past rather than turned into a panic of every later caller.
+pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// An error and its causes on one line, as the binaries print it. A cause
 /// whose text the line already ends with is not repeated.
 pub fn one_line(err: &dyn std::error::Error) -> String {

@@ -128,7 +128,7 @@ struct Tracker {
 impl Tracker {
     fn lock(&self) -> std::sync::MutexGuard<'_, Phase> {
         // A poisoned lock only means a panic elsewhere; the phase is still a plain value.
-        self.phase.lock().unwrap_or_else(|e| e.into_inner())
+        argsbroker::lock(&self.phase)
     }
 
     fn idle(&self) {

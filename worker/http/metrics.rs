@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use tower::{Layer, Service};
 
@@ -127,7 +127,7 @@ impl Metrics {
 
     /// The exposition: the gauges as `live` is now, then every metric.
     pub fn scrape(&self, live: &Live<Prepared>) -> Result<String, std::fmt::Error> {
-        let _one = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
+        let _one = argsbroker::lock(&self.scrape);
         let prepared = live.load();
         let snapshot = &prepared.snapshot;
         self.revision.set(snapshot.revision);
