@@ -209,16 +209,14 @@ fn wait_flags_are_checked() {
 /// with its reason.
 #[test]
 fn a_worker_that_rejects_a_revision_is_named_with_its_reason() {
-    let site = Site::new(r#"{"port":8080}"#);
-    let schema = site.path("args.schema.json");
-    std::fs::write(&schema, SCHEMA).expect("write the schema");
-    let _broker = site.start_broker();
-    let plain_port = free_port();
-    let _plain = site.start_worker(plain_port, false);
-    let (strict_port, strict) = start_strict_worker(&site, &schema);
-    eventually("both workers listed", || {
-        (followers(&site).len() == 2).then_some(())
-    });
+    let Pair {
+        site,
+        schema,
+        plain_port,
+        strict_port,
+        strict,
+        _procs,
+    } = plain_and_strict();
 
     let (code, _, err) = ctl(&site, "patch", &["--wait=10", r#"{"port":"x"}"#]);
     let reason = format!(
@@ -275,16 +273,14 @@ fn a_worker_that_rejects_a_revision_is_named_with_its_reason() {
 /// with the old content, which every worker then serves.
 #[test]
 fn rollback_on_reject_restores_the_old_content_everywhere() {
-    let site = Site::new(r#"{"port":8080}"#);
-    let schema = site.path("args.schema.json");
-    std::fs::write(&schema, SCHEMA).expect("write the schema");
-    let _broker = site.start_broker();
-    let plain_port = free_port();
-    let _plain = site.start_worker(plain_port, false);
-    let (strict_port, strict) = start_strict_worker(&site, &schema);
-    eventually("both workers listed", || {
-        (followers(&site).len() == 2).then_some(())
-    });
+    let Pair {
+        site,
+        schema: _,
+        plain_port,
+        strict_port,
+        strict,
+        _procs,
+    } = plain_and_strict();
 
     let (code, _, err) = ctl(
         &site,
@@ -348,6 +344,39 @@ const SCHEMA: &str = r#"{
   "type": "object",
   "properties": {"port": {"type": "integer"}}
 }"#;
+
+/// A broker on `{"port":8080}` with two workers listed: one plain, one
+/// with `--schema` SCHEMA (`strict`).
+struct Pair {
+    site: Site,
+    schema: std::path::PathBuf,
+    plain_port: u16,
+    strict_port: u16,
+    strict: Proc,
+    /// The broker and the plain worker, stopped when dropped.
+    _procs: [Proc; 2],
+}
+
+fn plain_and_strict() -> Pair {
+    let site = Site::new(r#"{"port":8080}"#);
+    let schema = site.path("args.schema.json");
+    std::fs::write(&schema, SCHEMA).expect("write the schema");
+    let broker = site.start_broker();
+    let plain_port = free_port();
+    let plain = site.start_worker(plain_port, false);
+    let (strict_port, strict) = start_strict_worker(&site, &schema);
+    eventually("both workers listed", || {
+        (followers(&site).len() == 2).then_some(())
+    });
+    Pair {
+        site,
+        schema,
+        plain_port,
+        strict_port,
+        strict,
+        _procs: [broker, plain],
+    }
+}
 
 fn start_strict_worker(site: &Site, schema: &std::path::Path) -> (u16, Proc) {
     let port = free_port();
