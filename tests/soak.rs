@@ -83,26 +83,13 @@ fn fault_soak() {
     eprintln!("soak: {seconds} s, seed {seed} (SOAK_SEED={seed} replays the fault schedule)");
     let mut rng = Rng::new(seed);
     // SOAK_FAULTS=kill,sighup,edit,disk,worker (the default: all) narrows the schedule.
-    let enabled: Vec<(Fault, u64)> = {
-        let wanted = std::env::var("SOAK_FAULTS").unwrap_or_default();
-        let all = [
-            (Fault::KillBroker, "kill", 25),
-            (Fault::Sighup, "sighup", 20),
-            (Fault::OutsideEdit, "edit", 20),
-            (Fault::DiskFull, "disk", 15),
-            (Fault::KillWorker, "worker", 20),
-        ];
-        all.into_iter()
-            .filter(|(_, name, _)| {
-                wanted.is_empty() || wanted.split(',').any(|w| w.trim() == *name)
-            })
-            .map(|(fault, _, weight)| (fault, weight))
-            .collect()
-    };
-    assert!(
-        !enabled.is_empty(),
-        "SOAK_FAULTS names no fault: kill,sighup,edit,disk,worker"
-    );
+    let enabled = enabled_faults([
+        (Fault::KillBroker, "kill", 25),
+        (Fault::Sighup, "sighup", 20),
+        (Fault::OutsideEdit, "edit", 20),
+        (Fault::DiskFull, "disk", 15),
+        (Fault::KillWorker, "worker", 20),
+    ]);
     eprintln!("soak: faults {enabled:?}");
 
     let start_json = r#"{"start": true}"#;

@@ -164,25 +164,12 @@ fn etcd_fault_soak() {
 
     // The fault schedule.
     // SOAK_FAULTS=etcd,quorum,broker,worker (the default: all) narrows the schedule.
-    let enabled: Vec<(Fault, u64)> = {
-        let wanted = std::env::var("SOAK_FAULTS").unwrap_or_default();
-        let all = [
-            (Fault::EtcdMember, "etcd", 35),
-            (Fault::NoQuorum, "quorum", 10),
-            (Fault::KillBroker, "broker", 30),
-            (Fault::KillWorker, "worker", 25),
-        ];
-        all.into_iter()
-            .filter(|(_, name, _)| {
-                wanted.is_empty() || wanted.split(',').any(|w| w.trim() == *name)
-            })
-            .map(|(fault, _, weight)| (fault, weight))
-            .collect()
-    };
-    assert!(
-        !enabled.is_empty(),
-        "SOAK_FAULTS names no fault: etcd,quorum,broker,worker"
-    );
+    let enabled = enabled_faults([
+        (Fault::EtcdMember, "etcd", 35),
+        (Fault::NoQuorum, "quorum", 10),
+        (Fault::KillBroker, "broker", 30),
+        (Fault::KillWorker, "worker", 25),
+    ]);
     eprintln!("etcd soak: faults {enabled:?}");
     let mut faults = Faults::default();
     let mut down: Option<usize> = None;

@@ -119,6 +119,25 @@ impl Ledger {
     }
 }
 
+/// The faults of `all` (fault, name, weight) that SOAK_FAULTS names (a
+/// comma-separated list of names; unset or empty: all of them), with
+/// their weights. Panics, naming the choices, if it names none.
+pub fn enabled_faults<F: Copy, const N: usize>(all: [(F, &str, u64); N]) -> Vec<(F, u64)> {
+    let wanted = std::env::var("SOAK_FAULTS").unwrap_or_default();
+    let enabled: Vec<(F, u64)> = all
+        .iter()
+        .filter(|(_, name, _)| wanted.is_empty() || wanted.split(',').any(|w| w.trim() == *name))
+        .map(|(fault, _, weight)| (*fault, *weight))
+        .collect();
+    let names: Vec<&str> = all.iter().map(|(_, name, _)| *name).collect();
+    assert!(
+        !enabled.is_empty(),
+        "SOAK_FAULTS names no fault: {}",
+        names.join(",")
+    );
+    enabled
+}
+
 pub fn short(s: &str) -> &str {
     &s[..s.len().min(12)]
 }
