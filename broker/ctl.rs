@@ -342,6 +342,11 @@ fn rfc3339(unix_millis: u64) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
+fn rfc3339_seconds(unix_millis: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_millis);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
 /// `broker status`, for people:
 /// ```text
 /// revision 42 sha256 5f1c9a0e3b2d lineage etcd-8e9e05c52164694d-7
@@ -376,8 +381,15 @@ fn status_lines(status: &pb::BrokerStatus, followers: &pb::ListFollowersResponse
             "" => String::new(),
             host => format!(" on {host}"),
         };
+        let stale = match f.stale {
+            false => String::new(),
+            true => format!(
+                " (STALE: as of {}, not refreshed since)",
+                rfc3339_seconds(f.as_of_unix_millis)
+            ),
+        };
         text.push_str(&format!(
-            "\n  {}{on} pid {} uid {} applied {}{after}{rejected} since {}",
+            "\n  {}{on} pid {} uid {} applied {}{after}{rejected} since {}{stale}",
             f.name,
             f.pid,
             f.uid,
@@ -412,6 +424,10 @@ fn status_json(status: &pb::BrokerStatus, followers: &pb::ListFollowersResponse)
                 "connected_since_unix_millis": f.connected_since_unix_millis,
                 "applied_after_micros": f.applied_after_micros,
                 "host": f.host,
+                // Another host's follower: when its list was last refreshed, and
+                // whether it can be trusted now.
+                "as_of": (!f.host.is_empty()).then(|| rfc3339(f.as_of_unix_millis)),
+                "stale": f.stale,
             })
         })
         .collect();

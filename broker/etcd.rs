@@ -22,6 +22,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient, ResponseHeader,
     TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1327,6 +1328,11 @@ impl LastKnownGood {
 /// broker stops renewing them (it died, or lost etcd).
 const FLEET_TTL_SECONDS: i64 = 10;
 
+/// How often each broker renews the lease of its shared list, and looks at
+/// the other hosts' leases: a lease renewed longer ago than
+/// [`crate::followers::REMOTE_FRESH_FOR`] marks that host's list stale.
+const FLEET_RENEW: Duration = Duration::from_secs(1);
+
 /// A follower as one host shares it with the others (`KEY/followers/HOST`).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SharedFollower {
@@ -1365,6 +1371,8 @@ impl SharedFollower {
             connected_since_unix_millis: self.connected_since_unix_millis,
             applied_after_micros: self.applied_after_micros,
             host: String::new(),
+            as_of_unix_millis: 0,
+            stale: false,
         }
     }
 }
@@ -1413,7 +1421,7 @@ impl EtcdStore {
         let mut leases = self.client.lease_client();
         let lease = self.call(leases.grant(FLEET_TTL_SECONDS, None)).await?.id();
         let (mut keeper, mut renewed) = self.call(leases.keep_alive(lease)).await?;
-        let mut renew = tokio::time::interval(Duration::from_secs(FLEET_TTL_SECONDS as u64 / 3));
+        let mut renew = tokio::time::interval(FLEET_RENEW);
         changes.mark_changed();
         loop {
             tokio::select! {
@@ -1442,7 +1450,7 @@ impl EtcdStore {
         }
     }
 
-    /// Follows the other hosts' lists.
+    /// Follows the other hosts' lists, and how current each is.
     async fn watch_followers(self: Arc<Self>, followers: Arc<Followers>, host: String) {
         loop {
             if let Err(failure) = self.watch_followers_once(&followers, &host).await {
@@ -1451,8 +1459,32 @@ impl EtcdStore {
                     "cannot follow the other hosts' followers; trying again"
                 );
             }
+            // Kept, as stale, until they can be read again.
+            followers.remote_unconfirmed();
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// Asks etcd how long ago each other host renewed the lease its list is
+    /// under: a host that died, or lost etcd, stops renewing it.
+    async fn check_remote_leases(
+        &self,
+        followers: &Followers,
+        leases: &BTreeMap<String, i64>,
+    ) -> Result<(), Failure> {
+        let mut client = self.client.lease_client();
+        for host in followers.remote_hosts() {
+            let Some(&lease) = leases.get(&host) else {
+                continue;
+            };
+            let answer = self.call(client.time_to_live(lease, None)).await?;
+            // TTL -1: the lease expired; the list's deletion is on its way.
+            let age = (answer.ttl() > 0).then(|| {
+                Duration::from_secs(answer.granted_ttl().saturating_sub(answer.ttl()).max(0) as u64)
+            });
+            followers.confirm_remote(&host, age);
+        }
+        Ok(())
     }
 
     async fn watch_followers_once(&self, followers: &Followers, own: &str) -> Result<(), Failure> {
@@ -1467,9 +1499,12 @@ impl EtcdStore {
             return Err(Failure::Other("etcd sent no response header".to_owned()));
         };
         followers.clear_remote();
+        let mut leases = BTreeMap::new();
         for kv in read.kvs() {
-            self.take_remote(followers, own, kv.key(), Some(kv.value()));
+            self.take_remote(followers, own, kv, Some(kv.value()), &mut leases);
         }
+        // Present is not current: a host killed moments ago is still there.
+        self.check_remote_leases(followers, &leases).await?;
         let mut watch_client = self.client.watch_client();
         let options = WatchOptions::new()
             .with_prefix()
@@ -1477,8 +1512,16 @@ impl EtcdStore {
         let mut stream = self
             .call(watch_client.watch(prefix.as_str(), Some(options)))
             .await?;
+        let mut check = tokio::time::interval(FLEET_RENEW);
         loop {
-            let Some(response) = stream.message().await.map_err(Failure::of)? else {
+            let message = tokio::select! {
+                message = stream.message() => message,
+                _ = check.tick() => {
+                    self.check_remote_leases(followers, &leases).await?;
+                    continue;
+                }
+            };
+            let Some(response) = message.map_err(Failure::of)? else {
                 return Err(Failure::Unreachable("the watch ended".to_owned()));
             };
             if response.canceled() {
@@ -1490,15 +1533,23 @@ impl EtcdStore {
                     etcd_client::EventType::Put => Some(kv.value()),
                     etcd_client::EventType::Delete => None,
                 };
-                self.take_remote(followers, own, kv.key(), value);
+                self.take_remote(followers, own, kv, value, &mut leases);
             }
         }
     }
 
-    /// Records another host's list (`None`: the host is gone).
-    fn take_remote(&self, followers: &Followers, own: &str, key: &[u8], value: Option<&[u8]>) {
+    /// Records another host's list (`None`: the host is gone) and the lease
+    /// it is under.
+    fn take_remote(
+        &self,
+        followers: &Followers,
+        own: &str,
+        kv: &etcd_client::KeyValue,
+        value: Option<&[u8]>,
+        leases: &mut BTreeMap<String, i64>,
+    ) {
         let prefix = self.fleet_prefix();
-        let Some(host) = std::str::from_utf8(key)
+        let Some(host) = std::str::from_utf8(kv.key())
             .ok()
             .and_then(|k| k.strip_prefix(prefix.as_str()))
         else {
@@ -1516,6 +1567,10 @@ impl EtcdStore {
                     return;
                 }
             },
+        };
+        match value {
+            Some(_) => leases.insert(host.to_owned(), kv.lease()),
+            None => leases.remove(host),
         };
         followers.set_remote(host, list);
     }

@@ -15,6 +15,12 @@ use tokio::sync::watch;
 /// after publication each follower applied them.
 const PUBLISHED_KEPT: usize = 64;
 
+/// Another host's list is current only while this broker confirmed, this
+/// recently, that the host still renews it (etcd mode): past that (etcd out of
+/// reach, the host killed) its entries are shown as stale and never count as
+/// applied.
+pub const REMOTE_FRESH_FOR: Duration = Duration::from_secs(3);
+
 pub struct Followers {
     next_id: AtomicU64,
     state: Mutex<State>,
@@ -42,9 +48,37 @@ struct State {
     followers: BTreeMap<u64, Follower>,
     /// The followers of the other hosts' brokers (etcd mode), by host, as
     /// each host last shared them.
-    remote: BTreeMap<String, Vec<pb::Follower>>,
+    remote: BTreeMap<String, Remote>,
     /// (revision, when this broker published it), newest last.
     published: VecDeque<(u64, Instant)>,
+}
+
+/// Another host's list, and how current it is known to be.
+#[derive(Debug, Clone)]
+struct Remote {
+    followers: Vec<pb::Follower>,
+    /// When that host last refreshed it (this broker's clock), as far as
+    /// this broker knows.
+    refreshed: SystemTime,
+    /// When this broker last confirmed the list current (`None`: it knows it
+    /// is not: the host stopped refreshing, or etcd is out of reach).
+    confirmed: Option<Instant>,
+}
+
+impl Remote {
+    fn stale(&self) -> bool {
+        self.confirmed
+            .is_none_or(|at| at.elapsed() > REMOTE_FRESH_FOR)
+    }
+
+    /// `(as_of_unix_millis, stale)` for ListFollowers.
+    fn freshness(&self) -> (u64, bool) {
+        let as_of = self
+            .refreshed
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        (as_of, self.stale())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -134,11 +168,16 @@ pub struct Lagging {
     pub rejected: Vec<String>,
     pub behind: Vec<String>,
     pub left: Vec<String>,
+    /// On another host whose shared list went stale: what they did is unknown.
+    pub unconfirmed: Vec<String>,
 }
 
 impl Lagging {
     pub fn is_empty(&self) -> bool {
-        self.rejected.is_empty() && self.behind.is_empty() && self.left.is_empty()
+        self.rejected.is_empty()
+            && self.behind.is_empty()
+            && self.left.is_empty()
+            && self.unconfirmed.is_empty()
     }
 }
 
@@ -230,9 +269,12 @@ impl Followers {
     pub fn list(&self, current: u64) -> Vec<pb::Follower> {
         let mut all = self.local(current);
         let state = lock(&self.state);
-        for (host, followers) in &state.remote {
-            all.extend(followers.iter().map(|f| pb::Follower {
+        for (host, remote) in &state.remote {
+            let (as_of_unix_millis, stale) = remote.freshness();
+            all.extend(remote.followers.iter().map(|f| pb::Follower {
                 host: host.clone(),
+                as_of_unix_millis,
+                stale,
                 ..f.clone()
             }));
         }
@@ -271,6 +313,8 @@ impl Followers {
                     _ => None,
                 },
                 host: String::new(),
+                as_of_unix_millis: 0,
+                stale: false,
             })
             .collect()
     }
@@ -287,15 +331,64 @@ impl Followers {
     }
 
     #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
-    /// Another host's followers, as it shared them (`None`: it is gone).
+    /// Another host's followers, as it shared them just now (`None`: it is
+    /// gone: its lease expired or it stopped).
     pub fn set_remote(&self, host: &str, followers: Option<Vec<pb::Follower>>) {
         let mut state = lock(&self.state);
         match followers {
-            Some(followers) => state.remote.insert(host.to_owned(), followers),
+            Some(followers) => state.remote.insert(
+                host.to_owned(),
+                Remote {
+                    followers,
+                    refreshed: SystemTime::now(),
+                    confirmed: Some(Instant::now()),
+                },
+            ),
             None => state.remote.remove(host),
         };
         drop(state);
         self.changed.send_modify(|n| *n += 1);
+    }
+
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    /// What this broker learned of another host's list just now: `Some(age)`,
+    /// the host refreshed it that long ago; `None`, it cannot be told (etcd
+    /// out of reach). A list refreshed longer ago than [`REMOTE_FRESH_FOR`]
+    /// is stale until the host refreshes it again.
+    pub fn confirm_remote(&self, host: &str, age: Option<Duration>) {
+        let mut state = lock(&self.state);
+        let Some(remote) = state.remote.get_mut(host) else {
+            return;
+        };
+        let was_stale = remote.stale();
+        match age {
+            Some(age) if age <= REMOTE_FRESH_FOR => {
+                remote.refreshed = SystemTime::now() - age;
+                remote.confirmed = Some(Instant::now());
+            }
+            // Stale: "as of" stays the last refresh seen.
+            _ => remote.confirmed = None,
+        }
+        let flipped = was_stale != remote.stale();
+        drop(state);
+        if flipped {
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    /// The hosts whose lists this broker keeps.
+    pub fn remote_hosts(&self) -> Vec<String> {
+        lock(&self.state).remote.keys().cloned().collect()
+    }
+
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    /// Every other host's list can no longer be refreshed (etcd out of
+    /// reach): kept, and shown as stale, until it can.
+    pub fn remote_unconfirmed(&self) {
+        for host in self.remote_hosts() {
+            self.confirm_remote(&host, None);
+        }
     }
 
     #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
@@ -317,8 +410,8 @@ impl Followers {
                 .followers
                 .iter()
                 .map(|(id, f)| (Key::Local(*id), f.who()));
-            let remote = state.remote.iter().flat_map(|(host, followers)| {
-                followers.iter().map(move |f| {
+            let remote = state.remote.iter().flat_map(|(host, remote)| {
+                remote.followers.iter().map(move |f| {
                     let key = Key::Remote {
                         host: host.clone(),
                         name: f.name.clone(),
@@ -338,6 +431,8 @@ impl Followers {
             }
             tokio::select! {
                 _ = changes.changed() => {}
+                // A list that goes stale says nothing; look again.
+                _ = tokio::time::sleep(REMOTE_FRESH_FOR / 5) => {}
                 _ = tokio::time::sleep_until(deadline) => {
                     return self.check(&waiting, revision, true).0;
                 }
@@ -357,15 +452,33 @@ impl Followers {
                     .followers
                     .get(id)
                     .map(|f| (f.applied, f.rejected.clone())),
-                Key::Remote { host, name, pid } => state
-                    .remote
-                    .get(host)
-                    .and_then(|fs| fs.iter().find(|f| f.pid == *pid && f.name == *name))
-                    .map(|f| {
-                        let rejected = (f.rejected_revision != 0)
-                            .then(|| (f.rejected_revision, f.rejected_reason.clone()));
-                        (f.applied_revision, rejected)
-                    }),
+                Key::Remote { host, name, pid } => {
+                    let Some(remote) = state.remote.get(host) else {
+                        lagging.left.push(format!("{who} disconnected"));
+                        continue;
+                    };
+                    if remote.stale() {
+                        // Nothing it says counts, applied or not.
+                        if time_up {
+                            let as_of = humantime::format_rfc3339_seconds(remote.refreshed);
+                            lagging.unconfirmed.push(format!(
+                                "{who} is unconfirmed: its host's list is as of {as_of}, not refreshed since"
+                            ));
+                        } else {
+                            pending += 1;
+                        }
+                        continue;
+                    }
+                    remote
+                        .followers
+                        .iter()
+                        .find(|f| f.pid == *pid && f.name == *name)
+                        .map(|f| {
+                            let rejected = (f.rejected_revision != 0)
+                                .then(|| (f.rejected_revision, f.rejected_reason.clone()));
+                            (f.applied_revision, rejected)
+                        })
+                }
             };
             match position {
                 None => lagging.left.push(format!("{who} disconnected")),

@@ -305,6 +305,7 @@ impl ArgsService {
                 .map(|b| format!("{b} after {}", humantime::format_duration(wait.timeout))),
         );
         parts.extend(lagging.left.iter().cloned());
+        parts.extend(lagging.unconfirmed.iter().cloned());
         let mut message = format!(
             "revision {} is committed, but not every follower applied it: {}",
             written.revision,

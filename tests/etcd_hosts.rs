@@ -210,6 +210,15 @@ fn health(socket: &Path) -> tonic_health::pb::health_check_response::ServingStat
 }
 
 /// `broker status --socket S`: exit code and stdout.
+/// `broker status --json`, parsed.
+fn status_json(host: &Host) -> serde_json::Value {
+    let (code, out, err) = run(Command::new(BROKER)
+        .args(["status", "--json", "--socket"])
+        .arg(host.socket()));
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
 fn status(host: &Host) -> (i32, String) {
     let (code, out, err) = run(Command::new(BROKER)
         .arg("status")
@@ -428,6 +437,13 @@ fn without_an_etcd_quorum_writes_fail_fast_reads_go_on_and_every_host_recovers()
     }
     let json = text(&last.json).to_owned();
     converge(&hosts, last.revision, &json);
+    // Every host has heard every other host's list before the outage.
+    for (h, host) in hosts.iter().enumerate() {
+        eventually(&format!("host {h} to list the 3 workers, current"), || {
+            let (_, out) = status(host);
+            (out.lines().nth(2) == Some("followers 3") && !out.contains("STALE")).then_some(())
+        });
+    }
 
     // Two down: no quorum. A write fails with UNAVAILABLE, quickly, naming etcd.
     cluster.kill(1);
@@ -464,13 +480,41 @@ fn without_an_etcd_quorum_writes_fail_fast_reads_go_on_and_every_host_recovers()
             health(&host.socket()),
             tonic_health::pb::health_check_response::ServingStatus::NotServing
         );
-        let (code, out) = status(host);
-        assert_eq!(code, 0, "{out}");
-        let lines: Vec<&str> = out.lines().collect();
         // The revision, the backend, then the followers: this host's
-        // worker and, as last shared through etcd, the other two hosts'.
+        // worker and, as last shared through etcd, the other two hosts',
+        // which cannot be refreshed now: marked, never shown as current.
+        let out = eventually(
+            &format!("host {h} to mark the other hosts' lists stale"),
+            || {
+                let (code, out) = status(host);
+                assert_eq!(code, 0, "{out}");
+                (out.matches(", not refreshed since)").count() == 2).then_some(out)
+            },
+        );
+        let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 6, "{out}");
         assert_eq!(lines[2], "followers 3", "{out}");
+        assert!(
+            !lines[3].contains(" on ") && !lines[3].contains("STALE"),
+            "{out}"
+        );
+        for line in &lines[4..] {
+            assert!(
+                line.contains(" on ") && line.contains(" (STALE: as of "),
+                "{out}"
+            );
+        }
+        let json = status_json(host);
+        let followers = json["followers"].as_array().expect("followers");
+        assert_eq!(followers[0]["stale"], false, "{json}");
+        assert_eq!(followers[0]["as_of"], serde_json::Value::Null, "{json}");
+        for f in &followers[1..] {
+            assert_eq!(f["stale"], true, "{json}");
+            assert!(
+                f["as_of"].as_str().is_some_and(|t| t.ends_with('Z')),
+                "{json}"
+            );
+        }
         assert_eq!(
             lines[0],
             format!(
@@ -503,6 +547,10 @@ fn without_an_etcd_quorum_writes_fail_fast_reads_go_on_and_every_host_recovers()
         );
         let (_, out) = status(host);
         assert!(out.contains(": connected since "), "{out}");
+        eventually(&format!("host {h}'s other lists current again"), || {
+            let (_, out) = status(host);
+            (out.lines().nth(2) == Some("followers 3") && !out.contains("STALE")).then_some(())
+        });
     }
     let after = patch_retrying(&hosts[2], r#"{"back":true}"#);
     assert!(after.revision > last.revision);
@@ -792,4 +840,81 @@ fn a_write_that_waits_waits_for_every_hosts_workers() {
         )),
         "{err}"
     );
+}
+
+/// A host killed with SIGKILL stops refreshing its shared list: the others
+/// show its worker as stale (not as the current state), and a write's
+/// `--wait` does not count it as applied; once its lease expires it drops out.
+#[test]
+fn a_host_killed_is_shown_stale_and_a_wait_never_counts_it() {
+    let cluster = Cluster::start(3);
+    let mut hosts = three_hosts(&cluster, "killed_host");
+    eventually("host A to list all three workers, current", || {
+        let json = status_json(&hosts[0]);
+        let followers = json["followers"].as_array()?.clone();
+        (followers.len() == 3 && followers.iter().all(|f| f["stale"] == false)).then_some(())
+    });
+    let worker = hosts[2].worker.as_ref().expect("a worker").pid();
+    let applied = hosts[2].served().0;
+    hosts[2]
+        .broker
+        .as_mut()
+        .expect("a broker")
+        .signal(libc::SIGKILL);
+
+    // Within a few seconds (its lease renewed every second stops being
+    // renewed), host A marks C's worker stale, as of its last refresh.
+    let entry = eventually("host A to mark host C's worker stale", || {
+        let json = status_json(&hosts[0]);
+        let entry = json["followers"]
+            .as_array()?
+            .iter()
+            .find(|f| f["pid"] == worker)?
+            .clone();
+        (entry["stale"] == true).then_some(entry)
+    });
+    assert_eq!(entry["applied_revision"], applied, "{entry}");
+    let as_of = entry["as_of"].as_str().expect("as_of").to_owned();
+    let (code, out) = status(&hosts[0]);
+    assert_eq!(code, 0, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains(&format!(" pid {worker} ")))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.ends_with(&format!(
+            " (STALE: as of {}Z, not refreshed since)",
+            &as_of[..19]
+        )),
+        "{line} / {as_of}"
+    );
+
+    // A write through A that waits (C's lease has seconds left): B's worker
+    // applies it; C's cannot be confirmed, so the wait fails (exit 5) naming it.
+    let (code, out, err) = run(Command::new(BROKER)
+        .args(["patch", "--wait=1", "--socket"])
+        .arg(hosts[0].socket())
+        .arg(r#"{"after_kill":1}"#));
+    assert_eq!((code, out.as_str()), (5, ""), "{err}");
+    assert!(
+        err.ends_with(&format!(
+            "(pid {worker}, uid {}) on {} is unconfirmed: its host's list is as of {}Z, not refreshed since\n",
+            entry["uid"], entry["host"].as_str().expect("host"), &as_of[..19]
+        )),
+        "{err}"
+    );
+    assert!(
+        !err.contains(&format!(
+            "(pid {}, uid ",
+            hosts[1].worker.as_ref().expect("worker").pid()
+        )),
+        "{err}"
+    );
+
+    // The lease expires (10 s): C's worker is no longer listed.
+    eventually("host C's worker to drop out of host A's list", || {
+        let json = status_json(&hosts[0]);
+        let followers = json["followers"].as_array()?.clone();
+        (followers.len() == 2 && followers.iter().all(|f| f["pid"] != worker)).then_some(())
+    });
 }
