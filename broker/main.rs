@@ -129,6 +129,21 @@ struct ServeArgs {
     #[arg(long, value_name = "HOST:PORT", env = "ARGSBROKER_METRICS_LISTEN", value_parser = argsbroker::cmdline::host_port)]
     metrics_listen: Option<std::net::SocketAddr>,
 
+    /// With --metrics-listen: close a connection whose request line and headers have not all
+    /// arrived this many seconds after their first byte (as the worker's --header-timeout).
+    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_METRICS_HEADER_TIMEOUT", default_value = "10", value_parser = argsbroker::cmdline::positive_seconds)]
+    metrics_header_timeout: std::time::Duration,
+
+    /// With --metrics-listen: close a keep-alive connection that has sent no request for this
+    /// many seconds (as the worker's --idle-timeout).
+    #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_METRICS_IDLE_TIMEOUT", default_value = "60", value_parser = argsbroker::cmdline::positive_seconds)]
+    metrics_idle_timeout: std::time::Duration,
+
+    /// With --metrics-listen: connections open at once; past that, new ones wait in the listen
+    /// backlog until one closes (as the worker's --max-connections).
+    #[arg(long, value_name = "N", env = "ARGSBROKER_METRICS_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    metrics_max_connections: u32,
+
     /// The worker executable [default: `worker` beside this broker's executable]
     #[arg(long, value_name = "PATH", env = "ARGSBROKER_WORKER_BIN")]
     worker_bin: Option<PathBuf>,

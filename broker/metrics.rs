@@ -367,9 +367,11 @@ struct Scraped {
     followers: Arc<Followers>,
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` completes.
+/// Serves `GET /metrics` on `listener` until `shutdown` completes, with the
+/// worker's protections (`bounds`: slow heads, idle connections, a cap).
 pub async fn serve(
     listener: std::net::TcpListener,
+    bounds: argsbroker::http_serve::Bounds,
     metrics: Arc<Metrics>,
     store: Backend,
     followers: Arc<Followers>,
@@ -384,10 +386,8 @@ pub async fn serve(
             store,
             followers,
         });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving --metrics-listen")
+    argsbroker::http_serve::run(listener, app, bounds, shutdown).await;
+    Ok(())
 }
 
 async fn scrape(State(scraped): State<Scraped>) -> Response {

@@ -249,6 +249,14 @@ impl ServeArgs {
         followers: Arc<Followers>,
         metrics: Option<std::net::TcpListener>,
     ) -> server::Config {
+        let metrics = metrics.map(|listener| {
+            let bounds = argsbroker::http_serve::Bounds {
+                header_timeout: self.metrics_header_timeout,
+                idle_timeout: self.metrics_idle_timeout,
+                max_connections: self.metrics_max_connections as usize,
+            };
+            (listener, bounds)
+        });
         let claim = claim.clone();
         server::Config {
             limits: connections::Limits {

@@ -38,8 +38,9 @@ pub struct Config {
     pub rebind: Option<connections::Rebind>,
     /// The Follow streams' followers (shared with the other hosts in etcd mode).
     pub followers: Arc<Followers>,
-    /// Where `GET /metrics` is served (`--metrics-listen`), already bound.
-    pub metrics: Option<std::net::TcpListener>,
+    /// Where `GET /metrics` is served (`--metrics-listen`), already bound,
+    /// and the bounds its connections get.
+    pub metrics: Option<(std::net::TcpListener, argsbroker::http_serve::Bounds)>,
 }
 
 /// Serves `store` on `listener` until `shutdown` completes, then ends every
@@ -89,13 +90,14 @@ pub async fn run(
         }
     });
     let scraping = match config.metrics {
-        Some(listener) => {
+        Some((listener, bounds)) => {
             let mut stopping = stopping.clone();
             let stopped = async move {
                 let _ = stopping.wait_for(|stopping| *stopping).await;
             };
             let serving = metrics::serve(
                 listener,
+                bounds,
                 metrics.clone(),
                 store.clone(),
                 followers.clone(),

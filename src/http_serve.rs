@@ -1,6 +1,10 @@
-//! The worker's HTTP/1.1 server loop: hyper's connection builder under the
-//! axum router, with the bounds `axum::serve` does not offer.
+//! The HTTP/1.1 server loop of every listener (the worker's, and the broker's
+//! `--metrics-listen`): hyper's connection builder under the axum router, with
+//! the bounds `axum::serve` does not offer.
 //!
+//! - At most `max_connections` connections are open at once; past that,
+//!   accepting waits until one closes (new connections queue in the kernel's
+//!   backlog instead of taking file descriptors).
 //! - A request's head (request line and headers) must arrive within
 //!   `header_timeout` of its first byte, however slowly it trickles in
 //!   (slowloris); then the connection is closed.
@@ -14,7 +18,7 @@
 //! hyper's own `header_read_timeout` is not used: its timer also runs while
 //! a keep-alive connection waits for its next request, so it cannot tell a
 //! slow head from an idle connection.
-use argsbroker::throttle::Throttle;
+use crate::throttle::Throttle;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -26,7 +30,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
@@ -37,8 +41,12 @@ const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy)]
 pub struct Bounds {
+    /// A request's head must arrive within this long of its first byte.
     pub header_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed.
     pub idle_timeout: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops
@@ -54,8 +62,14 @@ pub async fn run(
     // Every connection task holds a sender; recv() ends when all are gone.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let accept_errors = Throttle::new(ACCEPT_LOG_EVERY);
+    let open = Arc::new(Semaphore::new(bounds.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = open.clone().acquire_owned() => permit,
+        };
+        let Ok(permit) = permit else { break };
         let accepted = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => accepted,
@@ -68,7 +82,7 @@ pub async fn run(
                 let alive = alive_tx.clone();
                 tokio::spawn(async move {
                     connection(stream, app, bounds, stop).await;
-                    drop(alive);
+                    drop((alive, permit));
                 });
             }
             // The peer gave up before it was accepted: nothing to report.
@@ -128,7 +142,7 @@ struct Tracker {
 impl Tracker {
     fn lock(&self) -> std::sync::MutexGuard<'_, Phase> {
         // A poisoned lock only means a panic elsewhere; the phase is still a plain value.
-        argsbroker::lock(&self.phase)
+        crate::lock(&self.phase)
     }
 
     fn idle(&self) {

@@ -46,6 +46,7 @@ pub mod cmdline;
 pub mod document;
 pub mod durable;
 pub mod frame;
+pub mod http_serve;
 pub mod logging;
 pub mod pointer;
 pub mod schema;

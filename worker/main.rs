@@ -6,7 +6,6 @@
 mod cache;
 mod http;
 mod run;
-mod serve;
 
 use argsbroker::DEFAULT_SOCKET;
 use clap::Parser;
@@ -67,6 +66,11 @@ struct Cli {
     #[arg(long, value_name = "SECONDS", env = "ARGSBROKER_IDLE_TIMEOUT", default_value = "60", value_parser = argsbroker::cmdline::positive_seconds)]
     idle_timeout: Duration,
 
+    /// Connections open at once; past that, new ones wait in the listen backlog until one closes
+    /// (each takes a file descriptor).
+    #[arg(long, value_name = "N", env = "ARGSBROKER_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+
     /// Threads serving HTTP in this process. One is best when several workers share a port:
     /// the kernel already spreads connections across processes, and one thread never hands
     /// work across cores.
@@ -97,9 +101,10 @@ fn main() -> ExitCode {
         startup_timeout: cli.startup_timeout,
         cache_file: cli.cache_file,
         graceful_timeout: cli.graceful_timeout,
-        bounds: serve::Bounds {
+        bounds: argsbroker::http_serve::Bounds {
             header_timeout: cli.header_timeout,
             idle_timeout: cli.idle_timeout,
+            max_connections: cli.max_connections as usize,
         },
         threads: cli.threads,
         schema: cli.schema,

@@ -1,7 +1,7 @@
 //! The worker's life, from its flags to its exit: follow the broker (or
 //! start from the cache file), listen, serve until SIGINT or SIGTERM, and
 //! give requests in flight `graceful_timeout` to finish.
-use crate::{cache, http, serve};
+use crate::{cache, http};
 use anyhow::Context;
 use argsbroker::client::{self, Live};
 use socket2::{Domain, Socket, Type};
@@ -20,7 +20,7 @@ pub struct Config {
     pub startup_timeout: Duration,
     pub cache_file: Option<PathBuf>,
     pub graceful_timeout: Duration,
-    pub bounds: serve::Bounds,
+    pub bounds: argsbroker::http_serve::Bounds,
     /// Threads serving HTTP: one is a current-thread runtime.
     pub threads: u16,
     pub http: http::Options,
@@ -75,7 +75,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let graceful_timeout = config.graceful_timeout;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = argsbroker::shutdown::signal();
-    let server = serve::run(
+    let server = argsbroker::http_serve::run(
         listener,
         http::app_with(live, config.http),
         config.bounds,
