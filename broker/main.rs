@@ -7,6 +7,7 @@ mod connections;
 mod ctl;
 #[cfg(feature = "etcd")]
 mod etcd;
+mod follow;
 mod followers;
 mod history;
 mod lineage;
