@@ -249,8 +249,9 @@ pub struct EtcdStore {
     head: Mutex<Incarnation>,
     contact: watch::Sender<Contact>,
     state_dir: PathBuf,
-    /// `--etcd-user` and its password, and whether etcd took them yet.
-    user: Option<(String, String)>,
+    /// `--etcd-user` and its password (the newest one etcd took, when a
+    /// password file is followed), and whether etcd took them yet.
+    user: Mutex<Option<(String, String)>>,
     authenticated: AtomicBool,
 }
 
@@ -415,7 +416,7 @@ impl EtcdStore {
             head: Mutex::new(incarnation),
             contact: watch::Sender::new(contact),
             state_dir: config.state_dir,
-            user: config.user,
+            user: Mutex::new(config.user),
             authenticated,
         });
         tokio::spawn(store.clone().keep_last_known_good());
@@ -608,9 +609,10 @@ impl EtcdStore {
 
     /// Authenticates as `--etcd-user` unless that was done already.
     async fn authenticate(&self) -> Result<(), Failure> {
+        let user = lock(&self.user).clone();
         authenticate(
             &self.client,
-            self.user.as_ref(),
+            user.as_ref(),
             &self.authenticated,
             self.timeout,
         )
@@ -665,6 +667,82 @@ impl EtcdStore {
                     }
                     (etcd_client::EventType::Delete, _) => self.key_missing(),
                     _ => {}
+                }
+            }
+        }
+    }
+
+    /// Follows `--etcd-password-file` (a Kubernetes Secret mount, say), so
+    /// that a rotated password is taken without a restart. A new password is
+    /// tried against etcd before it replaces the one in use; one etcd does
+    /// not take yet (the file changed before etcd's user did) is tried again
+    /// with backoff while the old one goes on working.
+    pub fn follow_password_file(self: &Arc<Self>, path: PathBuf) -> crate::follow::Following {
+        let store = Arc::downgrade(self);
+        let file = path.clone();
+        crate::follow::follow(&path, "etcd password file", move || {
+            let store = store.clone();
+            let file = file.clone();
+            async move {
+                if let Some(store) = store.upgrade() {
+                    store.take_password(&file).await;
+                }
+            }
+        })
+    }
+
+    async fn take_password(&self, file: &Path) {
+        let mut pause = Duration::from_secs(1);
+        let mut told = String::new();
+        loop {
+            let password = match read_password(file) {
+                Ok(password) => password,
+                Err(err) => {
+                    tracing::warn!(
+                        "cannot read the etcd password file {}: {err}; keeping the password in use",
+                        file.display()
+                    );
+                    return;
+                }
+            };
+            let Some((name, in_use)) = lock(&self.user).clone() else {
+                return;
+            };
+            if password == in_use {
+                return;
+            }
+            let user = (name.clone(), password.clone());
+            if !self.authenticated.load(Ordering::Acquire) {
+                // Not authenticated yet: the first request uses the new one.
+                *lock(&self.user) = Some(user);
+                tracing::info!(
+                    user = name,
+                    "the etcd password file changed; using the new password"
+                );
+                return;
+            }
+            let mut client = self.client.clone();
+            match bounded(self.timeout, client.update_user(Some(user.clone()))).await {
+                Ok(()) => {
+                    *lock(&self.user) = Some(user);
+                    tracing::info!(
+                        user = name,
+                        "the etcd password file changed; authenticated with the new password"
+                    );
+                    return;
+                }
+                Err(failure) => {
+                    let reason = failure.reason();
+                    if reason != told {
+                        tracing::warn!(
+                            user = name,
+                            "etcd did not accept the new password in {} ({reason}); trying it again, meanwhile using the one before",
+                            file.display()
+                        );
+                        told = reason;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(30));
                 }
             }
         }
@@ -1144,6 +1222,14 @@ fn telling(before: String, now: String) -> String {
         true => before,
         false => now,
     }
+}
+
+/// The etcd user's password in `path`: its one line, without a trailing
+/// newline (or CRLF).
+pub fn read_password(path: &Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    let password = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(password.strip_suffix('\r').unwrap_or(password).to_owned())
 }
 
 /// Authenticates `client` as `user` (if any) unless `done` says it was;

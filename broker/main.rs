@@ -7,6 +7,7 @@ mod connections;
 mod ctl;
 #[cfg(feature = "etcd")]
 mod etcd;
+mod follow;
 mod followers;
 mod history;
 mod lineage;
@@ -107,7 +108,7 @@ struct ServeArgs {
     #[arg(long, env = "ARGSBROKER_READ_ONLY")]
     read_only: bool,
 
-    /// Follow the args file on disk and publish each valid change as a new revision.
+    /// Follow the args file on disk and publish each valid change as a new revision: however it is replaced, through symbolic links (a Kubernetes ConfigMap or Secret mount); polled every second where inotify cannot be had.
     #[arg(long, env = "ARGSBROKER_WATCH", conflicts_with = "etcd_endpoints")]
     watch: bool,
 
@@ -259,7 +260,7 @@ struct EtcdArgs {
     )]
     etcd_user: Option<String>,
 
-    /// A file holding the etcd user's password (one line; a trailing newline is ignored).
+    /// A file holding the etcd user's password (one line; a trailing newline is ignored). Followed on disk: a rotated password (a Kubernetes Secret mount, say) is taken without a restart.
     #[arg(
         long,
         value_name = "FILE",

@@ -2,15 +2,8 @@
 //! changes on disk. An invalid file is logged (with line and column) and the
 //! current revision keeps being served; the next change is tried again.
 use crate::store::Store;
-use notify::{RecursiveMode, Watcher};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::mpsc;
-
-/// Quiet time after a file event before reading: editors and deploy tools
-/// often touch a file several times in a row.
-const SETTLE: Duration = Duration::from_millis(50);
 
 /// Reloads `store` on every SIGHUP, until the process ends.
 pub fn on_sighup(store: Arc<Store>) -> anyhow::Result<()> {
@@ -30,44 +23,16 @@ pub fn on_sighup(store: Arc<Store>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Follows the args file on disk. The directory is watched, not the file,
-/// so that tools that rename a new file over it are seen too.
-pub fn watch_file(store: Arc<Store>, args: &Path) -> anyhow::Result<notify::RecommendedWatcher> {
-    let name = args
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    let dir = argsbroker::durable::parent_or_dot(args).to_path_buf();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut watcher =
-        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(event) if event.kind.is_access() => {}
-            Ok(event) => {
-                if event
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name() == Some(name.as_os_str()))
-                {
-                    let _ = tx.send(());
-                }
-            }
-            Err(err) => tracing::warn!(%err, "file watch error"),
-        })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            // Let a burst of events settle, then read once.
-            loop {
-                tokio::time::sleep(SETTLE).await;
-                if rx.try_recv().is_err() {
-                    break;
-                }
-                while rx.try_recv().is_ok() {}
-            }
+/// Follows the args file on disk, however it is replaced (see
+/// [`crate::follow`]): each change becomes a revision, a change of mode or
+/// owner alone does not.
+pub fn watch_file(store: Arc<Store>, args: &Path) -> crate::follow::Following {
+    crate::follow::follow(args, "args file", move || {
+        let store = store.clone();
+        async move {
             reload(&store).await;
         }
-    });
-    Ok(watcher)
+    })
 }
 
 /// Reloads once; true if the file held nothing new (the broker's own last

@@ -97,9 +97,7 @@ fn open_file(args: &ServeArgs, schema: Option<Arc<Schema>>) -> anyhow::Result<Op
     // connect, a SIGHUP or a change to the file is never missed.
     reload::on_sighup(store.clone()).context("cannot handle SIGHUP")?;
     let watcher = match args.watch {
-        true => Some(
-            reload::watch_file(store.clone(), &args_path).context("cannot watch the args file")?,
-        ),
+        true => Some(reload::watch_file(store.clone(), &args_path)),
         false => None,
     };
     Ok(Opened {
@@ -175,6 +173,11 @@ async fn open_etcd(
         None => format!("{}:{}", host_name(), args.socket.display()),
     };
     store.share_followers(followers.clone(), host);
+    // A Secret mounted by Kubernetes is rotated by swapping it on disk.
+    let password_file = match (&flags.etcd_user, &flags.etcd_password_file) {
+        (Some(_), Some(path)) => Some(store.follow_password_file(path.clone())),
+        _ => None,
+    };
     // SIGHUP reloads the args file in file mode; here there is none to
     // reload, and the signal must not end the broker.
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -186,7 +189,7 @@ async fn open_etcd(
     });
     Ok(Opened {
         backend: Backend::Etcd(store),
-        keep: Box::new(owner),
+        keep: Box::new((owner, password_file)),
     })
 }
 
@@ -214,14 +217,12 @@ fn host_name() -> String {
 #[cfg(feature = "etcd")]
 fn etcd_password(flags: &crate::EtcdArgs) -> anyhow::Result<String> {
     if let Some(path) = &flags.etcd_password_file {
-        let text = std::fs::read_to_string(path).with_context(|| {
+        return crate::etcd::read_password(path).with_context(|| {
             format!(
                 "cannot read the etcd password file {} (--etcd-password-file)",
                 path.display()
             )
-        })?;
-        let password = text.strip_suffix('\n').unwrap_or(&text);
-        return Ok(password.strip_suffix('\r').unwrap_or(password).to_owned());
+        });
     }
     match std::env::var("ARGSBROKER_ETCD_PASSWORD") {
         Ok(password) => Ok(password),
