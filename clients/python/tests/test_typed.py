@@ -61,7 +61,11 @@ def test_a_model_types_the_args_and_rejects_a_bad_revision(broker, caplog):
                 assert (await client.get("/hello")).json()["batch"] == 32
                 messages = [r.getMessage() for r in caplog.records if "rejected revision" in r.getMessage()]
                 assert len(messages) == 1
-                assert messages[0].startswith(f"argsbroker: rejected revision {bad} from the broker at {broker.socket}: ")
+                assert messages[0].startswith(
+                    f"rejected revision {bad} from the broker at {broker.socket}: 1 validation error for Settings; "
+                    "model.max_batch; Input should be a valid integer"
+                ), messages[0]
+                assert "\n" not in messages[0]  # pydantic's lines in one record, on one line
                 assert messages[0].endswith(f"; still serving revision {good}")
 
                 fixed = await asyncio.to_thread(broker.patch, {"model": {"max_batch": 64}})

@@ -79,7 +79,29 @@ def broker_executable() -> str:
     )
 
 
-def _describe(status: int) -> str:
+def _wait_exit(proc: "subprocess.Popen[bytes]") -> Optional[int]:
+    """Waits for the broker to exit; its status (negative: killed by that
+    signal), or None if another waiter in this process reaped it first.
+
+    The status is read with waitid(WNOWAIT) before reaping: a server that
+    reaps every child (gunicorn's arbiter calls waitpid(-1) on SIGCHLD) would
+    otherwise leave Popen.wait() an ECHILD and a made-up status 0. waitid
+    reads the status in the kernel, while the arbiter's handler still waits
+    for the GIL."""
+    try:
+        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+    except ChildProcessError:
+        info = None
+    status: Optional[int] = None
+    if info is not None:
+        status = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+    proc.wait()  # reaps it (or finds that someone else did)
+    return status
+
+
+def _describe(status: Optional[int]) -> str:
+    if status is None:
+        return "exited (its exit status went to another waiter in this program, as gunicorn's arbiter reaps every child)"
     if status < 0:
         try:
             return f"was killed by {signal.Signals(-status).name}"
@@ -324,7 +346,7 @@ class ServedArgs:
             proc = self._proc
             assert proc is not None
             started = time.monotonic()
-            status = proc.wait()
+            status = _wait_exit(proc)
             if self._stopping.is_set():
                 return
             self._up.clear()
@@ -335,8 +357,8 @@ class ServedArgs:
                 backoff.reset()
             said = self._last_words()
             log.error(
-                "the broker serve() started (pid %d) %s%s; restarting it on %s",
-                proc.pid, _describe(status), f" (its last line: {said})" if said else "", self.socket,
+                "the broker serve() started (pid %d) %s; restarting it on %s%s",
+                proc.pid, _describe(status), self.socket, f" (its last line: {said})" if said else "",
             )
             while True:
                 if self._stopping.wait(backoff.next()):
