@@ -105,22 +105,23 @@ def _open_watch(
     reports (None)."""
     channel = open_channel(socket_path)
     broker = stub(channel)
-    reports: Optional[_Reports] = _Reports()
+    follow_reports = _Reports()
+    reports: Optional[_Reports] = follow_reports
     hello = args_pb2.FollowRequest()
     if position is not None:
         hello.CopyFrom(position)
     hello.name = name
-    reports.send(hello)
+    follow_reports.send(hello)
     what = "Follow"
     try:
         try:
-            call = broker.Follow(iter(reports))
+            call = broker.Follow(iter(follow_reports))
             first = _first_message(call, limit)
         except grpc.RpcError as err:
             if err.code() != grpc.StatusCode.UNIMPLEMENTED:
                 raise
             # A broker from before Follow: watch, without reports.
-            reports.close()
+            follow_reports.close()
             reports, what = None, "WatchArgs"
             call = broker.WatchArgs(args_pb2.WatchArgsRequest())
             first = _first_message(call, limit)
