@@ -1,54 +1,76 @@
-"""Build hooks: the gRPC stubs from the project's proto/, and the broker and
-worker executables from its Cargo.toml.
+"""Build hooks: the gRPC stubs from the project's proto/, the broker and
+worker executables from its Cargo.toml, and an sdist that carries both.
 
-Stubs: never committed, the proto never copied. Every build runs grpcio-tools
-on ../../proto/argsbroker/v1/args.proto (relative to this file) and writes the
-result into the package as ``argsbroker._pb``.
+Where the Rust sources are: in a checkout, the repository two levels up
+(../../Cargo.toml, ../../proto); in an sdist, its rust/ directory, which
+``sdist`` here fills with the crate's Cargo.toml, Cargo.lock, build.rs,
+proto/, src/, broker/, worker/, third_party/ (the etcd client) and the
+workspace member bench/'s manifest and sources, so that an unpacked sdist builds on its own.
+
+Stubs: never committed. Every build runs grpcio-tools on
+proto/argsbroker/v1/args.proto and writes the result into the package as
+``argsbroker._pb``. The generator is pinned old on purpose (pyproject.toml):
+its code runs on protobuf 4.25.1 and grpcio 1.62 up to today's releases, so
+the package's dependency floors are what the code needs, not the newest.
 
 Executables: setuptools-rust's RustBin runs ``cargo build --release --locked
---bin broker --bin worker`` on ../../Cargo.toml and puts both into the wheel's
-scripts, so pip installs them into the environment's bin/ beside ``python``.
-Building from source therefore needs cargo; a built wheel needs nothing.
+--bin broker --bin worker`` and installs them as ``argsbroker-broker`` and
+``argsbroker-worker`` (names no other package takes); ``broker`` and
+``worker`` (the design's names) are small sh scripts (scripts/) that exec
+those. Building from source needs cargo; a built wheel needs nothing. The
+wheel is tagged py3-none-<platform> (no Python extension inside);
+``auditwheel repair`` turns <platform> into the manylinux tag of the oldest
+glibc the executables need (clients/python/check-install does).
 
-protoc for cargo: the broker's etcd client (the default cargo feature
-``etcd``) compiles etcd's protos in its build script, which runs ``$PROTOC``,
-else ``protoc`` from PATH. Users need not have one: unless PROTOC is already
-set, every cargo build here runs with PROTOC pointing at a small shim, written
-into a temporary directory removed after the build, that runs ``python -m
-grpc_tools.protoc`` (the protoc that grpcio-tools, already needed for the
-stubs, bundles) with grpcio-tools' well-known protos on its include path. It
-is used always, not only when no protoc is found, so that every build compiles
-the protos the same way and the path users take is the one every build tests.
+No protoc for cargo: the crate compiles its proto and etcd's with protox
+(pure Rust; the etcd client is kept in third_party/etcd-client for that), so
+cargo needs nothing but Rust, here as everywhere.
 
 ARGSBROKER_PREBUILT_DIR=DIR (an absolute path) skips cargo and takes DIR/broker and DIR/worker as
 they are (for the test suite, which already has target/debug/ from `cargo
 test` and should not compile a release build for every run). A wheel built
 that way carries whatever DIR held; do not publish it.
 
-Build from a checkout of the argsbroker repository, e.g. ``pip install
-./clients/python`` (pip builds local directories in place). Set
-ARGSBROKER_PROTO_DIR to build the stubs from elsewhere.
+Build from a checkout of the argsbroker repository (``pip install
+./clients/python``; pip builds local directories in place) or from the sdist.
+Set ARGSBROKER_PROTO_DIR to build the stubs from elsewhere.
 """
 import os
-import re
-import shlex
 import sys
 import tempfile
 from pathlib import Path
 
+import shutil
+
 from setuptools import setup
+from setuptools.command.bdist_wheel import bdist_wheel
 from setuptools.command.build_py import build_py
+from setuptools.command.sdist import sdist
 from setuptools_rust import RustBin
 from setuptools_rust import build_rust as _build_rust
 
 HERE = Path(__file__).resolve().parent
-PROTO_ROOT = Path(os.environ.get("ARGSBROKER_PROTO_DIR") or HERE / ".." / ".." / "proto").resolve()
+#: The Rust sources inside an sdist (see SdistWithRust).
+SDIST_RUST = "rust"
+IN_SDIST = (HERE / SDIST_RUST / "Cargo.toml").is_file()
+RUST_ROOT = HERE / SDIST_RUST if IN_SDIST else (HERE / ".." / "..").resolve()
+PROTO_ROOT = Path(os.environ.get("ARGSBROKER_PROTO_DIR") or RUST_ROOT / "proto").resolve()
 PROTO = "argsbroker/v1/args.proto"
 GENERATED_PACKAGE = Path("argsbroker") / "_pb"
 # Relative to this file, as setuptools-rust wants it.
-CARGO_TOML = "../../Cargo.toml"
-EXECUTABLES = ("broker", "worker")
+CARGO_TOML = f"{SDIST_RUST}/Cargo.toml" if IN_SDIST else "../../Cargo.toml"
+#: cargo's binary name -> the name installed (bin/). scripts/broker and
+#: scripts/worker exec these.
+EXECUTABLES = {"broker": "argsbroker-broker", "worker": "argsbroker-worker"}
 PREBUILT = "ARGSBROKER_PREBUILT_DIR"
+#: What an sdist carries of the repository (relative to its root) for cargo:
+#: the crate, and the workspace member bench/ (cargo loads every member's
+#: manifest, and Cargo.lock covers it).
+RUST_SOURCES = (
+    "Cargo.toml", "Cargo.lock", "build.rs", "LICENSE-MIT", "LICENSE-APACHE",
+    "proto", "src", "broker", "worker", "third_party",
+    "bench/Cargo.toml", "bench/build.rs", "bench/client.rs", "bench/floor.rs", "bench/proto",
+)
 
 
 def grpc_tools_protos():
@@ -68,9 +90,9 @@ def generate():
     proto = PROTO_ROOT / PROTO
     if not proto.is_file():
         raise SystemExit(
-            f"argsbroker: the proto {proto} is missing. Build this package from a "
-            "checkout of the argsbroker repository (pip install ./clients/python), or set "
-            "ARGSBROKER_PROTO_DIR to the repository's proto/ directory."
+            f"argsbroker: the proto {proto} is missing. Build this package from its sdist or "
+            "from a checkout of the argsbroker repository (pip install ./clients/python), or "
+            "set ARGSBROKER_PROTO_DIR to the repository's proto/ directory."
         )
     well_known = grpc_tools_protos()
     from grpc_tools import protoc
@@ -105,22 +127,6 @@ def generate():
     return files
 
 
-def runtime_requirements(files):
-    """grpcio and protobuf at least as new as the generator: generated code checks both."""
-    grpc_floor = re.search(r"GRPC_GENERATED_VERSION = '([0-9.]+)'", files["args_pb2_grpc.py"])
-    protobuf_floor = re.search(
-        r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*(\d+),\s*(\d+),\s*(\d+)",
-        files["args_pb2.py"],
-    )
-    grpcio = f"grpcio>={grpc_floor.group(1)}" if grpc_floor else "grpcio"
-    if protobuf_floor:
-        major, minor, patch = (int(part) for part in protobuf_floor.groups())
-        protobuf = f"protobuf>={major}.{minor}.{patch},<{major + 1}"
-    else:
-        protobuf = "protobuf"
-    return [grpcio, protobuf]
-
-
 GENERATED = generate()
 
 
@@ -139,50 +145,19 @@ class BuildPyWithStubs(build_py):
                 (target / name).write_text(text, encoding="utf-8")
 
 
-def write_protoc_shim(directory):
-    """Writes DIRECTORY/protoc, which runs grpcio-tools' protoc with this Python
-    (the one running the build, which has grpcio-tools) and the arguments it
-    is given; returns its path. grpcio-tools' well-known protos come last on
-    the include path, where prost-build puts $PROTOC_INCLUDE, so that the
-    build script's own directories are searched first."""
-    if not sys.executable:
-        raise SystemExit("argsbroker: cannot tell which Python runs this build (sys.executable is empty)")
-    shim = Path(directory) / "protoc"
-    shim.write_text(
-        "#!/bin/sh\n"
-        "# Written by argsbroker's setup.py for one cargo build: grpcio-tools' protoc.\n"
-        f'exec {shlex.quote(sys.executable)} -m grpc_tools.protoc "$@" '
-        f"{shlex.quote(f'-I{grpc_tools_protos()}')}\n",
-        encoding="utf-8",
-    )
-    shim.chmod(0o755)
-    return shim
-
-
 class BuildRust(_build_rust):
     """setuptools-rust's build_rust, except that with $ARGSBROKER_PREBUILT_DIR
-    it takes the executables from that directory instead of running cargo, and
-    that cargo runs with $PROTOC set to grpcio-tools' protoc unless it is set."""
+    it takes the executables from that directory instead of running cargo."""
 
     def build_extension(self, ext):
         prebuilt = os.environ.get(PREBUILT)
         if not prebuilt:
-            if os.environ.get("PROTOC"):
-                print(f"argsbroker: PROTOC is set: cargo uses {os.environ['PROTOC']}")
-                return super().build_extension(ext)
-            # setuptools-rust hands cargo a copy of os.environ taken when it runs.
-            with tempfile.TemporaryDirectory(prefix="argsbroker-protoc-") as shim_dir:
-                os.environ["PROTOC"] = str(write_protoc_shim(shim_dir))
-                try:
-                    return super().build_extension(ext)
-                finally:
-                    # Unset again (an empty PROTOC names no protoc and is treated as unset).
-                    del os.environ["PROTOC"]
+            return super().build_extension(ext)
         if not os.path.isabs(prebuilt):
             # pip builds in a directory of its choosing: a relative path would mislead.
             raise SystemExit(f"argsbroker: {PREBUILT} must be an absolute path, not {prebuilt!r}")
         built = []
-        for name in EXECUTABLES:
+        for name, installed in EXECUTABLES.items():
             path = Path(prebuilt) / name
             if not (path.is_file() and os.access(path, os.X_OK)):
                 raise SystemExit(
@@ -191,19 +166,52 @@ class BuildRust(_build_rust):
                 )
             print(f"argsbroker: {PREBUILT} is set: taking {path} instead of building it")
             # (installed name, file to copy): what install_extension() expects.
-            built.append((name, str(path)))
+            built.append((installed, str(path)))
         return built, None
 
 
+class SdistWithRust(sdist):
+    """An sdist that builds on its own: the Rust sources it needs go into
+    its rust/ directory (the repository's layout, so Cargo.lock applies)."""
+
+    def make_release_tree(self, base_dir, files):
+        super().make_release_tree(base_dir, files)
+        if IN_SDIST:
+            return  # an sdist of an sdist: rust/ came in with the package's files
+        for relative in RUST_SOURCES:
+            source, target = RUST_ROOT / relative, Path(base_dir) / SDIST_RUST / relative
+            if not source.exists():
+                raise SystemExit(f"argsbroker: {source} is missing; make the sdist from a checkout")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                shutil.copy2(source, target)
+
+
+class WheelForAnyPython(bdist_wheel):
+    """py3-none-<platform>: the wheel holds Python code and executables, no
+    extension module, so one wheel serves every Python 3 on that platform."""
+
+    def get_tag(self):
+        _, _, platform = super().get_tag()
+        return "py3", "none", platform
+
+
 setup(
-    install_requires=runtime_requirements(GENERATED),
+    scripts=["scripts/broker", "scripts/worker"],
     rust_extensions=[
         RustBin(
-            {name: name for name in EXECUTABLES},
+            dict(EXECUTABLES),
             path=CARGO_TOML,
             args=[arg for name in EXECUTABLES for arg in ("--bin", name)],
             cargo_manifest_args=["--locked"],
         )
     ],
-    cmdclass={"build_py": BuildPyWithStubs, "build_rust": BuildRust},
+    cmdclass={
+        "build_py": BuildPyWithStubs,
+        "build_rust": BuildRust,
+        "sdist": SdistWithRust,
+        "bdist_wheel": WheelForAnyPython,
+    },
 )

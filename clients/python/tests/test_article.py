@@ -162,7 +162,7 @@ class Program:
             self.check_alive()
             for pid in descendants(self.pid):
                 argv = cmdline(pid)
-                if argv and os.path.basename(argv[0]) == "broker" and "--socket" in argv:
+                if argv and os.path.basename(argv[0]) in ("argsbroker-broker", "broker") and "--socket" in argv:
                     return pid, argv[argv.index("--socket") + 1]
             return None
 
@@ -367,6 +367,121 @@ def test_no_broker_outlives_the_article_program_killed_with_sigkill(article, ser
     p.find_broker()
     wait_serving(p)
     broker_dies_with_a_killed_program(p)
+
+
+class Load:
+    """GET /args from 8 threads, new connection each, until stopped: every
+    answer and every failure with the time it happened."""
+
+    def __init__(self, p: Program) -> None:
+        import threading
+
+        self.p = p
+        self.answers: List[Tuple[float, int, bytes]] = []
+        self.failures: List[Tuple[float, str]] = []
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(8)]
+        for t in self.threads:
+            t.start()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.p.port, timeout=5)
+                try:
+                    conn.request("GET", "/args", headers={"Connection": "close"})
+                    response = conn.getresponse()
+                    self.answers.append((started, response.status, response.read()))
+                finally:
+                    conn.close()
+            except (OSError, http.client.HTTPException) as err:
+                self.failures.append((started, repr(err)))
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for t in self.threads:
+            t.join(timeout=10)
+
+
+@pytest.mark.parametrize("server,workers", [("uvicorn", 5), ("gunicorn", 4)])
+def test_serve_restarts_a_killed_broker_under_load(article, server, workers):
+    """kill -9 of the broker serve() started, under load: the program logs it
+    at once (exit status) and restarts it on the same socket and state, so
+    writes resume at the next revision of the same lineage and every worker
+    follows; then a killed worker is replaced and serves the new args. No
+    request fails but the ones in flight to the killed worker, and Ctrl-C
+    still ends the program with status 0."""
+    p = article(server)
+    first_broker, socket_path = p.find_broker()
+    wait_serving(p)
+    eventually(f"{workers} workers", lambda: True if len(p.workers()) == workers else None)
+    load = Load(p)
+    try:
+        eventually("answers under load", lambda: True if len(load.answers) > 50 else None)
+        os.kill(first_broker, signal.SIGKILL)
+        # gunicorn's arbiter reaps every child of its process (waitpid(-1)) and
+        # takes the broker's exit status first: the line says so instead.
+        how = "was killed by SIGKILL" if server == "uvicorn" else (
+            "exited (its exit status went to another waiter in this program, as gunicorn's arbiter reaps every child)")
+        logged = f"the broker serve() started (pid {first_broker}) {how}; restarting it on {socket_path}"
+        eventually("the program to log the broker's death",
+                   lambda: True if logged in log_tail(p.log, 1_000_000) else None, 10)
+
+        def restarted():
+            p.check_alive()
+            for pid in descendants(p.pid):
+                argv = cmdline(pid)
+                if pid != first_broker and not gone(pid) and argv and \
+                        os.path.basename(argv[0]) == "argsbroker-broker":
+                    return pid, argv[argv.index("--socket") + 1]
+            return None
+
+        second_broker, second_socket = eventually("a new broker", restarted)
+        assert second_socket == socket_path
+        p.broker_pid = second_broker
+        revision = p.patch({"arg1": "after the restart"})
+        assert revision == 2, "the revision did not continue from the broker's state"
+        new = b'{"args":{"arg1":"after the restart"}}'
+        serving = set(p.workers()) - {second_broker}
+
+        def all_follow():
+            seen = {pid for status, body, pid in (p.get() for _ in range(24)) if body == new}
+            return True if seen >= serving else None
+
+        eventually("every worker to serve the write made after the restart", all_follow, 30)
+
+        victim = min(serving)
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+
+        def replaced():
+            now = set(p.workers()) - {second_broker}
+            return True if victim not in now and len(now) == workers else None
+
+        eventually("the server to replace the killed worker", replaced, 30)
+        newcomer = (set(p.workers()) - {second_broker} - serving).pop()
+
+        def newcomer_serves():
+            for _ in range(24):
+                status, body, pid = p.get()
+                assert (status, body) == (200, new)
+                if pid == newcomer:
+                    return True
+            return None
+
+        eventually(f"the new worker {newcomer} to serve the new args", newcomer_serves, 30)
+    finally:
+        load.stop()
+    assert not gone(second_broker), "the restarted broker did not survive"
+    for _, status, body in load.answers:
+        assert (status, body) in ((200, ARTICLE_BODY), (200, new)), (status, body)
+    # Only requests started around the worker's death (in flight to it) may fail.
+    late = [(round(at - killed_at, 3), what) for at, what in load.failures if not -5.5 < at - killed_at < 1.0]
+    assert late == [], late
+    assert len(load.failures) <= 8, load.failures
+    assert log_tail(p.log, 1_000_000).count(f"{how}; restarting it") == 1
+    stopped_cleanly_by_ctrl_c(p)
 
 
 def test_readme_opens_with_the_program():

@@ -30,7 +30,7 @@ def test_the_four_lines_serve_live_args(broker):
             async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
                 assert (await client.get("/hello")).json() == {"model": "sentiment-zh", "big": BIG_INT}
                 revision = await asyncio.to_thread(broker.patch, {"model": {"name": "sentiment-en"}})
-                assert await app.state.args.wait_for_revision(revision, 5)
+                assert await app.state.args.wait_for_async(revision, 5)
                 assert (await client.get("/hello")).json()["model"] == "sentiment-en"
                 assert (await client.get("/revision")).json() == {"revision": revision}
                 assert app.state.args.connected

@@ -152,7 +152,7 @@ def test_a_rejected_revision_is_reported_and_the_old_args_stay_served(broker):
         with pytest.raises(argsbroker.RevisionNotReached) as caught:
             live.get(min_revision=3, timeout=0.1)
         assert str(caught.value) == (
-            "argsbroker: revision 3 or newer did not arrive within 0.1 s: still serving revision 1 "
+            "revision 3 or newer did not arrive within 0.1 s: still serving revision 1 "
             f"from the broker at {broker.socket} (revision 3 was rejected: max_batch 500 is over 100)"
         )
 
@@ -201,7 +201,7 @@ def test_a_revision_that_fails_the_lifespans_model_is_reported(broker):
             assert await asyncio.to_thread(broker.patch, {"model": {"max_batch": "many"}}) == 2
             listed = await asyncio.to_thread(the_follower, broker.socket, rejected_revision=2)
             assert listed.applied_revision == 1
-            assert listed.rejected_reason == live.rejected.error
+            assert listed.rejected_reason == live.rejected.reason
             assert listed.rejected_reason.startswith("1 validation error for Settings\nmodel.max_batch\n")
             assert live.typed.model.max_batch == 32
 
@@ -245,7 +245,7 @@ def test_get_with_min_revision_at_once_after_a_write_and_on_timeout(broker):
         assert isinstance(caught.value, TimeoutError)
         assert (caught.value.wanted, caught.value.serving) == (5, 2)
         assert str(caught.value) == (
-            "argsbroker: revision 5 or newer did not arrive within 0.3 s: "
+            "revision 5 or newer did not arrive within 0.3 s: "
             f"still serving revision 2 from the broker at {broker.socket}"
         )
 

@@ -22,7 +22,7 @@ def test_a_broker_restarted_with_another_file_and_state_is_followed_at_once(brok
         assert len(old_lineage) == 32
         broker.patch({"arg1": "second"})
         third = broker.patch({"arg1": "third"})
-        assert live.wait_for_revision_blocking(third, timeout=5)
+        assert live.wait_for(third, timeout=5)
         assert third == 3
 
         broker.kill()
@@ -49,7 +49,7 @@ def test_a_broker_restarted_with_another_file_and_state_is_followed_at_once(brok
 
             # Within the new lineage, revisions go forward as usual.
             second = replacement.patch({"arg1": "patched in b"})
-            assert live.wait_for_revision_blocking(second, timeout=5)
+            assert live.wait_for(second, timeout=5)
             assert live.get("/arg1") == "patched in b" and live.lineage == served.lineage
         finally:
             replacement.stop()

@@ -29,12 +29,25 @@ def gone(pid: int) -> bool:
 
 
 def test_the_installed_broker_and_worker_are_on_path():
-    """pip put `broker` and `worker` into this environment's bin/, and serve() uses that broker."""
+    """pip put `argsbroker-broker` and `argsbroker-worker` (names no other
+    package takes) and the design's `broker` and `worker` into this
+    environment's bin/, and serve() uses argsbroker-broker."""
     scripts = sysconfig.get_path("scripts")
-    assert argsbroker.broker_executable() == os.path.join(scripts, "broker")
+    assert argsbroker.broker_executable() == os.path.join(scripts, "argsbroker-broker")
     for name in ("broker", "worker"):
-        run = subprocess.run([os.path.join(scripts, name), "--version"], capture_output=True, text=True, timeout=30)
-        assert run.returncode == 0 and run.stdout == f"{name} 0.1.0\n", run
+        for installed in (f"argsbroker-{name}", name):
+            run = subprocess.run([os.path.join(scripts, installed), "--version"], capture_output=True, text=True, timeout=30)
+            assert (run.returncode, run.stdout, run.stderr) == (0, f"{name} 0.1.0\n", ""), (installed, run)
+
+
+def test_version_is_the_package_version():
+    """argsbroker.__version__ is what pip installed (and what Cargo.toml says)."""
+    from importlib.metadata import version
+
+    from conftest import REPO
+
+    assert argsbroker.__version__ == version("argsbroker") == "0.1.0"
+    assert f'\nversion = "{argsbroker.__version__}"\n' in (REPO / "Cargo.toml").read_text()
 
 
 def test_serve_owns_a_broker_for_the_block(monkeypatch):
@@ -53,7 +66,7 @@ def test_serve_owns_a_broker_for_the_block(monkeypatch):
         with argsbroker.follow() as live:  # found through ARGSBROKER_SOCKET
             written = handle.patch({"arg1": "patched", "exact": None})
             assert written.revision == 2 and written.json == '{"arg1":"patched"}'
-            assert live.wait_for_revision_blocking(2, timeout=5) and live.value == {"arg1": "patched"}
+            assert live.wait_for(2, timeout=5) and live.value == {"arg1": "patched"}
             replaced = handle.set({"other": True}, expected_revision=2)
             assert replaced.revision == 3 and handle.get() == {"other": True}
             with pytest.raises(argsbroker.RevisionConflict):
@@ -89,10 +102,10 @@ def test_a_state_dir_keeps_revisions_and_lineage_across_runs(tmp_path):
 
 
 def test_a_broker_that_cannot_start_is_an_error_with_its_message():
-    """Args the broker refuses raise BrokerError quoting the broker's own error,
+    """Args the broker refuses raise BrokerFailed quoting the broker's own error,
     and leave nothing behind."""
     before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("argsbroker-*"))
-    with pytest.raises(argsbroker.BrokerError, match=r"the broker exited with status 1 before serving: .*"
+    with pytest.raises(argsbroker.BrokerFailed, match=r"^the broker exited with status 1 before serving on /.*: .*"
                        r"broker: error: .*duplicate key \"a\""):
         argsbroker.serve('{"a": 1, "a": 2}')
     assert set(Path(os.environ.get("TMPDIR", "/tmp")).glob("argsbroker-*")) == before
@@ -104,11 +117,11 @@ class Settings(BaseModel):
 
 
 def test_a_schema_checks_the_args_and_every_change_before_it_is_published():
-    """serve(schema=...) refuses args that do not fit before starting anything,
+    """serve(model=...) refuses args that do not fit before starting anything,
     and a patch or set whose result does not fit changes nothing."""
-    with pytest.raises(argsbroker.ArgsRejected, match="the args does not fit Settings: 1 validation error for Settings"):
-        argsbroker.serve({"workers": "many", "name": "x"}, schema=Settings)
-    with argsbroker.serve({"workers": 2, "name": "x"}, schema=Settings) as handle:
+    with pytest.raises(argsbroker.ArgsRejected, match="the args do not fit Settings: 1 validation error for Settings"):
+        argsbroker.serve({"workers": "many", "name": "x"}, model=Settings)
+    with argsbroker.serve({"workers": 2, "name": "x"}, model=Settings) as handle:
         with pytest.raises(argsbroker.ArgsRejected, match="workers\n  Input should be a valid integer"):
             handle.patch({"workers": "many"})
         with pytest.raises(argsbroker.ArgsRejected, match="name\n  Field required"):

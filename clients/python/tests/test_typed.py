@@ -55,17 +55,21 @@ def test_a_model_types_the_args_and_rejects_a_bad_revision(broker, caplog):
                     eventually, "the rejection", lambda: live.rejected if live.rejected else None
                 )
                 assert live.rejected.revision == bad
-                assert "1 validation error for Settings" in live.rejected.error
-                assert "model.max_batch" in live.rejected.error
+                assert "1 validation error for Settings" in live.rejected.reason
+                assert "model.max_batch" in live.rejected.reason
                 assert live.revision == good
                 assert (await client.get("/hello")).json()["batch"] == 32
                 messages = [r.getMessage() for r in caplog.records if "rejected revision" in r.getMessage()]
                 assert len(messages) == 1
-                assert messages[0].startswith(f"argsbroker: rejected revision {bad} from the broker at {broker.socket}: ")
+                assert messages[0].startswith(
+                    f"rejected revision {bad} from the broker at {broker.socket}: 1 validation error for Settings; "
+                    "model.max_batch; Input should be a valid integer"
+                ), messages[0]
+                assert "\n" not in messages[0]  # pydantic's lines in one record, on one line
                 assert messages[0].endswith(f"; still serving revision {good}")
 
                 fixed = await asyncio.to_thread(broker.patch, {"model": {"max_batch": 64}})
-                assert await live.wait_for_revision(fixed, timeout=5)
+                assert await live.wait_for_async(fixed, timeout=5)
                 assert (await client.get("/hello")).json()["batch"] == 64
                 assert live.rejected is None
 
@@ -118,15 +122,15 @@ def test_a_uvicorn_worker_whose_args_fail_its_model_does_not_start(broker, tmp_p
     assert "Application startup failed" in log
 
 
-def test_wait_for_revision_is_awaitable_and_leaves_the_loop_free(broker):
-    """await live.wait_for_revision(n) resolves when revision n arrives while
+def test_wait_for_async_is_awaitable_and_leaves_the_loop_free(broker):
+    """await live.wait_for_async(n) resolves when revision n arrives while
     other tasks keep running on the same loop, and returns False on timeout."""
     broker.start()
 
     async def scenario():
         with argsbroker.follow(broker.socket) as live:
-            assert await live.wait_for_revision(live.revision, timeout=0.01)  # already there
-            assert await live.wait_for_revision(live.revision + 1, timeout=0.05) is False
+            assert await live.wait_for_async(live.revision, timeout=0.01)  # already there
+            assert await live.wait_for_async(live.revision + 1, timeout=0.05) is False
             ticks = 0
 
             async def ticker():
@@ -136,7 +140,7 @@ def test_wait_for_revision_is_awaitable_and_leaves_the_loop_free(broker):
                     await asyncio.sleep(0.005)
 
             ticking = asyncio.create_task(ticker())
-            waiting = asyncio.create_task(live.wait_for_revision(live.revision + 1, timeout=10))
+            waiting = asyncio.create_task(live.wait_for_async(live.revision + 1, timeout=10))
             await asyncio.sleep(0.05)
             assert not waiting.done()
             written = await asyncio.to_thread(broker.patch, {"exact": {"pi": Decimal("3.5")}})

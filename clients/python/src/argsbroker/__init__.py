@@ -12,26 +12,37 @@ an app (uvicorn or gunicorn workers included), served by a small broker.
     live.get(min_revision=7)               # once revision 7 (or newer) is here (1 s at most)
 
     client = argsbroker.connect()          # one-shot reads and writes (one RPC each)
+    client = await argsbroker.connect_async()   # the same, on asyncio (grpc.aio)
+
+Every exception it raises on purpose is an ``argsbroker.Error``.
 
 For FastAPI, see argsbroker.fastapi (args_lifespan, current_args).
 """
+__version__ = "0.1.0"
+
+from ._aio import AsyncClient, connect_async
 from ._client import (
     CHANNEL_OPTIONS,
     DEFAULT_SOCKET,
     DEFAULT_TIMEOUT,
-    ArgsNotFound,
-    BrokerError,
-    BrokerUnavailable,
     Client,
-    RevisionConflict,
     Snapshot,
     connect,
     loads,
     open_channel,
 )
-from ._live import LiveArgs, Rejection, RevisionNotReached, follow
-from ._model import ArgsRejected
-from ._pointer import InvalidPointer
+from ._errors import (
+    ArgsNotFound,
+    ArgsRejected,
+    BrokerError,
+    BrokerFailed,
+    BrokerUnavailable,
+    Error,
+    InvalidPointer,
+    RevisionConflict,
+    RevisionNotReached,
+)
+from ._live import LiveArgs, Rejection, follow
 from ._serve import ServedArgs, broker_executable, serve
 
 __all__ = [
@@ -40,9 +51,12 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "ArgsNotFound",
     "ArgsRejected",
+    "AsyncClient",
     "BrokerError",
+    "BrokerFailed",
     "BrokerUnavailable",
     "Client",
+    "Error",
     "InvalidPointer",
     "LiveArgs",
     "Rejection",
@@ -50,8 +64,10 @@ __all__ = [
     "RevisionNotReached",
     "ServedArgs",
     "Snapshot",
+    "__version__",
     "broker_executable",
     "connect",
+    "connect_async",
     "follow",
     "loads",
     "open_channel",

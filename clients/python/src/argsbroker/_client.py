@@ -6,15 +6,27 @@ import logging
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, Callable, Generic, Optional, TypeVar, Union
 
 import grpc
 
+from ._errors import (
+    ArgsNotFound,
+    ArgsRejected,
+    BrokerError,
+    BrokerUnavailable,
+    InvalidPointer,
+    RevisionConflict,
+)
 from ._pb import args_pb2, args_pb2_grpc
 
 log = logging.getLogger("argsbroker")
+
+#: The type of a snapshot's ``typed`` value: the model given to follow().
+T = TypeVar("T")
 
 #: The broker's own default for --socket.
 DEFAULT_SOCKET = "/tmp/argsbroker.sock"
@@ -37,30 +49,24 @@ CHANNEL_OPTIONS = (
 )
 
 
-class BrokerError(RuntimeError):
-    """The broker refused a request, or could not be reached."""
-
-
-class BrokerUnavailable(BrokerError):
-    """No broker answered on the socket (within the wait, where there was one)."""
-
-
-class ArgsNotFound(BrokerError, LookupError):
-    """The JSON pointer names nothing in the document."""
-
-
-class RevisionConflict(BrokerError):
-    """A write's expected_revision was not the broker's current revision."""
-
-
 def socket_from_env(socket_path: Optional[str] = None) -> str:
     """The socket to use: the argument, else $ARGSBROKER_SOCKET, else the broker's default."""
     return socket_path or os.environ.get("ARGSBROKER_SOCKET") or DEFAULT_SOCKET
 
 
+def target(socket_path: str) -> str:
+    """The gRPC target for a socket path."""
+    return f"unix:{os.path.abspath(socket_path)}"
+
+
 def open_channel(socket_path: str) -> grpc.Channel:
     """A gRPC channel to the broker's Unix socket, with the options it needs."""
-    return grpc.insecure_channel(f"unix:{os.path.abspath(socket_path)}", options=CHANNEL_OPTIONS)
+    return grpc.insecure_channel(target(socket_path), options=CHANNEL_OPTIONS)
+
+
+def stub(channel: Any) -> Any:
+    """The generated stub (untyped code) for a sync or grpc.aio channel."""
+    return args_pb2_grpc.ArgsBrokerStub(channel)  # type: ignore[no-untyped-call]
 
 
 def _parse_int(text: str) -> Union[int, Decimal]:
@@ -78,8 +84,11 @@ def loads(text: Union[str, bytes]) -> Any:
 
 
 @dataclass(frozen=True, eq=False)
-class Snapshot:
-    """One revision of the args (or of the value at a pointer), as the broker sent it."""
+class Snapshot(Generic[T]):
+    """One revision of the args (or of the value at a pointer), as the broker
+    sent it. ``Snapshot[Settings]``: one whose ``typed`` is a Settings."""
+
+    __module__ = "argsbroker"
 
     #: The broker's revision; revisions only grow, and one names one document.
     revision: int
@@ -97,10 +106,10 @@ class Snapshot:
     lineage: str = ""
     #: ``value`` validated by the model given to follow() or args_lifespan()
     #: (a pydantic model instance, say); None without a model.
-    typed: Any = None
+    typed: Optional[T] = None
 
     @classmethod
-    def from_message(cls, message: args_pb2.Args) -> "Snapshot":
+    def from_message(cls, message: args_pb2.Args) -> "Snapshot[Any]":
         return cls(
             revision=message.revision,
             json=message.json,
@@ -110,20 +119,24 @@ class Snapshot:
         )
 
 
-def translate(err: grpc.RpcError, socket_path: str, what: str) -> BrokerError:
-    """A gRPC error as one of this package's exceptions."""
-    code = err.code() if hasattr(err, "code") else None
-    details = err.details() if hasattr(err, "details") else str(err)
+def translate(err: grpc.RpcError, socket_path: str, what: str) -> BrokerError | InvalidPointer | ArgsRejected:
+    """A gRPC error as this package's exception for its cause: the same cause
+    raises the same class on every path, with the broker's message (what the
+    Rust CLI prints)."""
+    code = err.code() if callable(getattr(err, "code", None)) else None
+    details = (err.details() if callable(getattr(err, "details", None)) else None) or str(err)
     if code == grpc.StatusCode.NOT_FOUND:
         return ArgsNotFound(details)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return BrokerError(f"{what}: invalid argument: {details}")
+        if what == "GetArgs":
+            return InvalidPointer(details)
+        return ArgsRejected(details, details)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return RevisionConflict(details)
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return BrokerUnavailable(f"no broker answered at {socket_path}: {details}")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return BrokerUnavailable(f"cannot connect to the broker at {socket_path}: {details}")
     name = code.name if code is not None else "error"
-    return BrokerError(f"{what} at {socket_path} failed: {name}: {details}")
+    return BrokerError(f"the broker at {socket_path} answered {what} with {name}: {details}")
 
 
 class Backoff:
@@ -144,12 +157,21 @@ class Backoff:
         return random.uniform(step / 2, step)
 
 
-T = TypeVar("T")
+R = TypeVar("R")
+
+#: The hint a BrokerUnavailable carries, as the Rust CLI gives it.
+HINT = "(is the broker running? --socket / ARGSBROKER_SOCKET)"
+
+
+def gave_up(socket_path: str, timeout: float, last: BaseException) -> BrokerUnavailable:
+    return BrokerUnavailable(
+        f"no broker answered at {socket_path} within {timeout:g} s {HINT} (last error: {last})"
+    )
 
 
 def wait_for_broker(
-    socket_path: str, timeout: float, attempt: Callable[[float], T]
-) -> T:
+    socket_path: str, timeout: float, attempt: Callable[[float], R]
+) -> R:
     """Calls ``attempt(seconds_left)`` until it stops raising BrokerUnavailable,
     for at most ``timeout`` seconds; then raises one clear BrokerUnavailable."""
     deadline = time.monotonic() + timeout
@@ -163,12 +185,9 @@ def wait_for_broker(
             last = err
         left = deadline - time.monotonic()
         if left <= 0:
-            raise BrokerUnavailable(
-                f"no argsbroker answered at {socket_path} within {timeout:g} s "
-                f"(is the broker running with --socket {socket_path}?); last error: {last}"
-            ) from None
+            raise gave_up(socket_path, timeout, last) from None
         if not warned:
-            log.warning("argsbroker: no broker at %s yet; waiting up to %g s", socket_path, timeout)
+            log.warning("no broker at %s yet; waiting up to %g s", socket_path, timeout)
             warned = True
         time.sleep(min(backoff.next(), left))
 
@@ -183,9 +202,9 @@ class Client:
     def __init__(self, socket_path: str, channel: grpc.Channel) -> None:
         self.socket_path = socket_path
         self._channel = channel
-        self._stub = args_pb2_grpc.ArgsBrokerStub(channel)
+        self._stub = stub(channel)
 
-    def snapshot(self, pointer: str = "", timeout: Optional[float] = 10.0) -> Snapshot:
+    def snapshot(self, pointer: str = "", timeout: Optional[float] = 10.0) -> Snapshot[Any]:
         """The document (or the value at an RFC 6901 pointer) with its revision."""
         try:
             reply = self._stub.GetArgs(args_pb2.GetArgsRequest(pointer=pointer), timeout=timeout)
@@ -198,7 +217,9 @@ class Client:
         Python objects with exact numbers. Raises ArgsNotFound for a missing value."""
         return self.snapshot(pointer, timeout).value
 
-    def set(self, document: Any, expected_revision: Optional[int] = None, timeout: Optional[float] = 10.0) -> Snapshot:
+    def set(
+        self, document: Any, expected_revision: Optional[int] = None, timeout: Optional[float] = 10.0
+    ) -> Snapshot[Any]:
         """Replaces the whole document (a dict, or JSON text). Returns the new snapshot."""
         request = args_pb2.SetArgsRequest(json=_encode_exact(document))
         if expected_revision is not None:
@@ -208,7 +229,9 @@ class Client:
         except grpc.RpcError as err:
             raise translate(err, self.socket_path, "SetArgs") from None
 
-    def patch(self, merge_patch: Any, expected_revision: Optional[int] = None, timeout: Optional[float] = 10.0) -> Snapshot:
+    def patch(
+        self, merge_patch: Any, expected_revision: Optional[int] = None, timeout: Optional[float] = 10.0
+    ) -> Snapshot[Any]:
         """Applies an RFC 7386 merge patch (a dict, or JSON text): None removes a key.
         Returns the new snapshot."""
         request = args_pb2.PatchArgsRequest(merge_patch=_encode_exact(merge_patch))
@@ -256,26 +279,30 @@ def _dump(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, allow_nan=False)
 
 
-def connect(socket_path: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT) -> Client:
-    """Connects to the broker at ``socket_path`` ($ARGSBROKER_SOCKET, else
+def connect(
+    socket: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT, *, socket_path: Optional[str] = None
+) -> Client:
+    """Connects to the broker at ``socket`` ($ARGSBROKER_SOCKET, else
     /tmp/argsbroker.sock), waiting up to ``timeout`` seconds for it to answer.
 
     Raises BrokerUnavailable, naming the socket, if no broker answers in time.
+    In async code use ``connect_async`` (an AsyncClient, on grpc.aio).
+    (``socket_path=`` is the deprecated name of ``socket``.)
     """
-    path = socket_from_env(socket_path)
+    if socket_path is not None:
+        warnings.warn("connect(socket_path=...) is deprecated; use connect(socket=...)", DeprecationWarning, stacklevel=2)
+    path = socket_from_env(socket or socket_path)
 
     def attempt(left: float) -> Client:
         # A fresh channel per attempt: each try connects now, not after
         # grpc's own reconnect backoff.
         channel = open_channel(path)
         try:
-            args_pb2_grpc.ArgsBrokerStub(channel).GetArgs(
+            stub(channel).GetArgs(
                 args_pb2.GetArgsRequest(pointer=""), timeout=min(left, 2.0)
             )
         except grpc.RpcError as err:
             channel.close()
-            if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise BrokerUnavailable(f"{err.code().name}: {err.details()}") from None
             raise translate(err, path, "GetArgs") from None
         return Client(path, channel)
 

@@ -8,25 +8,30 @@ import os
 import queue
 import sys
 import threading
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+import warnings
+import weakref
+from typing import Any, Callable, Generic, Iterator, List, Optional, Tuple, Type, TypeVar, cast, overload
 
 import grpc
 
 from ._client import (
     DEFAULT_TIMEOUT,
     Backoff,
-    BrokerError,
-    BrokerUnavailable,
     Snapshot,
     log,
     open_channel,
     socket_from_env,
+    stub,
     translate,
     wait_for_broker,
 )
-from ._model import ArgsRejected, Validator, validator
-from ._pb import args_pb2, args_pb2_grpc
+from ._errors import ArgsRejected, BrokerError, BrokerUnavailable, RevisionNotReached
+from ._model import Validator, validator
+from ._pb import args_pb2
 from ._pointer import resolve
+
+T = TypeVar("T")
+M = TypeVar("M")
 
 #: How long one attempt may wait for the first message of a watch.
 _FIRST_MESSAGE_LIMIT = 5.0
@@ -34,7 +39,7 @@ _FIRST_MESSAGE_LIMIT = 5.0
 #: What a user's validate callable may be: it takes the Snapshot (``typed``
 #: set when there is a model) and rejects it by raising, or by returning an
 #: error string (or False); None or True accepts it.
-Validate = Callable[[Snapshot], Any]
+Validate = Callable[[Snapshot[Any]], Any]
 
 
 def default_name() -> str:
@@ -71,6 +76,11 @@ class _Reports:
             yield request
 
 
+def _one_line(text: str) -> str:
+    """A multi-line message (pydantic's) as one line, for one log record."""
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def _first_message(call: Any, limit: float) -> Any:
     """The first message of a stream; a timer cancels one that stays silent."""
     guard = threading.Timer(limit, call.cancel)
@@ -87,32 +97,33 @@ def _open_watch(
     limit: float,
     name: str,
     position: Optional[args_pb2.FollowRequest] = None,
-) -> Tuple[grpc.Channel, Any, Snapshot, Optional[_Reports]]:
+) -> Tuple[grpc.Channel, Any, Snapshot[Any], Optional[_Reports]]:
     """Opens Follow on a fresh channel (its first request names this follower
     and states ``position``, if any) and reads its first message, the broker's
     current snapshot, giving up after ``limit`` seconds. A broker without
     Follow (UNIMPLEMENTED) is watched with WatchArgs instead, and gets no
     reports (None)."""
     channel = open_channel(socket_path)
-    stub = args_pb2_grpc.ArgsBrokerStub(channel)
-    reports: Optional[_Reports] = _Reports()
+    broker = stub(channel)
+    follow_reports = _Reports()
+    reports: Optional[_Reports] = follow_reports
     hello = args_pb2.FollowRequest()
     if position is not None:
         hello.CopyFrom(position)
     hello.name = name
-    reports.send(hello)
+    follow_reports.send(hello)
     what = "Follow"
     try:
         try:
-            call = stub.Follow(iter(reports))
+            call = broker.Follow(iter(follow_reports))
             first = _first_message(call, limit)
         except grpc.RpcError as err:
             if err.code() != grpc.StatusCode.UNIMPLEMENTED:
                 raise
             # A broker from before Follow: watch, without reports.
-            reports.close()
+            follow_reports.close()
             reports, what = None, "WatchArgs"
-            call = stub.WatchArgs(args_pb2.WatchArgsRequest())
+            call = broker.WatchArgs(args_pb2.WatchArgsRequest())
             first = _first_message(call, limit)
     except StopIteration:
         _close(channel, reports)
@@ -141,7 +152,7 @@ def _close(channel: grpc.Channel, reports: Optional[_Reports]) -> None:
 NEWER, SAME, OLDER, NEW_LINEAGE = "newer", "same", "older", "new lineage"
 
 
-def _verdict(held: Snapshot, offered: Snapshot) -> str:
+def _verdict(held: Snapshot[Any], offered: Snapshot[Any]) -> str:
     """The lineage rule every follower keeps: within one lineage never go back
     to an older revision; a different lineage, or the same revision with a
     different sha256, means the broker's state was reset or replaced, and its
@@ -158,24 +169,23 @@ class Rejection:
     """A revision the broker served that this follower refused (its model or
     its validate said no); the previous one is kept."""
 
+    __module__ = "argsbroker"
+
     revision: int
     lineage: str
-    #: Why: pydantic's message for a model, validate's error otherwise.
-    error: str
+    #: Why: pydantic's message for a model, validate's error otherwise; what
+    #: the broker is told (rejected_reason).
+    reason: str
 
     @property
-    def reason(self) -> str:
-        """The same as ``error``: what the broker is told (rejected_reason)."""
-        return self.error
+    def error(self) -> str:
+        """Deprecated: the same as ``reason``."""
+        warnings.warn("Rejection.error is deprecated; use Rejection.reason", DeprecationWarning, stacklevel=2)
+        return self.reason
 
 
-class RevisionNotReached(TimeoutError):
-    """``get(min_revision=N)`` waited and the follower still serves an older revision."""
-
-    def __init__(self, message: str, wanted: int, serving: int) -> None:
-        super().__init__(message)
-        self.wanted = wanted
-        self.serving = serving
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
 
 
 def checker(model: Any = None, validate: Optional[Validate] = None) -> Optional[Validator]:
@@ -185,7 +195,7 @@ def checker(model: Any = None, validate: Optional[Validate] = None) -> Optional[
     if typed_by is None and validate is None:
         return None
 
-    def check(snapshot: Snapshot) -> Any:
+    def check(snapshot: Snapshot[Any]) -> Any:
         typed = typed_by(snapshot) if typed_by is not None else None
         if validate is None:
             return typed
@@ -204,7 +214,7 @@ def checker(model: Any = None, validate: Optional[Validate] = None) -> Optional[
     return check
 
 
-class LiveArgs:
+class LiveArgs(Generic[T]):
     """The broker's args, kept fresh in the background: reading them is one
     attribute load, with no RPC and no lock.
 
@@ -219,15 +229,21 @@ class LiveArgs:
     replaced) is adopted at once. With a model or a validate callable, a
     revision that fails is rejected (logged, kept in ``rejected``, reported to
     the broker) and the previous one stays. Create it in each worker process
-    (in the lifespan hook, not before a fork).
+    (in the lifespan hook, not before a fork); one created before a fork is
+    re-armed in the child (a new connection and thread, one warning).
+
+    ``LiveArgs[Settings]`` (what ``follow(model=Settings)`` returns): ``typed``
+    and ``snapshot.typed`` are Settings instances.
     """
+
+    __module__ = "argsbroker"
 
     def __init__(
         self,
         socket_path: str,
         channel: grpc.Channel,
         call: Any,
-        first: Snapshot,
+        first: Snapshot[Any],
         validate: Optional[Validator] = None,
         *,
         name: Optional[str] = None,
@@ -242,17 +258,20 @@ class LiveArgs:
         self._channel = channel
         self._call = call
         self._reports = reports
-        self._listeners: List[Callable[[Snapshot], None]] = []
+        self._listeners: List[Callable[[Snapshot[T]], None]] = []
         self._lock = threading.Lock()
         self._changed = threading.Condition()
         self._waiters: List[Tuple[asyncio.AbstractEventLoop, "asyncio.Future[bool]", int]] = []
         self._rejected: Optional[Rejection] = None
         self._closed = threading.Event()
+        #: The pid that made it; in a forked child it no longer follows.
+        self._pid = os.getpid()
         self._thread = threading.Thread(target=self._follow, name="argsbroker-watch", daemon=True)
         self._thread.start()
+        _FOLLOWERS.add(self)
 
     @property
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> Snapshot[T]:
         """The newest accepted snapshot: revision, lineage, exact JSON text,
         parsed value (and ``typed``, with a model)."""
         return self._snapshot
@@ -263,9 +282,9 @@ class LiveArgs:
         return self._snapshot.value
 
     @property
-    def typed(self) -> Any:
+    def typed(self) -> T:
         """The document validated by the model (None without one). Read-only."""
-        return self._snapshot.typed
+        return cast(T, self._snapshot.typed)
 
     @property
     def revision(self) -> int:
@@ -277,8 +296,15 @@ class LiveArgs:
 
     @property
     def connected(self) -> bool:
-        """Whether the watch on the broker is up right now."""
+        """Whether the watch on the broker is up right now (never, in a process
+        forked after the follower was made)."""
         return self._connected
+
+    @property
+    def forked(self) -> bool:
+        """Whether this process was forked after the follower was made: it then
+        keeps the last args it had but follows nothing (``connected`` is False)."""
+        return self._pid != os.getpid()
 
     @property
     def reporting(self) -> bool:
@@ -298,34 +324,36 @@ class LiveArgs:
         watcher, no polling) until the copy is at that revision or newer, for at
         most ``timeout`` seconds (None: no limit); RevisionNotReached otherwise.
         In async code use ``get_async``."""
-        if min_revision is not None and not self.wait_for_revision_blocking(min_revision, timeout):
+        if min_revision is not None and not self.wait_for(min_revision, timeout):
             raise self._not_reached(min_revision, timeout)
-        return resolve(self._snapshot.value, pointer)
+        held = self._snapshot
+        return resolve(held.value, pointer, held.revision)
 
     async def get_async(
         self, pointer: str = "", *, min_revision: Optional[int] = None, timeout: Optional[float] = 1.0
     ) -> Any:
         """``get``, waiting for ``min_revision`` without blocking the event loop."""
-        if min_revision is not None and not await self.wait_for_revision(min_revision, timeout):
+        if min_revision is not None and not await self.wait_for_async(min_revision, timeout):
             raise self._not_reached(min_revision, timeout)
-        return resolve(self._snapshot.value, pointer)
+        held = self._snapshot
+        return resolve(held.value, pointer, held.revision)
 
     def _not_reached(self, wanted: int, timeout: Optional[float]) -> RevisionNotReached:
         serving = self._snapshot.revision
         message = (
-            f"argsbroker: revision {wanted} or newer did not arrive within {timeout:g} s: "
+            f"revision {wanted} or newer did not arrive within {timeout:g} s: "
             f"still serving revision {serving} from the broker at {self.socket_path}"
         )
         rejected = self._rejected
         if rejected is not None and rejected.revision >= wanted:
-            message += f" (revision {rejected.revision} was rejected: {rejected.error})"
+            message += f" (revision {rejected.revision} was rejected: {rejected.reason})"
         return RevisionNotReached(message, wanted, serving)
 
-    def on_change(self, listener: Callable[[Snapshot], None]) -> None:
+    def on_change(self, listener: Callable[[Snapshot[T]], None]) -> None:
         """Calls ``listener(snapshot)`` on the watcher thread for each revision adopted."""
         self._listeners.append(listener)
 
-    async def wait_for_revision(self, revision: int, timeout: Optional[float] = None) -> bool:
+    async def wait_for_async(self, revision: int, timeout: Optional[float] = None) -> bool:
         """Waits (without blocking the event loop, and without a thread) until
         the local copy is at ``revision`` or newer; False on timeout."""
         loop = asyncio.get_running_loop()
@@ -344,22 +372,39 @@ class LiveArgs:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
 
-    def wait_for_revision_blocking(self, revision: int, timeout: Optional[float] = None) -> bool:
+    def wait_for(self, revision: int, timeout: Optional[float] = None) -> bool:
         """Blocks the calling thread until the local copy is at ``revision`` or
-        newer; False on timeout. (In async code, await wait_for_revision.)"""
+        newer; False on timeout. (In async code, await wait_for_async.)"""
         with self._changed:
             return self._changed.wait_for(lambda: self._snapshot.revision >= revision, timeout)
 
+    async def wait_for_revision(self, revision: int, timeout: Optional[float] = None) -> bool:
+        """Deprecated name of ``wait_for_async``."""
+        _deprecated("LiveArgs.wait_for_revision", "LiveArgs.wait_for_async")
+        return await self.wait_for_async(revision, timeout)
+
+    def wait_for_revision_blocking(self, revision: int, timeout: Optional[float] = None) -> bool:
+        """Deprecated name of ``wait_for``."""
+        _deprecated("LiveArgs.wait_for_revision_blocking", "LiveArgs.wait_for")
+        return self.wait_for(revision, timeout)
+
     def close(self) -> None:
         """Stops following the broker. The last args stay readable."""
+        _FOLLOWERS.discard(self)
         self._closed.set()
+        if self.forked:
+            return  # the channel and thread belong to the parent
         with self._lock:
             self._call.cancel()
             _close(self._channel, self._reports)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=2.0)
 
-    def __enter__(self) -> "LiveArgs":
+    async def close_async(self) -> None:
+        """``close`` without blocking the event loop."""
+        await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> "LiveArgs[T]":
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -374,7 +419,7 @@ class LiveArgs:
             applied_revision=held.revision,
             applied_lineage=held.lineage,
             rejected_revision=rejected.revision if rejected else 0,
-            rejected_reason=rejected.error if rejected else "",
+            rejected_reason=rejected.reason if rejected else "",
         )
 
     def _report(self) -> None:
@@ -392,7 +437,7 @@ class LiveArgs:
                 return
             self._connected = False
             log.warning(
-                "argsbroker: lost the broker at %s (%s); serving revision %d while reconnecting",
+                "lost the broker at %s (%s); serving revision %d while reconnecting",
                 self.socket_path,
                 reason,
                 self._snapshot.revision,
@@ -407,7 +452,7 @@ class LiveArgs:
                         self.socket_path, _FIRST_MESSAGE_LIMIT, self.name, self._position()
                     )
                 except BrokerError as err:
-                    log.debug("argsbroker: broker at %s still unreachable: %s", self.socket_path, err)
+                    log.debug("the broker at %s is still unreachable: %s", self.socket_path, err)
                     continue
                 with self._lock:
                     if self._closed.is_set():
@@ -417,7 +462,7 @@ class LiveArgs:
                     self._channel, self._call, self._reports = channel, call, reports
                 self._apply(first)
                 log.warning(
-                    "argsbroker: reconnected to the broker at %s; serving revision %d",
+                    "reconnected to the broker at %s; serving revision %d",
                     self.socket_path,
                     self._snapshot.revision,
                 )
@@ -431,7 +476,7 @@ class LiveArgs:
                 try:
                     snapshot = Snapshot.from_message(message)
                 except ValueError as err:
-                    log.warning("argsbroker: ignoring revision %d: not valid JSON: %s", message.revision, err)
+                    log.warning("ignoring revision %d: not valid JSON: %s", message.revision, err)
                     continue
                 if self._apply(snapshot):
                     self._report()
@@ -439,7 +484,7 @@ class LiveArgs:
         except grpc.RpcError as err:
             return f"{err.code().name}: {err.details()}"
 
-    def _apply(self, snapshot: Snapshot) -> bool:
+    def _apply(self, snapshot: Snapshot[Any]) -> bool:
         """Adopts ``snapshot`` if the lineage rule says so and the model and
         validate accept it. Returns whether what this follower reports
         changed (a revision applied, or another one rejected)."""
@@ -464,10 +509,10 @@ class LiveArgs:
                 changed = rejection != self._rejected
                 if changed:
                     log.warning(
-                        "argsbroker: rejected revision %d from the broker at %s: %s; still serving revision %d",
+                        "rejected revision %d from the broker at %s: %s; still serving revision %d",
                         snapshot.revision,
                         self.socket_path,
-                        err,
+                        _one_line(err.details),
                         held.revision,
                     )
                 self._rejected = rejection
@@ -493,8 +538,40 @@ class LiveArgs:
             try:
                 listener(snapshot)
             except Exception:  # a listener's bug must not stop the watch
-                log.exception("argsbroker: an on_change listener failed")
+                log.exception("an on_change listener failed")
         return True
+
+
+#: Every open follower of this process, for the fork handler.
+_FOLLOWERS: "weakref.WeakSet[LiveArgs[Any]]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A follower made before a fork has no thread in the child, and its gRPC
+    channel belongs to the parent (gRPC objects do not survive a fork): mark
+    each one disconnected, with fresh locks (the parent's may have been held
+    at the fork), and say so once."""
+    followers = list(_FOLLOWERS)
+    _FOLLOWERS.clear()
+    for live in followers:
+        live._connected = False
+        live._lock = threading.Lock()
+        live._changed = threading.Condition()
+        live._waiters = []
+        live._closed = threading.Event()
+        live._closed.set()
+    if followers:
+        sockets = ", ".join(sorted({live.socket_path for live in followers}))
+        log.warning(
+            "process %d was forked after follow() (the broker at %s): its %d follower(s) keep their last "
+            "args but no longer follow; call follow() (or args_lifespan) in each worker after the fork",
+            os.getpid(),
+            sockets,
+            len(followers),
+        )
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _settle(future: "asyncio.Future[bool]") -> None:
@@ -502,15 +579,40 @@ def _settle(future: "asyncio.Future[bool]") -> None:
         future.set_result(True)
 
 
+@overload
 def follow(
+    socket: Optional[str] = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    *,
+    model: Type[M],
+    name: Optional[str] = None,
+    validate: Optional[Validate] = None,
     socket_path: Optional[str] = None,
+) -> LiveArgs[M]: ...
+
+
+@overload
+def follow(
+    socket: Optional[str] = None,
     timeout: float = DEFAULT_TIMEOUT,
     *,
     model: Any = None,
     name: Optional[str] = None,
     validate: Optional[Validate] = None,
-) -> LiveArgs:
-    """Waits up to ``timeout`` seconds for the broker at ``socket_path``
+    socket_path: Optional[str] = None,
+) -> LiveArgs[Any]: ...
+
+
+def follow(
+    socket: Optional[str] = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    *,
+    model: Any = None,
+    name: Optional[str] = None,
+    validate: Optional[Validate] = None,
+    socket_path: Optional[str] = None,
+) -> LiveArgs[Any]:
+    """Waits up to ``timeout`` seconds for the broker at ``socket``
     ($ARGSBROKER_SOCKET, else /tmp/argsbroker.sock), takes its current args and
     keeps them fresh in a background thread.
 
@@ -519,15 +621,19 @@ def follow(
 
     With ``model`` (a pydantic model, or any type pydantic can validate), every
     revision is validated before it is served: ``live.typed`` is the model
-    instance. With ``validate`` (a callable taking the Snapshot, ``typed``
-    set), a revision is rejected when it raises, returns an error string or
-    returns False. A first document that fails raises ArgsRejected with the
-    reason; a later one is rejected (logged, ``live.rejected``, reported to the
-    broker) and the previous one kept.
+    instance, and the result is a ``LiveArgs[Model]``. With ``validate`` (a
+    callable taking the Snapshot, ``typed`` set), a revision is rejected when
+    it raises, returns an error string or returns False. A first document
+    that fails raises ArgsRejected with the reason; a later one is rejected
+    (logged, ``live.rejected``, reported to the broker) and the previous one
+    kept.
 
     Raises BrokerUnavailable, naming the socket, if no broker answers in time.
+    (``socket_path=`` is the deprecated name of ``socket``.)
     """
-    path = socket_from_env(socket_path)
+    if socket_path is not None:
+        _deprecated("follow(socket_path=...)", "follow(socket=...)")
+    path = socket_from_env(socket or socket_path)
     name = name or default_name()
     check = checker(model, validate)
     channel, call, first, reports = wait_for_broker(

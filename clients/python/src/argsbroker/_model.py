@@ -7,17 +7,10 @@ if TYPE_CHECKING:
     from ._client import Snapshot
 
 
-class ArgsRejected(ValueError):
-    """The broker's args do not fit the model; the message carries pydantic's."""
-
-    def __init__(self, message: str, details: str) -> None:
-        super().__init__(message)
-        #: pydantic's own message, e.g. "1 validation error for Settings ...".
-        self.details = details
-
+from ._errors import ArgsRejected
 
 #: Turns a snapshot into the model's value, or raises ArgsRejected.
-Validator = Callable[["Snapshot"], Any]
+Validator = Callable[["Snapshot[Any]"], Any]
 
 
 def model_name(model: Any) -> str:
@@ -36,7 +29,7 @@ def validator(model: Any) -> Validator:
     adapter = TypeAdapter(model)
     name = model_name(model)
 
-    def validate(snapshot: "Snapshot") -> Any:
+    def validate(snapshot: "Snapshot[Any]") -> Any:
         try:
             return adapter.validate_json(snapshot.json)
         except ValidationError as err:
@@ -54,4 +47,4 @@ def check(model: Any, text: str, what: str) -> Any:
     try:
         return TypeAdapter(model).validate_json(text)
     except ValidationError as err:
-        raise ArgsRejected(f"{what} does not fit {model_name(model)}: {err}", str(err)) from None
+        raise ArgsRejected(f"{what} do not fit {model_name(model)}: {err}", str(err)) from None

@@ -4,34 +4,33 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ._client import ArgsNotFound
+from ._errors import ArgsNotFound, InvalidPointer, quoted
 
 _INDEX = re.compile(r"0|[1-9][0-9]*")
 
 
-class InvalidPointer(ValueError):
-    """Not an RFC 6901 pointer: it must be "" or start with "/"; "~" only as "~0" or "~1"."""
-
-
-def resolve(document: Any, pointer: str) -> Any:
-    """The value at ``pointer`` in ``document``; ArgsNotFound if there is none."""
+def resolve(document: Any, pointer: str, revision: int) -> Any:
+    """The value at ``pointer`` in ``document`` (at ``revision``); ArgsNotFound
+    if there is none, InvalidPointer if it is not a pointer. The messages are
+    the broker's, so a local read and a GetArgs fail alike."""
     if pointer == "":
         return document
     if not pointer.startswith("/"):
-        raise InvalidPointer(f"JSON pointer {pointer!r} must be empty or start with '/'")
+        raise InvalidPointer(f"invalid JSON pointer {quoted(pointer)}: it must be empty or start with '/'")
+    if re.search(r"~(?![01])", pointer):
+        raise InvalidPointer(f"invalid JSON pointer {quoted(pointer)}: '~' must be followed by '0' or '1'")
+    missing = f"no value at JSON pointer {quoted(pointer)} in revision {revision}"
     value = document
     for token in pointer[1:].split("/"):
-        if re.search(r"~(?![01])", token):
-            raise InvalidPointer(f"JSON pointer {pointer!r} has a '~' not followed by 0 or 1")
         key = token.replace("~1", "/").replace("~0", "~")
         if isinstance(value, dict):
             if key not in value:
-                raise ArgsNotFound(f"no value at JSON pointer {pointer!r}")
+                raise ArgsNotFound(missing)
             value = value[key]
         elif isinstance(value, list):
             if not _INDEX.fullmatch(key) or int(key) >= len(value):
-                raise ArgsNotFound(f"no value at JSON pointer {pointer!r}")
+                raise ArgsNotFound(missing)
             value = value[int(key)]
         else:
-            raise ArgsNotFound(f"no value at JSON pointer {pointer!r}")
+            raise ArgsNotFound(missing)
     return value

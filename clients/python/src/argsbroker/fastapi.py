@@ -12,19 +12,22 @@
 Each worker process runs the lifespan, so each one waits for the broker at
 startup and then keeps its own live copy; a request reads that copy with no RPC.
 With ``args_lifespan(model=Settings)`` (a pydantic model) ``current_args``
-hands out a validated ``Settings`` instead of a dict.
+hands out a validated ``Settings`` instead of a dict; for a typed parameter,
+``SettingsArg = Annotated[Settings, Depends(typed_args(Settings))]``.
 """
 from __future__ import annotations
 
 import asyncio
 import os
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional, Type, TypeVar, cast
 
 from starlette.requests import HTTPConnection
 
 from ._client import DEFAULT_TIMEOUT, Snapshot
 from ._live import LiveArgs, Validate, follow
+
+T = TypeVar("T")
 
 #: Seconds a starting worker waits for the broker, unless args_lifespan() is told.
 TIMEOUT_VARIABLE = "ARGSBROKER_TIMEOUT"
@@ -60,7 +63,9 @@ def args_lifespan(
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         wait = timeout if timeout is not None else float(os.environ.get(TIMEOUT_VARIABLE) or DEFAULT_TIMEOUT)
-        live = await asyncio.to_thread(follow, socket, wait, model=model, name=name, validate=validate)
+        live = await asyncio.to_thread(
+            lambda: follow(socket, wait, model=model, name=name, validate=validate)
+        )
         app.state.args = live
         try:
             yield
@@ -70,19 +75,46 @@ def args_lifespan(
     return lifespan
 
 
+def _live(connection: HTTPConnection) -> LiveArgs[Any]:
+    return cast(LiveArgs[Any], connection.app.state.args)
+
+
 # async so that FastAPI calls them inline, not on its thread pool.
-async def live_args(connection: HTTPConnection) -> LiveArgs:
+async def live_args(connection: HTTPConnection) -> LiveArgs[Any]:
     """Dependency: the app's LiveArgs."""
-    return connection.app.state.args
+    return _live(connection)
 
 
-async def current_snapshot(connection: HTTPConnection) -> Snapshot:
+async def current_snapshot(connection: HTTPConnection) -> Snapshot[Any]:
     """Dependency: the newest Snapshot (revision, lineage, exact JSON text, value, typed)."""
-    return connection.app.state.args.snapshot
+    return _live(connection).snapshot
 
 
 async def current_args(connection: HTTPConnection) -> Any:
     """Dependency: the newest document: the model's instance with a model,
     else Python objects (exact numbers). Read-only."""
-    snapshot = connection.app.state.args.snapshot
+    snapshot = _live(connection).snapshot
     return snapshot.typed if snapshot.typed is not None else snapshot.value
+
+
+def typed_args(model: Type[T]) -> Callable[[HTTPConnection], Awaitable[T]]:
+    """A dependency giving the newest document as ``model`` (the model given
+    to ``args_lifespan``), typed for mypy and pyright:
+
+        SettingsArg = Annotated[Settings, Depends(typed_args(Settings))]
+
+        @app.get("/predict")
+        async def predict(settings: SettingsArg): ...
+
+    TypeError if the lifespan validates with another model (or none)."""
+
+    async def dependency(connection: HTTPConnection) -> T:
+        typed = _live(connection).snapshot.typed
+        if not isinstance(typed, model):
+            raise TypeError(
+                f"typed_args({model.__name__}): the app's args_lifespan validates with "
+                f"{type(typed).__name__ if typed is not None else 'no model'}, not {model.__name__}"
+            )
+        return typed
+
+    return dependency
