@@ -57,8 +57,8 @@ struct Slot {
 }
 
 impl Plan {
-    /// `worker_bin` defaults to the `worker` beside this executable; it
-    /// must exist before anything starts.
+    /// `worker_bin` defaults to the worker beside this executable (see
+    /// [`sibling_worker`]); it must exist before anything starts.
     pub fn new(
         workers: usize,
         http: SocketAddr,
@@ -69,9 +69,9 @@ impl Plan {
     ) -> anyhow::Result<Self> {
         let worker_bin = match worker_bin {
             Some(bin) => bin,
-            None => std::env::current_exe()
-                .context("cannot find this executable's path")?
-                .with_file_name("worker"),
+            None => sibling_worker(
+                &std::env::current_exe().context("cannot find this executable's path")?,
+            ),
         };
         if !worker_bin.is_file() {
             anyhow::bail!(
@@ -435,6 +435,19 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// The worker installed beside `broker`: `argsbroker-broker` (the Python
+/// package's name, which no other package's scripts can take) has
+/// `argsbroker-worker`; any other name has `worker`.
+fn sibling_worker(broker: &std::path::Path) -> PathBuf {
+    let name = broker
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix("broker"))
+        .filter(|prefix| !prefix.is_empty())
+        .map_or_else(|| "worker".to_owned(), |prefix| format!("{prefix}worker"));
+    broker.with_file_name(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,5 +461,16 @@ mod tests {
             delays,
             [0, 100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000]
         );
+    }
+
+    #[test]
+    fn the_worker_beside_the_broker_follows_its_name() {
+        let of = |p: &str| sibling_worker(std::path::Path::new(p));
+        assert_eq!(of("/usr/bin/broker"), PathBuf::from("/usr/bin/worker"));
+        assert_eq!(
+            of("/venv/bin/argsbroker-broker"),
+            PathBuf::from("/venv/bin/argsbroker-worker")
+        );
+        assert_eq!(of("/opt/x/my-server"), PathBuf::from("/opt/x/worker"));
     }
 }
