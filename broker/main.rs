@@ -145,7 +145,7 @@ struct ServeArgs {
     #[arg(long, value_name = "N", env = "ARGSBROKER_METRICS_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     metrics_max_connections: u32,
 
-    /// The worker executable [default: `worker` beside this broker's executable]
+    /// The worker executable [default: `worker` beside this broker's executable; `argsbroker-worker` beside `argsbroker-broker`]
     #[arg(long, value_name = "PATH", env = "ARGSBROKER_WORKER_BIN")]
     worker_bin: Option<PathBuf>,
 
