@@ -45,6 +45,7 @@ struct Host {
     key: String,
     broker: Option<Proc>,
     worker: Option<Proc>,
+    /// The worker's HTTP port, once it is started (the kernel picks it).
     port: u16,
 }
 
@@ -57,7 +58,7 @@ impl Host {
             key: key.to_owned(),
             broker: None,
             worker: None,
-            port: free_port(),
+            port: 0,
         }
     }
 
@@ -86,7 +87,9 @@ impl Host {
     /// Starts the broker (waiting until it answers) and then the worker.
     fn start(mut self) -> Self {
         self.start_broker();
-        self.worker = Some(self.site.start_worker(self.port, false));
+        let worker = self.site.start_worker();
+        self.port = worker.http_port();
+        self.worker = Some(worker);
         self
     }
 
