@@ -482,7 +482,8 @@ fn etcd_request_limit_refuses_large_documents_before_etcd_sees_them() {
 }
 
 /// PEM files made with the openssl CLI: a CA, a server certificate for
-/// 127.0.0.1 (an IP SAN) and a client certificate, both signed by the CA.
+/// 127.0.0.1 and the test clusters' own loopback address (IP SANs) and a
+/// client certificate, both signed by the CA.
 struct Certs {
     ca: PathBuf,
     server: ServerTls,
@@ -518,12 +519,12 @@ fn make_certs(dir: &Path) -> Certs {
     ca.extend(["-keyout", "ca.key", "-out", "ca.crt", "-days", "2"]);
     ca.extend(["-subj", "/CN=argsbroker test CA"]);
     openssl(dir, &ca);
+    let server_ext = format!(
+        "subjectAltName=IP:127.0.0.1,IP:{}\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n",
+        common::etcd::loopback()
+    );
     for (name, cn, ext) in [
-        (
-            "server",
-            "etcd",
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n",
-        ),
+        ("server", "etcd", server_ext.as_str()),
         (
             "client",
             "argsbroker",
@@ -545,8 +546,21 @@ fn make_certs(dir: &Path) -> Certs {
         openssl(
             dir,
             &[
-                "x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", &crt, "-days", "2", "-extfile", &ext_file,
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &ext_file,
             ],
         );
     }
@@ -568,7 +582,8 @@ fn tls_with_client_certificates() {
     let certs = make_certs(site.dir.path());
     let cluster = Cluster::start_tls(1, &certs.server, &[]);
     let eps = cluster.endpoints_csv();
-    assert!(eps.starts_with("https://127.0.0.1:"), "{eps}");
+    let https = format!("https://{}:", common::etcd::loopback());
+    assert!(eps.starts_with(&https), "{eps}");
     let tls_ctl: &[&str] = &[
         "--cacert",
         s(&certs.ca),
