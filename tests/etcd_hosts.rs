@@ -222,6 +222,36 @@ fn status(host: &Host) -> (i32, String) {
     (code, out)
 }
 
+/// `broker status --json` on `host`.
+fn status_json(host: &Host) -> serde_json::Value {
+    let (code, out, err) = run(Command::new(BROKER)
+        .args(["status", "--json", "--socket"])
+        .arg(host.socket()));
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).expect("JSON")
+}
+
+/// Waits until every host's `broker status` lists every host's worker at
+/// `revision`: a broker shares its followers through etcd when they
+/// change, and the other brokers learn of it a moment later, so one read
+/// right after a write may still show an older list.
+fn every_host_lists_every_worker_at(hosts: &[Host], revision: u64) {
+    for (h, host) in hosts.iter().enumerate() {
+        eventually(
+            &format!(
+                "host {h} to list {} workers at revision {revision}",
+                hosts.len()
+            ),
+            || {
+                let followers = status_json(host)["followers"].as_array()?.clone();
+                (followers.len() == hosts.len()
+                    && followers.iter().all(|f| f["applied_revision"] == revision))
+                .then_some(())
+            },
+        );
+    }
+}
+
 #[test]
 fn a_patch_through_one_host_reaches_every_hosts_workers_within_a_second() {
     let cluster = Cluster::start(3);
@@ -431,6 +461,9 @@ fn without_an_etcd_quorum_writes_fail_fast_reads_go_on_and_every_host_recovers()
     }
     let json = text(&last.json).to_owned();
     converge(&hosts, last.revision, &json);
+    // What the hosts shared through etcd before it loses its quorum is
+    // what they list while it is gone.
+    every_host_lists_every_worker_at(&hosts, last.revision);
 
     // Two down: no quorum. A write fails with UNAVAILABLE, quickly, naming etcd.
     cluster.kill(1);
@@ -724,16 +757,9 @@ fn a_write_that_waits_waits_for_every_hosts_workers() {
         .trim()
         .to_owned();
     let host_name = |host: &Host| format!("{machine}:{}", host.socket().display());
-    let status = |host: &Host| -> serde_json::Value {
-        let (code, out, err) = run(Command::new(BROKER)
-            .args(["status", "--json", "--socket"])
-            .arg(host.socket()));
-        assert_eq!(code, 0, "{err}");
-        serde_json::from_str(&out).expect("JSON")
-    };
     // Host A lists its own worker and, through etcd, the other two.
     let listed = eventually("host A to list all three workers", || {
-        let followers = status(&hosts[0])["followers"].as_array()?.clone();
+        let followers = status_json(&hosts[0])["followers"].as_array()?.clone();
         (followers.len() == 3).then_some(followers)
     });
     for (i, host) in hosts.iter().enumerate() {
