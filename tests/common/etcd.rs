@@ -1,9 +1,9 @@
 //! A real etcd cluster for tests: `Cluster::start(3)` runs three `etcd`
 //! members (Debian's `etcd-server`; `tests/run` installs it) on loopback
 //! ports no other process uses (see [`loopback`]), with their data under a
-//! temp directory, and returns once every member reports itself healthy. Members are stopped by their own
-//! pid (SIGKILL, then reaped), never by name; `kill` and `restart` fault
-//! one member the same way.
+//! temp directory, and returns once every member reports itself healthy.
+//! Members are stopped by their own pid (SIGKILL, then reaped), never by
+//! name; `kill` and `restart` fault one member the same way.
 //!
 //! Self-contained (std, libc, tempfile), so that both the integration tests
 //! (`common::etcd`) and the broker's in-process tests can use it; the latter
