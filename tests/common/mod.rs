@@ -80,9 +80,13 @@ impl Proc {
     pub fn bound_port(&self, prefix: &str) -> u16 {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let found = self.log().lines().find_map(|line| {
+            // Whole lines only: a line the child is still writing could
+            // hold half a port number.
+            let log = self.log();
+            let mut whole = log.split_inclusive('\n').filter(|l| l.ends_with('\n'));
+            let found = whole.find_map(|line| {
                 let rest = &line[line.find(prefix)? + prefix.len()..];
-                let addr = rest.split(['/', ' ']).next()?;
+                let addr = rest.split(['/', ' ', '\n']).next()?;
                 addr.parse::<std::net::SocketAddr>().ok()
             });
             if let Some(addr) = found {
