@@ -308,8 +308,8 @@ fn workers_serve_through_a_broker_crash_and_converge() {
     let mut broker = site.start_broker();
     let first = site.spawn_worker(site.worker_cmd(ANY_PORT, true));
     let shared = first.http_port();
-    let _workers = [first, site.start_worker_on(shared), site.start_worker()];
-    let own = _workers[2].http_port();
+    let workers = [first, site.start_worker_on(shared), site.start_worker()];
+    let own = workers[2].http_port();
     let load = Load::start(shared);
     eventually("some answers", || Some(()).filter(|_| load.answered() > 20));
 
