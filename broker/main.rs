@@ -122,11 +122,11 @@ struct ServeArgs {
     )]
     workers: usize,
 
-    /// The HTTP address the workers share (SO_REUSEPORT), with --workers.
+    /// The HTTP address the workers share (SO_REUSEPORT), with --workers. Port 0 lets the kernel pick a free one, held for the broker's life and named by the log line `all workers ready on http://HOST:PORT`.
     #[arg(long, value_name = "HOST:PORT", env = "ARGSBROKER_HTTP", value_parser = argsbroker::cmdline::host_port)]
     http: Option<std::net::SocketAddr>,
 
-    /// Serve Prometheus metrics (GET /metrics, OpenMetrics text) over HTTP on this address, e.g. 127.0.0.1:9881.
+    /// Serve Prometheus metrics (GET /metrics, OpenMetrics text) over HTTP on this address, e.g. 127.0.0.1:9881. Port 0 lets the kernel pick a free one, named by the log line `serving metrics on http://HOST:PORT/metrics`.
     #[arg(long, value_name = "HOST:PORT", env = "ARGSBROKER_METRICS_LISTEN", value_parser = argsbroker::cmdline::host_port)]
     metrics_listen: Option<std::net::SocketAddr>,
 

@@ -379,6 +379,11 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)
         .context("cannot use the --metrics-listen address")?;
+    // The address as bound: with port 0 the kernel picked the port.
+    let local = listener
+        .local_addr()
+        .context("cannot use the --metrics-listen address")?;
+    tracing::info!(listen = %local, "serving metrics on http://{local}/metrics");
     let app = Router::new()
         .route("/metrics", get(scrape))
         .with_state(Scraped {

@@ -120,11 +120,25 @@ where
 /// up to `graceful_timeout` to finish in-flight requests, then SIGKILL.
 /// `all_ready` is called once, when every worker has reported ready.
 pub async fn run(
-    plan: Plan,
+    mut plan: Plan,
     shutdown: impl Future<Output = ()>,
     all_ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
-    probe(plan.http)?;
+    // Port 0: the kernel picks the port, and this process holds it (bound
+    // with SO_REUSEPORT, never listening, so it is sent no connection) for
+    // as long as it runs: every worker, restarted ones too, joins that one
+    // port, and no other process can take it while no worker is up.
+    let _held = match plan.http.port() {
+        0 => {
+            let (held, bound) = hold_a_port(plan.http)?;
+            plan.http = bound;
+            Some(held)
+        }
+        _ => {
+            probe(plan.http)?;
+            None
+        }
+    };
     // Workers report readiness as systemd services do: READY=1 on a datagram
     // socket named by NOTIFY_SOCKET, here one in the abstract namespace.
     let notify_name = format!("argsbroker-supervisor-{}", std::process::id());
@@ -296,6 +310,23 @@ fn probe(addr: SocketAddr) -> anyhow::Result<()> {
         }
         Err(e) => anyhow::bail!("cannot listen on {addr}: {e}"),
     }
+}
+
+/// A socket bound to `addr` (port 0) with SO_REUSEPORT and never listening,
+/// and the address the kernel gave it.
+fn hold_a_port(addr: SocketAddr) -> anyhow::Result<(socket2::Socket, SocketAddr)> {
+    use socket2::{Domain, Socket, Type};
+    let cannot = |e: std::io::Error| anyhow::anyhow!("cannot listen on {addr}: {e}");
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(cannot)?;
+    socket.set_reuse_address(true).map_err(cannot)?;
+    socket.set_reuse_port(true).map_err(cannot)?;
+    socket.bind(&addr.into()).map_err(cannot)?;
+    let bound = socket
+        .local_addr()
+        .map_err(cannot)?
+        .as_socket()
+        .ok_or_else(|| anyhow::anyhow!("cannot listen on {addr}: not an IP address"))?;
+    Ok((socket, bound))
 }
 
 /// The pid in a `READY=1` notification.

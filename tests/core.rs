@@ -24,8 +24,8 @@ fn document_round_trips_exactly() {
     assert_eq!(args.revision, 1);
     assert_eq!(args.sha256.len(), 64);
 
-    let port = free_port();
-    let _worker = site.start_worker(port, false);
+    let worker = site.start_worker();
+    let port = worker.http_port();
     let answer = get(port, "/args");
     assert_eq!(answer.status, 200);
     assert_eq!(answer.header("content-type"), Some("application/json"));
@@ -38,8 +38,8 @@ fn document_round_trips_exactly() {
 fn pointers_name_values_inside_the_document() {
     let site = Site::new(EXACT);
     let _broker = site.start_broker();
-    let port = free_port();
-    let _worker = site.start_worker(port, false);
+    let worker = site.start_worker();
+    let port = worker.http_port();
 
     let cases = [
         ("/zeta", "123456789012345678901234567890"),
@@ -73,11 +73,11 @@ fn pointers_name_values_inside_the_document() {
 fn workers_share_a_port_with_reuse_port() {
     let site = Site::new(EXACT);
     let _broker = site.start_broker();
-    let shared = free_port();
-    let mut first = site.start_worker(shared, true);
-    let _second = site.start_worker(shared, true);
-    let own = free_port();
-    let _third = site.start_worker(own, false);
+    let mut first = site.spawn_worker(site.worker_cmd(ANY_PORT, true));
+    let shared = first.http_port();
+    let _second = site.start_worker_on(shared);
+    let third = site.start_worker();
+    let own = third.http_port();
 
     for port in [shared, shared, shared, own] {
         assert_eq!(get(port, "/args").body, args_body(EXACT_COMPACT));
@@ -94,8 +94,11 @@ fn workers_share_a_port_with_reuse_port() {
 #[test]
 fn worker_started_before_the_broker_waits_for_it() {
     let site = Site::new(EXACT);
-    let port = free_port();
-    let mut cmd = site.worker_cmd(port, false);
+    // Held by the test until the worker joins it, so that nothing else
+    // answers on it meanwhile.
+    let held = hold_port();
+    let port = held.port;
+    let mut cmd = site.worker_cmd(port, true);
     cmd.env("RUST_LOG", "debug");
     let mut worker = Proc::spawn(cmd, site.fresh_log("worker"));
     // It has tried and is still waiting: several attempts are logged.
@@ -124,7 +127,7 @@ fn worker_started_before_the_broker_waits_for_it() {
 #[test]
 fn worker_without_a_broker_gives_up_with_a_clear_error() {
     let site = Site::new(EXACT);
-    let mut cmd = site.worker_cmd(free_port(), false);
+    let mut cmd = site.worker_cmd(ANY_PORT, false);
     cmd.args(["--startup-timeout", "0.3"]);
     let started = std::time::Instant::now();
     let (code, _, stderr) = run(&mut cmd);
@@ -145,8 +148,8 @@ fn worker_without_a_broker_gives_up_with_a_clear_error() {
 fn etag_and_if_none_match() {
     let site = Site::new(r#"{"a": 1}"#);
     let _broker = site.start_broker();
-    let port = free_port();
-    let _worker = site.start_worker(port, false);
+    let worker = site.start_worker();
+    let port = worker.http_port();
 
     let first = get(port, "/args");
     let etag = first.header("etag").expect("an ETag").to_owned();
@@ -189,8 +192,8 @@ fn etag_and_if_none_match() {
 fn health_and_readiness() {
     let site = Site::new(r#"{"a": 1}"#);
     let _broker = site.start_broker();
-    let port = free_port();
-    let _worker = site.start_worker(port, false);
+    let worker = site.start_worker();
+    let port = worker.http_port();
 
     let health = get(port, "/healthz");
     assert_eq!(
@@ -256,8 +259,8 @@ fn a_large_document_arrives_whole_everywhere() {
     let big = |tag: &str| format!(r#"{{"blob":"{}","tag":"{tag}"}}"#, "x".repeat(200 * 1024));
     let site = Site::new(&big("one"));
     let _broker = site.start_broker();
-    let port = free_port();
-    let _worker = site.start_worker(port, false);
+    let worker = site.start_worker();
+    let port = worker.http_port();
     assert_eq!(site.current().json, big("one"));
     let (first, second) = watch_across_a_patch(&site, r#"{"tag": "two"}"#);
     assert_eq!(
@@ -281,8 +284,8 @@ fn a_large_document_arrives_whole_everywhere() {
 fn workers_follow_changes() {
     let site = Site::new(r#"{"a": 1}"#);
     let _broker = site.start_broker();
-    let ports = [free_port(), free_port()];
-    let _workers: Vec<Proc> = ports.iter().map(|p| site.start_worker(*p, false)).collect();
+    let workers = [site.start_worker(), site.start_worker()];
+    let ports = workers.each_ref().map(Proc::http_port);
     let reply = site.patch(r#"{"a": {"b": "c"}}"#, None).unwrap();
     assert_eq!(reply.revision, 2);
     for port in ports {
@@ -298,8 +301,7 @@ fn workers_follow_changes() {
 fn sigterm_stops_the_broker_cleanly() {
     let site = Site::new(r#"{"a": 1}"#);
     let mut broker = site.start_broker();
-    let port = free_port();
-    let _worker = site.start_worker(port, false);
+    let _worker = site.start_worker();
     let status = broker.stop();
     assert_eq!(status.code(), Some(0), "{}", broker.log());
     assert!(!exists(&site.socket()), "the socket file is left behind");
@@ -310,8 +312,8 @@ fn sigterm_stops_the_broker_cleanly() {
 fn worker_outlives_its_broker_and_converges_after_restart() {
     let site = Site::new(r#"{"a": 1}"#);
     let mut broker = site.start_broker();
-    let port = free_port();
-    let mut worker = site.start_worker(port, false);
+    let mut worker = site.start_worker();
+    let port = worker.http_port();
 
     broker.signal(libc::SIGKILL);
     broker.wait();

@@ -76,7 +76,7 @@ fn three_members_survive_one_kill_refuse_writes_without_quorum_and_recover() {
         took < Duration::from_secs(5),
         "the refused put took {took:?}"
     );
-    assert!(!common::etcd::healthy(cluster.members[2].client_port));
+    assert!(!common::etcd::healthy(cluster.members[2].health_addr()));
 
     // Both back on their ports and data: healthy again, writes succeed, and
     // the restarted members hold what was written while they were down.

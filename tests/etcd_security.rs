@@ -6,7 +6,7 @@
 mod common;
 
 use common::etcd::{run_bounded, Cluster, ServerTls};
-use common::{args_body, free_port, get, Site, BROKER};
+use common::{args_body, get, hold_port, Site, BROKER};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -147,8 +147,8 @@ fn etcd_users_a_reader_serves_but_cannot_write_a_writer_can_and_bad_credentials_
         &["--etcd-user", "ro", "--etcd-password-file", s(&ro_pw)],
     );
     let mut reader_broker = reader.spawn_broker(reader_cmd);
-    let reader_port = free_port();
-    let _reader_worker = reader.start_worker(reader_port, false);
+    let reader_worker = reader.start_worker();
+    let reader_port = reader_worker.http_port();
     worker_serves(reader_port, r#"{"a":1}"#);
     assert_eq!(reader.current().revision, first);
 
@@ -253,7 +253,9 @@ fn etcd_users_a_reader_serves_but_cannot_write_a_writer_can_and_bad_credentials_
 #[test]
 fn flags_that_do_not_go_together_are_usage_errors_and_missing_files_are_named() {
     let site = Site::new("{}");
-    let eps = format!("http://127.0.0.1:{}", free_port());
+    // A port nothing answers on, held for the whole test.
+    let nobody = hold_port();
+    let eps = format!("http://127.0.0.1:{}", nobody.port);
 
     // The password is never a flag (ps would show it).
     usage_error(
@@ -379,8 +381,8 @@ fn values_in_etcd_that_are_not_documents() {
     etcdctl_ok(&cluster, &[], &["put", KEY, r#"{"v":1}"#]);
     let good = mod_revision(&cluster, &[]);
     let broker = site.spawn_broker(etcd_broker(&site, &eps, &[]));
-    let port = free_port();
-    let _worker = site.start_worker(port, false);
+    let worker = site.start_worker();
+    let port = worker.http_port();
     worker_serves(port, r#"{"v":1}"#);
     etcdctl_ok(&cluster, &[], &["put", KEY, "not json"]);
     let garbage = mod_revision(&cluster, &[]);
@@ -480,7 +482,8 @@ fn etcd_request_limit_refuses_large_documents_before_etcd_sees_them() {
 }
 
 /// PEM files made with the openssl CLI: a CA, a server certificate for
-/// 127.0.0.1 (an IP SAN) and a client certificate, both signed by the CA.
+/// 127.0.0.1 and the test clusters' own loopback address (IP SANs) and a
+/// client certificate, both signed by the CA.
 struct Certs {
     ca: PathBuf,
     server: ServerTls,
@@ -516,12 +519,12 @@ fn make_certs(dir: &Path) -> Certs {
     ca.extend(["-keyout", "ca.key", "-out", "ca.crt", "-days", "2"]);
     ca.extend(["-subj", "/CN=argsbroker test CA"]);
     openssl(dir, &ca);
+    let server_ext = format!(
+        "subjectAltName=IP:127.0.0.1,IP:{}\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n",
+        common::etcd::loopback()
+    );
     for (name, cn, ext) in [
-        (
-            "server",
-            "etcd",
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n",
-        ),
+        ("server", "etcd", server_ext.as_str()),
         (
             "client",
             "argsbroker",
@@ -543,8 +546,21 @@ fn make_certs(dir: &Path) -> Certs {
         openssl(
             dir,
             &[
-                "x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", &crt, "-days", "2", "-extfile", &ext_file,
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &ext_file,
             ],
         );
     }
@@ -566,7 +582,8 @@ fn tls_with_client_certificates() {
     let certs = make_certs(site.dir.path());
     let cluster = Cluster::start_tls(1, &certs.server, &[]);
     let eps = cluster.endpoints_csv();
-    assert!(eps.starts_with("https://127.0.0.1:"), "{eps}");
+    let https = format!("https://{}:", common::etcd::loopback());
+    assert!(eps.starts_with(&https), "{eps}");
     let tls_ctl: &[&str] = &[
         "--cacert",
         s(&certs.ca),
@@ -591,8 +608,8 @@ fn tls_with_client_certificates() {
     );
     cmd.arg("--args").arg(site.args());
     let _broker = site.spawn_broker(cmd);
-    let port = free_port();
-    let _worker = site.start_worker(port, false);
+    let worker = site.start_worker();
+    let port = worker.http_port();
     worker_serves(port, r#"{"tls":1}"#);
     let written = site.patch(r#"{"tls":2}"#, None).expect("a write over TLS");
     assert_eq!(written.revision, mod_revision(&cluster, tls_ctl));
@@ -645,8 +662,8 @@ fn numbers_key_order_and_unicode_stay_exact_from_host_to_host_through_etcd() {
     let _broker_a = a.spawn_broker(cmd);
     let b = Site::new("{}");
     let _broker_b = b.spawn_broker(etcd_broker(&b, &eps, &[]));
-    let port = free_port();
-    let _worker_b = b.start_worker(port, false);
+    let worker_b = b.start_worker();
+    let port = worker_b.http_port();
     worker_serves(port, r#"{"seed":0}"#);
 
     let document = "{ \"z\": 123456789012345678901234567890, \"a\": 1.50, \"e\": 1e400,\n  \

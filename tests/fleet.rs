@@ -34,8 +34,8 @@ fn followers(site: &Site) -> Vec<serde_json::Value> {
 fn workers(site: &Site, n: usize, revision: u64) -> Vec<(u16, Proc)> {
     let started: Vec<(u16, Proc)> = (0..n)
         .map(|_| {
-            let port = free_port();
-            (port, site.start_worker(port, false))
+            let worker = site.start_worker();
+            (worker.http_port(), worker)
         })
         .collect();
     eventually("every worker listed at the revision", || {
@@ -321,9 +321,8 @@ fn a_worker_whose_schema_the_args_violate_does_not_start() {
     let schema = site.path("args.schema.json");
     std::fs::write(&schema, SCHEMA).expect("write the schema");
     let _broker = site.start_broker();
-    let port = free_port();
     let (code, _, err) = run(site
-        .worker_cmd(port, false)
+        .worker_cmd(ANY_PORT, false)
         .arg("--schema")
         .arg(&schema)
         .arg("--startup-timeout")
@@ -362,8 +361,8 @@ fn plain_and_strict() -> Pair {
     let schema = site.path("args.schema.json");
     std::fs::write(&schema, SCHEMA).expect("write the schema");
     let broker = site.start_broker();
-    let plain_port = free_port();
-    let plain = site.start_worker(plain_port, false);
+    let plain = site.start_worker();
+    let plain_port = plain.http_port();
     let (strict_port, strict) = start_strict_worker(&site, &schema);
     eventually("both workers listed", || {
         (followers(&site).len() == 2).then_some(())
@@ -379,8 +378,8 @@ fn plain_and_strict() -> Pair {
 }
 
 fn start_strict_worker(site: &Site, schema: &std::path::Path) -> (u16, Proc) {
-    let port = free_port();
-    let mut cmd = site.worker_cmd(port, false);
+    let mut cmd = site.worker_cmd(ANY_PORT, false);
     cmd.arg("--schema").arg(schema);
-    (port, site.spawn_worker(cmd, port))
+    let worker = site.spawn_worker(cmd);
+    (worker.http_port(), worker)
 }

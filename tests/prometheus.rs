@@ -45,8 +45,8 @@ fn scrape_until(port: u16, wanted: &[String]) -> Vec<String> {
 #[test]
 fn the_broker_metrics_say_revision_writes_followers_and_backend() {
     let site = Site::new(r#"{"a": 1}"#);
-    let metrics = free_port();
-    let _broker = site.start_broker_with(&["--metrics-listen", &format!("127.0.0.1:{metrics}")]);
+    let broker = site.start_broker_with(&["--metrics-listen", "127.0.0.1:0"]);
+    let metrics = broker.metrics_port();
     let first = site.current();
     let lines = scrape(metrics);
     for line in [
@@ -82,8 +82,8 @@ fn the_broker_metrics_say_revision_writes_followers_and_backend() {
     );
 
     // A worker follows (one Follow stream), then a write and a conflicting one.
-    let http = free_port();
-    let mut worker = site.start_worker(http, false);
+    let mut worker = site.start_worker();
+    let http = worker.http_port();
     let follower = format!(r#"name="worker 127.0.0.1:{http}",pid="{}""#, worker.pid());
     scrape_until(
         metrics,
@@ -179,18 +179,20 @@ fn start_prometheus(dir: &Path, targets: &[u16]) -> (Proc, u16) {
         ),
     )
     .expect("write prometheus.yml");
-    let port = free_port();
     let mut cmd = Command::new(&bin);
     cmd.arg(format!("--config.file={}", config.display()))
         .arg(format!(
             "--storage.tsdb.path={}",
             dir.join("data").display()
         ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        // The kernel picks the port; Prometheus logs it
+        // (`msg="Listening on" address=127.0.0.1:PORT`).
+        .arg("--web.listen-address=127.0.0.1:0");
     if let Err(err) = Command::new(&bin).arg("--version").output() {
         panic!("cannot run {bin}: {err} (install Debian's prometheus; tests/prerequisites does)");
     }
     let mut proc = Proc::spawn(cmd, dir.join("prometheus.log"));
+    let port = proc.bound_port(r#"msg="Listening on" address="#);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         assert!(proc.is_running(), "prometheus exited: {}", proc.log());
@@ -262,10 +264,10 @@ fn query_until(prometheus: u16, expr: &str, wanted: &BTreeMap<String, String>) {
 #[test]
 fn prometheus_scrapes_the_broker_and_the_workers() {
     let site = Site::new(r#"{"a": 1}"#);
-    let metrics = free_port();
-    let mut broker = site.start_broker_with(&["--metrics-listen", &format!("127.0.0.1:{metrics}")]);
-    let (one, two) = (free_port(), free_port());
-    let mut workers = [site.start_worker(one, false), site.start_worker(two, false)];
+    let mut broker = site.start_broker_with(&["--metrics-listen", "127.0.0.1:0"]);
+    let metrics = broker.metrics_port();
+    let mut workers = [site.start_worker(), site.start_worker()];
+    let [one, two] = workers.each_ref().map(Proc::http_port);
     let (mut prometheus, port) = start_prometheus(site.dir.path(), &[metrics, one, two]);
 
     let at = |revision: &str, ports: &[u16]| -> BTreeMap<String, String> {

@@ -121,10 +121,13 @@ fn fault_soak() {
     );
 
     let worker_count = rng.range(2, 5) as usize;
-    let ports: Vec<u16> = (0..worker_count).map(|_| free_port()).collect();
+    // Held for the whole soak: a killed worker's replacement joins the same
+    // port, which no other process can take meanwhile.
+    let held: Vec<HeldPort> = (0..worker_count).map(|_| hold_port()).collect();
+    let ports: Vec<u16> = held.iter().map(|h| h.port).collect();
     let mut workers: Vec<Proc> = ports
         .iter()
-        .map(|&port| site.start_worker(port, false))
+        .map(|&port| site.start_worker_on(port))
         .collect();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -246,7 +249,7 @@ fn fault_soak() {
                 let i = rng.range(0, worker_count as u64) as usize;
                 workers[i].signal(libc::SIGKILL);
                 workers[i].wait();
-                workers[i] = site.start_worker(ports[i], false);
+                workers[i] = site.start_worker_on(ports[i]);
             }
         }
     }

@@ -52,7 +52,8 @@ const WRITERS_PER_HOST: u64 = 2;
 struct Host {
     site: Site,
     broker: Proc,
-    port: u16,
+    /// The worker's port, held by the soak for its whole run.
+    port: HeldPort,
     worker: Proc,
 }
 
@@ -108,12 +109,14 @@ fn etcd_fault_soak() {
         .into_iter()
         .map(|site| {
             let broker = site.spawn_broker(broker_cmd(&site, &endpoints));
-            let port = free_port();
-            let worker = site.start_worker(port, false);
+            // Held for the whole soak: a killed worker's replacement
+            // joins the same port, which no other process can take meanwhile.
+            let held = hold_port();
+            let worker = site.start_worker_on(held.port);
             Host {
                 site,
                 broker,
-                port,
+                port: held,
                 worker,
             }
         })
@@ -156,7 +159,7 @@ fn etcd_fault_soak() {
             observe(&socket, &ledger, &stop, Duration::from_millis(300))
         }));
     }
-    let ports: Vec<u16> = hosts.iter().map(|h| h.port).collect();
+    let ports: Vec<u16> = hosts.iter().map(|h| h.port.port).collect();
     let poller = {
         let (ports, stop) = (ports.clone(), stop.clone());
         std::thread::spawn(move || poll_workers(&ports, &stop))
@@ -267,7 +270,7 @@ fn etcd_fault_soak() {
                 let host = &mut hosts[rng.range(0, 3) as usize];
                 host.worker.signal(libc::SIGKILL);
                 host.worker.wait();
-                host.worker = host.site.start_worker(host.port, false);
+                host.worker = host.site.start_worker_on(host.port.port);
             }
         }
     }
@@ -319,7 +322,7 @@ fn etcd_fault_soak() {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let converged = converge(&socket, &[host.port], &mut findings);
+        let converged = converge(&socket, &[host.port.port], &mut findings);
         if (converged.revision, &converged.sha256) != (truth.revision, &truth.sha256) {
             findings.push(format!(
                 "(4) host {h}'s worker converged to revision {} (sha256 {}), etcd holds revision {} (sha256 {})",
@@ -331,7 +334,7 @@ fn etcd_fault_soak() {
         }
         let connected = Instant::now() + PATIENCE;
         loop {
-            let ready = get(host.port, "/readyz");
+            let ready = get(host.port.port, "/readyz");
             let v: serde_json::Value = serde_json::from_str(&ready.body).unwrap_or_default();
             if v["backend_connected"] == serde_json::Value::Bool(true) {
                 break;

@@ -20,9 +20,11 @@ fn stack_cmd(site: &Site, workers: usize, port: u16) -> Command {
     cmd
 }
 
-/// Starts the stack and waits until the port answers.
-fn start_stack(site: &Site, workers: usize, port: u16) -> Proc {
-    let mut proc = Proc::spawn(stack_cmd(site, workers, port), site.fresh_log("stack"));
+/// Starts the stack on a port the kernel picks and waits until that port
+/// answers; [`Proc::stack_port`] is the port.
+fn start_stack(site: &Site, workers: usize) -> Proc {
+    let mut proc = Proc::spawn(stack_cmd(site, workers, ANY_PORT), site.fresh_log("stack"));
+    let port = proc.stack_port();
     eventually("the workers to answer", || {
         assert!(proc.is_running(), "supervisor exited: {}", proc.log());
         try_get(port, "/readyz", &[]).filter(|r| r.status == 200)
@@ -145,8 +147,8 @@ fn listeners(port: u16) -> usize {
 #[test]
 fn supervisor_starts_n_workers_on_one_port() {
     let site = Site::new(r#"{"a": 1}"#);
-    let port = free_port();
-    let stack = start_stack(&site, 3, port);
+    let stack = start_stack(&site, 3);
+    let port = stack.stack_port();
     let workers = children(stack.pid());
     assert_eq!(workers.len(), 3);
     // Every answer is the file's args, and they come from more than one worker.
@@ -163,8 +165,8 @@ fn supervisor_starts_n_workers_on_one_port() {
 #[test]
 fn a_killed_worker_is_replaced_and_the_port_keeps_answering() {
     let site = Site::new(r#"{"a": 1}"#);
-    let port = free_port();
-    let stack = start_stack(&site, 2, port);
+    let stack = start_stack(&site, 2);
+    let port = stack.stack_port();
     let before = children(stack.pid());
     let load = Load::start(port);
     eventually("some answers", || Some(()).filter(|_| load.answered() > 20));
@@ -206,7 +208,6 @@ fn a_killed_worker_is_replaced_and_the_port_keeps_answering() {
 #[test]
 fn a_crash_looping_worker_backs_off() {
     let site = Site::new(r#"{"a": 1}"#);
-    let port = free_port();
     // A "worker" that exits at once with status 3.
     let bin = site.path("crashing-worker");
     std::fs::write(&bin, "#!/bin/sh\nexit 3\n").unwrap();
@@ -215,7 +216,7 @@ fn a_crash_looping_worker_backs_off() {
         0o755,
     );
     std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let mut cmd = stack_cmd(&site, 1, port);
+    let mut cmd = stack_cmd(&site, 1, ANY_PORT);
     cmd.arg("--worker-bin").arg(&bin);
     let mut stack = Proc::spawn(cmd, site.fresh_log("stack"));
     let log = eventually("three restarts", || {
@@ -236,8 +237,8 @@ fn a_crash_looping_worker_backs_off() {
 #[test]
 fn sigterm_leaves_nothing_behind() {
     let site = Site::new(r#"{"a": 1}"#);
-    let port = free_port();
-    let mut stack = start_stack(&site, 3, port);
+    let mut stack = start_stack(&site, 3);
+    let port = stack.stack_port();
     let workers = children(stack.pid());
     assert_eq!(stack.stop().code(), Some(0), "{}", stack.log());
     for pid in workers {
@@ -254,8 +255,7 @@ fn sigterm_leaves_nothing_behind() {
 #[test]
 fn sigkill_of_the_supervisor_leaves_no_worker() {
     let site = Site::new(r#"{"a": 1}"#);
-    let port = free_port();
-    let mut stack = start_stack(&site, 2, port);
+    let mut stack = start_stack(&site, 2);
     let workers = children(stack.pid());
     stack.signal(libc::SIGKILL);
     stack.wait();
@@ -268,8 +268,8 @@ fn sigkill_of_the_supervisor_leaves_no_worker() {
 #[test]
 fn sighup_reloads_without_restarting_workers() {
     let site = Site::new(r#"{"a": 1}"#);
-    let port = free_port();
-    let stack = start_stack(&site, 2, port);
+    let stack = start_stack(&site, 2);
+    let port = stack.stack_port();
     let workers = children(stack.pid());
     std::fs::write(site.args(), r#"{"a": 2}"#).unwrap();
     stack.signal(libc::SIGHUP);
@@ -306,12 +306,10 @@ fn workers_without_http_is_a_usage_error() {
 fn workers_serve_through_a_broker_crash_and_converge() {
     let site = Site::new(r#"{"a": 1}"#);
     let mut broker = site.start_broker();
-    let (shared, own) = (free_port(), free_port());
-    let _workers = [
-        site.start_worker(shared, true),
-        site.start_worker(shared, true),
-        site.start_worker(own, false),
-    ];
+    let first = site.spawn_worker(site.worker_cmd(ANY_PORT, true));
+    let shared = first.http_port();
+    let workers = [first, site.start_worker_on(shared), site.start_worker()];
+    let own = workers[2].http_port();
     let load = Load::start(shared);
     eventually("some answers", || Some(()).filter(|_| load.answered() > 20));
 
@@ -370,8 +368,8 @@ fn a_worker_never_goes_back_to_an_older_revision() {
         .status()
         .unwrap();
     assert!(status.success());
-    let port = free_port();
-    let worker = site.start_worker(port, false);
+    let worker = site.start_worker();
+    let port = worker.http_port();
     for a in [2, 3] {
         grpc(|| async {
             let request = argsbroker::pb::PatchArgsRequest {
@@ -411,10 +409,9 @@ fn cache_file_cold_start_without_a_broker() {
     let site = Site::new(r#"{"big": 123456789012345678901234567890}"#);
     let cache = site.path("cache.json");
     let mut broker = site.start_broker();
-    let port = free_port();
-    let mut cmd = site.worker_cmd(port, false);
+    let mut cmd = site.worker_cmd(ANY_PORT, false);
     cmd.arg("--cache-file").arg(&cache);
-    let mut worker = site.spawn_worker(cmd, port);
+    let mut worker = site.spawn_worker(cmd);
     let lineage = get_args(&site.socket()).lineage;
     let cached = eventually("the cache file", || std::fs::read_to_string(&cache).ok());
     assert_eq!(
@@ -424,12 +421,12 @@ fn cache_file_cold_start_without_a_broker() {
     worker.stop();
     broker.stop();
 
-    let port = free_port();
-    let mut cmd = site.worker_cmd(port, false);
+    let mut cmd = site.worker_cmd(ANY_PORT, false);
     cmd.arg("--cache-file")
         .arg(&cache)
         .args(["--startup-timeout", "0.2"]);
-    let worker = site.spawn_worker(cmd, port);
+    let worker = site.spawn_worker(cmd);
+    let port = worker.http_port();
     let answer = get(port, "/args");
     assert_eq!(
         answer.body,
@@ -466,7 +463,7 @@ fn corrupt_cache_file_is_reported_and_ignored() {
     let site = Site::new("{}");
     let cache = site.path("cache.json");
     std::fs::write(&cache, "{\"revision\": 3, \"args\": {\"a\": ").unwrap();
-    let mut cmd = site.worker_cmd(free_port(), false);
+    let mut cmd = site.worker_cmd(ANY_PORT, false);
     cmd.arg("--cache-file")
         .arg(&cache)
         .args(["--startup-timeout", "0.2"]);
@@ -511,8 +508,7 @@ fn ready_notifications_for_systemd() {
     }));
     broker.stop();
 
-    let port = free_port();
-    let mut cmd = stack_cmd(&site, 3, port);
+    let mut cmd = stack_cmd(&site, 3, ANY_PORT);
     cmd.env("NOTIFY_SOCKET", &notify_path);
     let stack = Proc::spawn(cmd, site.fresh_log("stack"));
     let len = notify.recv(&mut buf).expect("READY=1 from the supervisor");
@@ -522,7 +518,7 @@ fn ready_notifications_for_systemd() {
     );
     // Ready means every worker already listens: all three are children and the port answers.
     assert_eq!(children(stack.pid()).len(), 3);
-    assert_eq!(get(port, "/args").status, 200);
+    assert_eq!(get(stack.stack_port(), "/args").status, 200);
 }
 
 /// A worker stops on SIGTERM with exit 0 and closes its port.
@@ -530,8 +526,8 @@ fn ready_notifications_for_systemd() {
 fn worker_sigterm_is_a_clean_exit() {
     let site = Site::new(r#"{"a": 1}"#);
     let _broker = site.start_broker();
-    let port = free_port();
-    let mut worker = site.start_worker(port, false);
+    let mut worker = site.start_worker();
+    let port = worker.http_port();
     assert_eq!(worker.stop().code(), Some(0));
     assert!(try_get(port, "/readyz", &[]).is_none());
 }
@@ -580,8 +576,7 @@ fn an_address_in_use_is_refused_at_start() {
 fn a_worker_that_cannot_start_stops_the_supervisor() {
     let site = Site::new(r#"{"a": 1}"#);
     // A usage error of the real worker: exit status 2.
-    let port = free_port();
-    let mut cmd = stack_cmd(&site, 2, port);
+    let mut cmd = stack_cmd(&site, 2, ANY_PORT);
     cmd.args(["--", "--bogus"]);
     let (code, _, stderr) = run(&mut cmd);
     assert_eq!(code, 1, "{stderr}");
@@ -612,7 +607,7 @@ fn a_worker_that_cannot_start_stops_the_supervisor() {
             Ok(_) => Some(()),
         }
     });
-    let mut cmd = stack_cmd(&site, 1, free_port());
+    let mut cmd = stack_cmd(&site, 1, ANY_PORT);
     cmd.arg("--worker-bin").arg(&bin);
     let (code, _, stderr) = run(&mut cmd);
     assert_eq!(code, 1, "{stderr}");
@@ -627,10 +622,10 @@ fn a_worker_that_cannot_start_stops_the_supervisor() {
 #[test]
 fn http_takes_a_host_name() {
     let site = Site::new(r#"{"a": 1}"#);
-    let port = free_port();
     let mut cmd = site.broker_cmd();
-    cmd.args(["--workers", "1", "--http", &format!("localhost:{port}")]);
+    cmd.args(["--workers", "1", "--http", "localhost:0"]);
     let mut stack = Proc::spawn(cmd, site.fresh_log("stack"));
+    let port = stack.stack_port();
     let answer = eventually("the worker on localhost", || {
         assert!(stack.is_running(), "{}", stack.log());
         let stream = std::net::TcpStream::connect(("localhost", port)).ok()?;

@@ -330,8 +330,8 @@ fn watch_replays_from_a_revision() {
 fn sighup_reloads_and_an_invalid_file_keeps_the_old_revision() {
     let site = Site::new(r#"{"v": 1}"#);
     let broker = site.start_broker();
-    let port = free_port();
-    let _worker = site.start_worker(port, false);
+    let worker = site.start_worker();
+    let port = worker.http_port();
 
     std::fs::write(site.args(), "{\"v\": 2}\n").unwrap();
     broker.signal(libc::SIGHUP);
@@ -389,12 +389,10 @@ fn watch_flag_follows_the_file_on_disk() {
 fn changes_reach_every_worker() {
     let site = Site::new(r#"{"n": 0}"#);
     let _broker = site.start_broker();
-    let (shared, own) = (free_port(), free_port());
-    let _workers = [
-        site.start_worker(shared, true),
-        site.start_worker(shared, true),
-        site.start_worker(own, false),
-    ];
+    let first = site.spawn_worker(site.worker_cmd(ANY_PORT, true));
+    let shared = first.http_port();
+    let workers = [first, site.start_worker_on(shared), site.start_worker()];
+    let own = workers[2].http_port();
     let wait_for = |revision: u64, body: &str| {
         for port in [shared, shared, shared, own] {
             let answer = eventually("a worker to catch up", || {

@@ -28,8 +28,8 @@ fn a_new_lineage_is_adopted_at_once() {
     let broker_a = a.start_broker();
     let lineage_a = get_args(&a.socket()).lineage;
     assert_eq!(lineage_a.len(), 32, "{lineage_a:?}");
-    let port = free_port();
-    let worker = a.start_worker(port, false);
+    let worker = a.start_worker();
+    let port = worker.http_port();
     assert_eq!(get(port, "/args").body, r#"{"args":{"from":"a"}}"#);
     assert_eq!(
         get(port, "/readyz").body,
@@ -75,10 +75,9 @@ fn the_cache_file_keeps_the_lineage() {
     let _broker = site.start_broker();
     let lineage = get_args(&site.socket()).lineage;
     let cache = site.path("cache.json");
-    let port = free_port();
-    let mut cmd = site.worker_cmd(port, false);
+    let mut cmd = site.worker_cmd(ANY_PORT, false);
     cmd.arg("--cache-file").arg(&cache);
-    let _worker = site.spawn_worker(cmd, port);
+    let _worker = site.spawn_worker(cmd);
     let cached = eventually("the cache file", || std::fs::read_to_string(&cache).ok());
     assert_eq!(
         cached,
@@ -91,8 +90,8 @@ fn the_cache_file_keeps_the_lineage() {
 fn sighup_to_a_worker_is_logged_and_ignored() {
     let site = Site::new(r#"{"a": 1}"#);
     let _broker = site.start_broker();
-    let port = free_port();
-    let mut worker = site.start_worker(port, false);
+    let mut worker = site.start_worker();
+    let port = worker.http_port();
     worker.signal(libc::SIGHUP);
     let line = worker.log_line("SIGHUP");
     assert!(
@@ -144,10 +143,10 @@ fn slowloris_connections_are_closed_after_the_header_timeout() {
     raise_nofile(4096);
     let site = Site::new(r#"{"a": 1}"#);
     let _broker = site.start_broker();
-    let port = free_port();
-    let mut cmd = site.worker_cmd(port, false);
+    let mut cmd = site.worker_cmd(ANY_PORT, false);
     cmd.args(["--header-timeout", "1"]);
-    let worker = site.spawn_worker(cmd, port);
+    let worker = site.spawn_worker(cmd);
+    let port = worker.http_port();
 
     let mut slow: Vec<(TcpStream, Instant)> = (0..500)
         .map(|_| {
@@ -219,10 +218,10 @@ fn read_response(stream: &mut TcpStream) -> String {
 fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
     let site = Site::new(r#"{"a": 1}"#);
     let _broker = site.start_broker();
-    let port = free_port();
-    let mut cmd = site.worker_cmd(port, false);
+    let mut cmd = site.worker_cmd(ANY_PORT, false);
     cmd.args(["--header-timeout", "0.2", "--idle-timeout", "1"]);
-    let _worker = site.spawn_worker(cmd, port);
+    let worker = site.spawn_worker(cmd);
+    let port = worker.http_port();
 
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     for _ in 0..3 {
@@ -254,8 +253,7 @@ fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
 fn running_out_of_file_descriptors_is_logged_once() {
     let site = Site::new(r#"{"a": 1}"#);
     let _broker = site.start_broker();
-    let port = free_port();
-    let mut cmd = site.worker_cmd(port, false);
+    let mut cmd = site.worker_cmd(ANY_PORT, false);
     // SAFETY: setrlimit is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -269,7 +267,8 @@ fn running_out_of_file_descriptors_is_logged_once() {
             }
         });
     }
-    let worker = site.spawn_worker(cmd, port);
+    let worker = site.spawn_worker(cmd);
+    let port = worker.http_port();
     let held: Vec<TcpStream> = (0..60)
         .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
         .collect();
@@ -297,13 +296,13 @@ fn running_out_of_file_descriptors_is_logged_once() {
 fn listen_takes_a_host_name() {
     let site = Site::new(r#"{"a": 1}"#);
     let _broker = site.start_broker();
-    let port = free_port();
     let mut cmd = Command::new(WORKER);
     cmd.arg("--broker")
         .arg(site.socket())
         .arg("--listen")
-        .arg(format!("localhost:{port}"));
+        .arg("localhost:0");
     let mut worker = Proc::spawn(cmd, site.fresh_log("worker"));
+    let port = worker.http_port();
     let answer = eventually("the worker on localhost", || {
         assert!(worker.is_running(), "{}", worker.log());
         let stream = TcpStream::connect(("localhost", port)).ok()?;
@@ -335,10 +334,10 @@ fn a_cache_file_that_cannot_be_written_is_named() {
     let site = Site::new(r#"{"a": 1}"#);
     let _broker = site.start_broker();
     let cache = site.path("missing-dir").join("cache.json");
-    let port = free_port();
-    let mut cmd = site.worker_cmd(port, false);
+    let mut cmd = site.worker_cmd(ANY_PORT, false);
     cmd.arg("--cache-file").arg(&cache);
-    let worker = site.spawn_worker(cmd, port);
+    let worker = site.spawn_worker(cmd);
+    let port = worker.http_port();
     let line = worker.log_line("cannot write the cache file");
     assert!(
         line.contains(" WARN ")
@@ -356,8 +355,8 @@ fn a_cache_file_that_cannot_be_written_is_named() {
 fn head_is_answered_without_a_body() {
     let site = Site::new(r#"{"a": 1}"#);
     let _broker = site.start_broker();
-    let port = free_port();
-    let _worker = site.start_worker(port, false);
+    let worker = site.start_worker();
+    let port = worker.http_port();
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
         .write_all(b"HEAD /args HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -379,8 +378,8 @@ fn sigterm_finishes_an_answer_in_flight() {
     let big = format!(r#"{{"blob": "{}"}}"#, "x".repeat(8 << 20));
     let site = Site::new(&big);
     let _broker = site.start_broker();
-    let port = free_port();
-    let mut worker = site.start_worker(port, false);
+    let mut worker = site.start_worker();
+    let port = worker.http_port();
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
         .write_all(b"GET /args HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -412,10 +411,10 @@ fn zero_http_bounds_are_usage_errors() {
 }
 
 /// A worker that logs when a request waits for a revision (at debug).
-fn worker_logging_waits(site: &Site, port: u16) -> Proc {
-    let mut cmd = site.worker_cmd(port, false);
+fn worker_logging_waits(site: &Site) -> Proc {
+    let mut cmd = site.worker_cmd(ANY_PORT, false);
     cmd.env("RUST_LOG", "info,worker::http=debug");
-    site.spawn_worker(cmd, port)
+    site.spawn_worker(cmd)
 }
 
 /// Read-your-writes: `?min_revision=N` is answered at once when the worker
@@ -425,8 +424,8 @@ fn worker_logging_waits(site: &Site, port: u16) -> Proc {
 fn min_revision_waits_for_a_write() {
     let site = Site::new(r#"{"a": 1}"#);
     let _broker = site.start_broker();
-    let port = free_port();
-    let worker = worker_logging_waits(&site, port);
+    let worker = worker_logging_waits(&site);
+    let port = worker.http_port();
 
     let answer = get(port, "/args?min_revision=1");
     assert_eq!(
@@ -462,8 +461,8 @@ fn min_revision_waits_for_a_write() {
 fn min_revision_not_reached_is_409_and_bad_parameters_400() {
     let site = Site::new(r#"{"a": 1}"#);
     let _broker = site.start_broker();
-    let port = free_port();
-    let _worker = site.start_worker(port, false);
+    let worker = site.start_worker();
+    let port = worker.http_port();
 
     let asked = Instant::now();
     let answer = get(port, "/args?min_revision=5&wait=0.2");
@@ -505,12 +504,12 @@ fn readyz(port: u16) -> (u16, serde_json::Value) {
 fn max_stale_makes_readyz_503_until_the_broker_is_back() {
     let site = Site::new(r#"{"a": 1}"#);
     let mut broker = site.start_broker();
-    let strict_port = free_port();
-    let mut cmd = site.worker_cmd(strict_port, false);
+    let mut cmd = site.worker_cmd(ANY_PORT, false);
     cmd.args(["--max-stale", "0.5"]);
-    let _strict = site.spawn_worker(cmd, strict_port);
-    let lax_port = free_port();
-    let _lax = site.start_worker(lax_port, false);
+    let strict = site.spawn_worker(cmd);
+    let strict_port = strict.http_port();
+    let lax = site.start_worker();
+    let lax_port = lax.http_port();
     let lineage = site.current().lineage;
 
     broker.signal(libc::SIGKILL);
@@ -586,8 +585,8 @@ fn max_stale_must_be_seconds() {
 fn metrics_follow_a_write() {
     let site = Site::new(r#"{"a": 1}"#);
     let _broker = site.start_broker();
-    let port = free_port();
-    let _worker = site.start_worker(port, false);
+    let worker = site.start_worker();
+    let port = worker.http_port();
     let written = site.patch(r#"{"a": 2}"#, None).expect("the patch");
     assert_eq!(written.revision, 2);
     eventually("the worker to serve revision 2", || {

@@ -30,7 +30,7 @@ struct Cli {
     #[arg(long, value_name = "PATH", env = "ARGSBROKER_SOCKET", default_value = DEFAULT_SOCKET)]
     broker: PathBuf,
 
-    /// The HTTP address to listen on.
+    /// The HTTP address to listen on. Port 0 lets the kernel pick a free one: the log line `serving args on http://HOST:PORT/args` and `broker status` name it.
     #[arg(
         long,
         value_name = "HOST:PORT",

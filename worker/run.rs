@@ -59,12 +59,19 @@ fn fail(err: anyhow::Error) -> ExitCode {
 /// Holds the args, listens, and serves until a shutdown signal.
 async fn serve(config: Config) -> anyhow::Result<()> {
     ignore_sighup()?;
-    // Hold the args before listening, because with SO_REUSEPORT the kernel
-    // hands connections to any bound worker.
-    let live = hold_args(&config).await?;
-    let listener = listen(config.listen, config.reuse_port)
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let local = listener.local_addr()?;
+    // Bound first, so that the name the broker lists this worker under
+    // carries the port it serves (`--listen HOST:0` lets the kernel pick
+    // one). Listening waits until the args are held, because with
+    // SO_REUSEPORT the kernel hands connections to any listening worker.
+    let cannot = || format!("cannot listen on {}", config.listen);
+    let socket = bind(config.listen, config.reuse_port).with_context(cannot)?;
+    let local = socket
+        .local_addr()
+        .with_context(cannot)?
+        .as_socket()
+        .with_context(|| format!("{}: the bound address is not an IP address", cannot()))?;
+    let live = hold_args(&config, local).await?;
+    let listener = listen(socket).with_context(cannot)?;
     tracing::info!(
         listen = %local,
         broker = %config.broker.display(),
@@ -98,7 +105,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 /// then on; or, if the broker cannot be reached and there is a cache file,
 /// the cached args while reconnecting in the background. Every revision is
 /// saved to the cache file.
-async fn hold_args(config: &Config) -> anyhow::Result<Live<http::Prepared>> {
+async fn hold_args(config: &Config, local: SocketAddr) -> anyhow::Result<Live<http::Prepared>> {
     let saver = config.cache_file.clone().map(cache::Writer::start);
     let prepare = move |snapshot: client::Snapshot| {
         if let Some(cache) = &saver {
@@ -122,7 +129,7 @@ async fn hold_args(config: &Config) -> anyhow::Result<Live<http::Prepared>> {
         None => None,
     };
     let options = client::FollowOptions {
-        name: Some(format!("worker {}", config.listen)),
+        name: Some(format!("worker {local}")),
         validate,
     };
     let followed = client::follow_with(
@@ -184,7 +191,10 @@ fn ignore_sighup() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
+/// A socket bound to `addr` (the kernel picks the port for port 0), not
+/// listening yet: nothing is accepted on it, and with `--reuse-port` the
+/// kernel sends nothing its way.
+fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     if reuse_port {
@@ -192,6 +202,10 @@ fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::Tcp
     }
     socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+fn listen(socket: Socket) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(1024)?;
     socket.set_nonblocking(true)?;
     tokio::net::TcpListener::from_std(socket.into())

@@ -131,7 +131,7 @@ fn worker_broker_path_is_not_a_socket() {
     cmd.arg("--broker")
         .arg(site.args())
         .arg("--listen")
-        .arg(format!("127.0.0.1:{}", free_port()));
+        .arg(format!("127.0.0.1:{ANY_PORT}"));
     let (code, _, stderr) = run(&mut cmd);
     assert_eq!(
         (code, stderr.lines().last().unwrap_or_default()),

@@ -10,8 +10,8 @@ use super::*;
 fn worker() -> (Site, Proc, Proc, u16) {
     let site = Site::new(DOC);
     let broker = site.start_broker();
-    let port = free_port();
-    let worker = site.start_worker(port, false);
+    let worker = site.start_worker();
+    let port = worker.http_port();
     (site, broker, worker, port)
 }
 

@@ -1,9 +1,9 @@
 //! A real etcd cluster for tests: `Cluster::start(3)` runs three `etcd`
-//! members (Debian's `etcd-server`; `tests/run` installs it) on free
-//! loopback ports, with their data under a temp directory, and returns once
-//! every member reports itself healthy. Members are stopped by their own
-//! pid (SIGKILL, then reaped), never by name; `kill` and `restart` fault
-//! one member the same way.
+//! members (Debian's `etcd-server`; `tests/run` installs it) on loopback
+//! ports no other process uses (see [`loopback`]), with their data under a
+//! temp directory, and returns once every member reports itself healthy.
+//! Members are stopped by their own pid (SIGKILL, then reaped), never by
+//! name; `kill` and `restart` fault one member the same way.
 //!
 //! Self-contained (std, libc, tempfile), so that both the integration tests
 //! (`common::etcd`) and the broker's in-process tests can use it; the latter
@@ -12,9 +12,10 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a cluster (or one restarted member) may take to become healthy.
@@ -30,9 +31,44 @@ pub fn etcdctl_bin() -> String {
     std::env::var("ETCDCTL_BIN").unwrap_or_else(|_| "etcdctl".to_owned())
 }
 
-/// One etcd member: its ports and data stay the same across restarts.
+/// The loopback address every cluster of this test process listens on.
+///
+/// Why not ports the kernel picks: a 3-member cluster needs its peer URLs
+/// (`--initial-cluster`) before any member starts, and a member restarted
+/// after `kill` must come back on the ports its peers and the brokers were
+/// given. Probing free ports and releasing them races with every other
+/// process on the machine. Instead each test process gets an address of
+/// its own in 127.0.0.0/8 (all of it is loopback on Linux), made from its
+/// pid, so no two live test processes share one; and on it, ports below
+/// the kernel's ephemeral range (32768 and up by default), so that no port
+/// the kernel picks for anyone (a bind to port 0, an outgoing connection,
+/// which comes from 127.0.0.1 anyway) can be one of them. Only a process
+/// that binds one of these fixed ports on this very address, or on every
+/// address, could collide: if one does at start, etcd says `address
+/// already in use` and the cluster is started again on the next ports.
+pub fn loopback() -> Ipv4Addr {
+    let pid = std::process::id();
+    // Linux pids are below 2^22: 22 bits fit in the last three bytes.
+    let [_, high, mid, low] = pid.to_be_bytes();
+    Ipv4Addr::new(127, 1 + high % 254, mid, low)
+}
+
+/// The first port of the range clusters use, and how many ports each
+/// cluster's block holds (three per member at most).
+const FIRST_PORT: u16 = 20_000;
+const BLOCK: u16 = 10;
+const BLOCKS: u16 = 1_000;
+
+/// The next block of ports in this process (20000 to 29999, then again).
+fn next_block() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    FIRST_PORT + (NEXT.fetch_add(1, Ordering::Relaxed) % BLOCKS) * BLOCK
+}
+
+/// One etcd member: its address, ports and data stay the same across restarts.
 pub struct Member {
     pub name: String,
+    pub host: Ipv4Addr,
     pub client_port: u16,
     pub peer_port: u16,
     pub data_dir: PathBuf,
@@ -49,11 +85,21 @@ pub struct Member {
 
 impl Member {
     pub fn endpoint(&self) -> String {
-        format!("{}://127.0.0.1:{}", self.scheme, self.client_port)
+        format!("{}://{}:{}", self.scheme, self.host, self.client_port)
     }
 
     fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("http://{}:{}", self.host, self.peer_port)
+    }
+
+    /// Where `/health` is answered over plain HTTP.
+    pub fn health_addr(&self) -> SocketAddr {
+        (self.host, self.health_port).into()
+    }
+
+    /// Whether etcd said it could not bind one of its addresses.
+    fn could_not_bind(&self) -> bool {
+        self.log_text().contains("address already in use")
     }
 
     pub fn pid(&self) -> Option<i32> {
@@ -120,8 +166,8 @@ pub struct ServerTls {
 
 impl Cluster {
     /// Starts an `n`-member cluster and waits until every member is healthy.
-    /// Ports are probed free; if one was taken in between (a member exits at
-    /// once), the whole cluster is started again on new ports.
+    /// If one of its ports is taken (see [`loopback`]), the whole cluster is
+    /// started again on the next block of ports.
     pub fn start(n: usize) -> Self {
         Self::start_with(n, &[])
     }
@@ -147,13 +193,14 @@ impl Cluster {
             let mut cluster = Self::spawn(n, &extra_args, tls.clone());
             match cluster.wait_all_healthy(STARTUP) {
                 Ok(()) => return cluster,
-                Err(why) => {
+                // Dropping kills every member; try again on other ports.
+                Err(why) if cluster.members.iter().any(Member::could_not_bind) => {
                     last_logs = format!("{why}\n{}", cluster.logs());
-                    // Dropping kills every member; try again on other ports.
                 }
+                Err(why) => panic!("{why}\n{}", cluster.logs()),
             }
         }
-        panic!("the etcd cluster did not become healthy in 3 attempts:\n{last_logs}");
+        panic!("the etcd cluster found a port taken in 3 attempts:\n{last_logs}");
     }
 
     fn spawn(n: usize, extra_args: &[String], tls: Option<ServerTls>) -> Self {
@@ -165,28 +212,26 @@ impl Cluster {
             tempfile::Builder::new().prefix("etcd-").tempdir()
         }
         .expect("a temp dir for etcd");
-        // All ports bound at once, so they are distinct; released just before use.
         // Per member: client, peer, and with TLS a plain metrics port.
-        let per = if tls.is_some() { 3 } else { 2 };
-        let listeners: Vec<TcpListener> = (0..per * n)
-            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
-            .collect();
-        let ports: Vec<u16> = listeners
-            .iter()
-            .map(|l| l.local_addr().expect("local_addr").port())
-            .collect();
-        drop(listeners);
+        let per: u16 = if tls.is_some() { 3 } else { 2 };
+        assert!(
+            per * n as u16 <= BLOCK,
+            "{n} members do not fit a block of ports"
+        );
+        let first = next_block();
+        let port = |i: usize, which: u16| first + per * i as u16 + which;
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_port: ports[per * i],
-                peer_port: ports[per * i + 1],
+                host: loopback(),
+                client_port: port(i, 0),
+                peer_port: port(i, 1),
                 data_dir: dir.path().join(format!("m{i}.etcd")),
                 log: dir.path().join(format!("m{i}.log")),
                 scheme: if tls.is_some() { "https" } else { "http" },
                 health_port: match tls {
-                    Some(_) => ports[per * i + 2],
-                    None => ports[per * i],
+                    Some(_) => port(i, 2),
+                    None => port(i, 0),
                 },
                 child: None,
                 starts: 0,
@@ -260,7 +305,7 @@ impl Cluster {
                 .arg(&tls.ca)
                 .arg("--client-cert-auth")
                 .arg("--listen-metrics-urls")
-                .arg(format!("http://127.0.0.1:{}", m.health_port));
+                .arg(format!("http://{}", m.health_addr()));
         }
         cmd.args(&self.extra_args)
             .stdin(Stdio::null())
@@ -340,7 +385,7 @@ impl Cluster {
                     ));
                 }
             }
-            pending.retain(|&i| !healthy(self.members[i].health_port));
+            pending.retain(|&i| !healthy(self.members[i].health_addr()));
             if pending.is_empty() {
                 return Ok(());
             }
@@ -391,10 +436,9 @@ impl Drop for Cluster {
     }
 }
 
-/// Whether the member on `port` answers `GET /health` with `"health":"true"`
+/// Whether the member at `addr` answers `GET /health` with `"health":"true"`
 /// (it has a leader and a quorum), within a second.
-pub fn healthy(port: u16) -> bool {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+pub fn healthy(addr: SocketAddr) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
         return false;
     };
@@ -402,7 +446,7 @@ pub fn healthy(port: u16) -> bool {
     if stream.set_read_timeout(limit).is_err() || stream.set_write_timeout(limit).is_err() {
         return false;
     }
-    let request = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     if stream.write_all(request.as_bytes()).is_err() {
         return false;
     }

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -71,6 +71,49 @@ impl Proc {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The port in the first log line that has `prefix` followed by
+    /// `HOST:PORT` (e.g. `serving args on http://`): children bind port 0
+    /// and say which port the kernel gave them, so that no test hopes a
+    /// port it probed is still free.
+    pub fn bound_port(&self, prefix: &str) -> u16 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            // Whole lines only: a line the child is still writing could
+            // hold half a port number.
+            let log = self.log();
+            let mut whole = log.split_inclusive('\n').filter(|l| l.ends_with('\n'));
+            let found = whole.find_map(|line| {
+                let rest = &line[line.find(prefix)? + prefix.len()..];
+                let addr = rest.split(['/', ' ', '\n']).next()?;
+                addr.parse::<std::net::SocketAddr>().ok()
+            });
+            if let Some(addr) = found {
+                return addr.port();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for a log line with {prefix:?}HOST:PORT:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A worker's HTTP port, from its `serving args on http://HOST:PORT/args` line.
+    pub fn http_port(&self) -> u16 {
+        self.bound_port("serving args on http://")
+    }
+
+    /// A broker's `--metrics-listen` port, from its `serving metrics on` line.
+    pub fn metrics_port(&self) -> u16 {
+        self.bound_port("serving metrics on http://")
+    }
+
+    /// The port a broker's `--workers` share, from its `all workers ready on` line.
+    pub fn stack_port(&self) -> u16 {
+        self.bound_port("all workers ready on http://")
     }
 
     /// Waits for the first line of the log that contains `needle`, and returns it.
@@ -176,6 +219,8 @@ impl Site {
         proc
     }
 
+    /// A worker of this site's broker on 127.0.0.1:`port`; [`ANY_PORT`]
+    /// lets it bind one the kernel picks ([`Proc::http_port`] reads it back).
     pub fn worker_cmd(&self, port: u16, reuse_port: bool) -> Command {
         let mut cmd = Command::new(WORKER);
         cmd.arg("--broker")
@@ -188,13 +233,24 @@ impl Site {
         cmd
     }
 
-    /// Starts a worker and waits until it answers /readyz with 200.
-    pub fn start_worker(&self, port: u16, reuse_port: bool) -> Proc {
-        self.spawn_worker(self.worker_cmd(port, reuse_port), port)
+    /// Starts a worker on a port the kernel picks and waits until it answers
+    /// /readyz with 200; [`Proc::http_port`] is its port.
+    pub fn start_worker(&self) -> Proc {
+        self.spawn_worker(self.worker_cmd(ANY_PORT, false))
     }
 
-    pub fn spawn_worker(&self, cmd: Command, port: u16) -> Proc {
+    /// Starts a worker with `--reuse-port` on `port`, one that this test
+    /// holds ([`hold_port`]) or that another running worker serves, and
+    /// waits until it answers /readyz with 200.
+    pub fn start_worker_on(&self, port: u16) -> Proc {
+        self.spawn_worker(self.worker_cmd(port, true))
+    }
+
+    /// Starts `cmd` (a worker) and waits until it answers /readyz with 200
+    /// on the port it reports.
+    pub fn spawn_worker(&self, cmd: Command) -> Proc {
         let mut proc = Proc::spawn(cmd, self.fresh_log("worker"));
+        let port = proc.http_port();
         eventually("the worker to be ready", || {
             assert!(proc.is_running(), "worker exited: {}", proc.log());
             try_get(port, "/readyz", &[]).filter(|r| r.status == 200)
@@ -222,13 +278,40 @@ pub fn run(cmd: &mut Command) -> (i32, String, String) {
     )
 }
 
-/// A TCP port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind :0")
+/// The port to ask for to let a child bind one the kernel picks: it says
+/// which in its log ([`Proc::http_port`], [`Proc::metrics_port`],
+/// [`Proc::stack_port`]).
+pub const ANY_PORT: u16 = 0;
+
+/// A loopback port held by the test: bound with SO_REUSEPORT and never
+/// listening. The kernel sends no connection to it, so nothing answers on
+/// the port, and no other process can bind it, except a worker started with
+/// `--reuse-port` by the same user, which joins it. For a port a test must
+/// know before the worker starts (a worker restarted on the same port, a
+/// port nothing serves yet): no race with other processes, unlike probing
+/// a free port and releasing it.
+pub struct HeldPort {
+    pub port: u16,
+    _socket: socket2::Socket,
+}
+
+pub fn hold_port() -> HeldPort {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a socket");
+    socket.set_reuse_address(true).expect("SO_REUSEADDR");
+    socket.set_reuse_port(true).expect("SO_REUSEPORT");
+    let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    socket.bind(&any.into()).expect("bind 127.0.0.1:0");
+    let port = socket
         .local_addr()
         .expect("local addr")
-        .port()
+        .as_socket()
+        .expect("an IP address")
+        .port();
+    HeldPort {
+        port,
+        _socket: socket,
+    }
 }
 
 /// Runs an async block on a fresh single-threaded runtime.
