@@ -485,10 +485,3 @@ def test_serve_restarts_a_killed_broker_under_load(article, server, workers):
     assert len(load.failures) <= 8, load.failures
     assert log_tail(p.log, 1_000_000).count(f"{how}; restarting it") == 1
     stopped_cleanly_by_ctrl_c(p)
-
-
-def test_readme_opens_with_the_program():
-    """README.md (the repository's) shows examples/test.py first, as it is."""
-    readme = (REPO / "README.md").read_text()
-    first_block = readme.split("```python\n", 1)[1].split("```", 1)[0]
-    assert first_block == PROGRAM
