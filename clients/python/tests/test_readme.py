@@ -332,9 +332,17 @@ def test_snippet_without_fastapi(tmp_path):
         for step in range(2, 7):
             assert broker.patch({"step": step}) == step
         (tmp_path / "plain.py").write_text(snippet("without-fastapi"))
-        run = subprocess.run([sys.executable, "plain.py"], cwd=tmp_path, capture_output=True, text=True,
-                             timeout=60, env={**os.environ, "ARGSBROKER_SOCKET": broker.socket})
-        assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
+        # PYTHONFAULTHANDLER: should it hang, SIGABRT makes it print every thread's stack.
+        script = subprocess.Popen([sys.executable, "plain.py"], cwd=tmp_path, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, "ARGSBROKER_SOCKET": broker.socket, "PYTHONFAULTHANDLER": "1"})
+        try:
+            out, err = script.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            script.send_signal(signal.SIGABRT)
+            out, err = script.communicate(timeout=30)
+            raise AssertionError(f"the snippet hung for 60 s; its threads:\n{err}")
+        assert (script.returncode, out, err) == (0, "", "")
         after = broker.document()
         assert (after.revision, after.json) == (8, '{"arg1":"x"}')
     finally:
