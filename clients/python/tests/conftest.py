@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, TypeVar
+from typing import Callable, List, Optional, Tuple, TypeVar
 
 import httpx
 import pytest
@@ -55,11 +55,23 @@ def eventually(what: str, probe: Callable[[], Optional[T]], patience: float = PA
         time.sleep(0.02)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def loopback_socket() -> socket.socket:
+    """A TCP socket bound to a port the kernel picks on 127.0.0.1, not listening
+    yet, for a child to serve on: uvicorn --fd N, uvicorn.run(fd=N), gunicorn
+    -b fd://N (with Proc's pass_fds). The child inherits the bound socket
+    itself, so no other process can take the port between the test learning
+    it and the child listening (as it could if the test bound port 0, closed
+    it and told the child the number). Until the child listens, connections
+    to it are refused, so readiness is polled as for any server. Close the
+    test's copy once the child started."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.set_inheritable(True)
+    return sock
+
+
+def port_of(sock: socket.socket) -> int:
+    return sock.getsockname()[1]
 
 
 def log_tail(path: Path, limit: int = 4000) -> str:
@@ -72,7 +84,8 @@ def log_tail(path: Path, limit: int = 4000) -> str:
 class Proc:
     """A child process in its own process group, logging to a file."""
 
-    def __init__(self, argv: List[str], log: Path, cwd: Path, env: Optional[dict] = None) -> None:
+    def __init__(self, argv: List[str], log: Path, cwd: Path, env: Optional[dict] = None,
+                 pass_fds: Tuple[int, ...] = ()) -> None:
         self.argv = argv
         self.log = log
         with open(log, "ab") as out:
@@ -84,6 +97,7 @@ class Proc:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                pass_fds=pass_fds,
             )
         self.pid = self.popen.pid
 
@@ -195,24 +209,32 @@ def broker(tmp_path: Path):
 
 
 class Server:
-    """The example app under uvicorn or gunicorn, on a free 127.0.0.1 port."""
+    """The example app under uvicorn or gunicorn, on a 127.0.0.1 port it is
+    handed already bound (loopback_socket), or on a Unix socket."""
 
     def __init__(self, tmp: Path, socket_path: str, kind: str = "uvicorn", workers: int = 4,
                  timeout: float = 10.0, uds: bool = False) -> None:
         self.uds = str(tmp / f"app-{kind}.sock") if uds else None
-        self.port = None if uds else free_port()
+        listener = None if uds else loopback_socket()
+        self.port = port_of(listener) if listener else None
         self.url = "http://app" if uds else f"http://127.0.0.1:{self.port}"
-        bind = ["--uds", self.uds] if uds else ["--host", "127.0.0.1", "--port", str(self.port)]
+        fd = listener.fileno() if listener else -1
         env = dict(os.environ, ARGSBROKER_SOCKET=socket_path, ARGSBROKER_TIMEOUT=str(timeout), PYTHONUNBUFFERED="1")
         if kind == "uvicorn":
+            bind = ["--uds", self.uds] if uds else ["--fd", str(fd)]
             argv = [sys.executable, "-m", "uvicorn", "app:app", *bind,
                     "--workers", str(workers), "--log-level", "warning"]
         else:
-            address = f"unix:{self.uds}" if uds else f"127.0.0.1:{self.port}"
+            address = f"unix:{self.uds}" if uds else f"fd://{fd}"
             argv = [sys.executable, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker",
                     "-w", str(workers), "-b", address, "--log-level", "warning",
                     "--graceful-timeout", "5", "app:app"]
-        self.proc = Proc(argv, tmp / f"{kind}-{self.port or 'uds'}.log", cwd=EXAMPLES, env=env)
+        try:
+            self.proc = Proc(argv, tmp / f"{kind}-{self.port or 'uds'}.log", cwd=EXAMPLES, env=env,
+                             pass_fds=(fd,) if listener else ())
+        finally:
+            if listener:
+                listener.close()
 
     def get(self, timeout: float = 2.0) -> httpx.Response:
         # A new connection per request, so that any worker may take it.

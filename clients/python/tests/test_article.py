@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Set, Tuple
 
 import pytest
 
-from conftest import CLIENT, REPO, eventually, free_port, log_tail
+from conftest import CLIENT, REPO, eventually, log_tail, loopback_socket, port_of
 
 PROGRAM = (CLIENT / "examples" / "test.py").read_text()
 
@@ -38,7 +38,7 @@ def start(handle):
 '''
 
 GUNICORN_RUN = """\
-        sys.argv = ['gunicorn', '-k', 'uvicorn.workers.UvicornWorker', '-w', '4', '-b', '127.0.0.1:{port}', 'test:app']
+        sys.argv = ['gunicorn', '-k', 'uvicorn.workers.UvicornWorker', '-w', '4', '-b', 'fd://{fd}', 'test:app']
         gunicorn.app.wsgiapp.run()
 """
 
@@ -48,14 +48,15 @@ def replace_once(text: str, old: str, new: str) -> str:
     return text.replace(old, new)
 
 
-def program(port: int, server: str) -> str:
-    """examples/test.py on a free loopback port, with the handle kept for patches."""
+def program(fd: int, server: str) -> str:
+    """examples/test.py serving on the loopback socket it inherits as ``fd``
+    (instead of 0.0.0.0:9880), with the handle kept for patches."""
     text = replace_once(PROGRAM, "    with argsbroker.serve(args):", "    with argsbroker.serve(args) as handle:\n        import patcher; patcher.start(handle)")
     run = "        uvicorn.run('test:app', host='0.0.0.0', port=9880, workers=5)\n"
     if server == "uvicorn":
-        return replace_once(text, run, run.replace("'0.0.0.0', port=9880", f"'127.0.0.1', port={port}"))
+        return replace_once(text, run, run.replace("host='0.0.0.0', port=9880", f"fd={fd}"))
     text = replace_once(text, "import uvicorn\n", "import sys\nimport gunicorn.app.wsgiapp\n")
-    return replace_once(text, run, GUNICORN_RUN.format(port=port))
+    return replace_once(text, run, GUNICORN_RUN.format(fd=fd))
 
 
 def descendants(pid: int) -> List[int]:
@@ -132,9 +133,10 @@ class Program:
     can signal its whole process group, as a terminal's Ctrl-C does)."""
 
     def __init__(self, tmp: Path, server: str) -> None:
-        self.port = free_port()
+        listener = loopback_socket()
+        self.port = port_of(listener)
         self.dir = tmp
-        (tmp / "test.py").write_text(program(self.port, server))
+        (tmp / "test.py").write_text(program(listener.fileno(), server))
         (tmp / "patcher.py").write_text(PATCHER)
         self.log = tmp / "program.log"
         env = {k: v for k, v in os.environ.items() if k != "ARGSBROKER_SOCKET"}
@@ -145,9 +147,10 @@ class Program:
             self.popen = subprocess.Popen(
                 [sys.executable, "test.py"], cwd=tmp, env=env, stdin=subprocess.PIPE,
                 stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                pass_fds=(answers[1],),
+                pass_fds=(answers[1], listener.fileno()),
             )
         os.close(answers[1])
+        listener.close()
         self.answers = os.fdopen(answers[0], "r")
         self.pid = self.popen.pid
         self.broker_pid: Optional[int] = None
@@ -482,10 +485,3 @@ def test_serve_restarts_a_killed_broker_under_load(article, server, workers):
     assert len(load.failures) <= 8, load.failures
     assert log_tail(p.log, 1_000_000).count(f"{how}; restarting it") == 1
     stopped_cleanly_by_ctrl_c(p)
-
-
-def test_readme_opens_with_the_program():
-    """README.md (the repository's) shows examples/test.py first, as it is."""
-    readme = (REPO / "README.md").read_text()
-    first_block = readme.split("```python\n", 1)[1].split("```", 1)[0]
-    assert first_block == PROGRAM

@@ -1,16 +1,19 @@
 """The fleet (issue 14) seen from Python: four Rust workers and a Python live
 copy follow one broker; `broker status --json` lists all five with the
 revision each applied, and `broker patch --wait` returns only once all five
-applied the write."""
+applied the write. Each worker listens on a port the kernel picks (--listen
+127.0.0.1:0) and says which in its log, so no port is ever guessed."""
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
+from typing import Optional
 
 import httpx
 
 import argsbroker
-from conftest import BROKER_BIN, Proc, eventually, free_port
+from conftest import BROKER_BIN, Proc, eventually
 
 #: The worker executable that run-tests (ARGSBROKER_BIN) put beside the broker.
 WORKER_BIN = BROKER_BIN.with_name("worker")
@@ -29,36 +32,53 @@ def broker_cli(socket_path, *args):
 
 def status_followers(socket_path):
     """The followers as `broker status --json` prints them:
-    {name: (pid, uid, applied_revision, rejected_revision)}."""
+    {pid: (name, uid, applied_revision, rejected_revision)}."""
     run = broker_cli(socket_path, "status", "--json")
     assert run.returncode == 0, run.stderr
     listed = json.loads(run.stdout)["followers"]
-    by_name = {f["name"]: (f["pid"], f["uid"], f["applied_revision"], f["rejected_revision"]) for f in listed}
-    assert len(by_name) == len(listed), f"two followers with one name: {listed}"
-    return by_name
+    by_pid = {f["pid"]: (f["name"], f["uid"], f["applied_revision"], f["rejected_revision"]) for f in listed}
+    assert len(by_pid) == len(listed), f"two followers with one pid: {listed}"
+    return by_pid
 
 
-def start_worker(tmp: Path, socket_path: str, port: int) -> Proc:
+def start_worker(tmp: Path, socket_path: str, index: int) -> Proc:
     return Proc(
-        [str(WORKER_BIN), "--broker", socket_path, "--listen", f"127.0.0.1:{port}"],
-        tmp / f"worker-{port}.log",
+        [str(WORKER_BIN), "--broker", socket_path, "--listen", "127.0.0.1:0"],
+        tmp / f"worker-{index}.log",
         cwd=tmp,
     )
+
+
+SERVING = re.compile(r"serving args on http://127\.0\.0\.1:(\d+)/args")
+
+
+def bound_port(worker: Proc) -> int:
+    """The port the worker listens on, from its log line
+    `serving args on http://127.0.0.1:PORT/args`."""
+
+    def logged() -> Optional[int]:
+        worker.check_alive()
+        found = SERVING.search(worker.log.read_text(errors="replace"))
+        return int(found.group(1)) if found else None
+
+    return eventually(f"{worker.log.name} to say where it serves", logged)
 
 
 def test_status_lists_four_workers_and_a_python_follower_and_wait_covers_them_all(broker, tmp_path):
     assert WORKER_BIN.is_file(), f"no worker executable beside {BROKER_BIN}"
     broker.start()
-    ports = [free_port() for _ in range(4)]
     workers = []
     try:
-        for port in ports:
-            workers.append(start_worker(tmp_path, broker.socket, port))
+        for index in range(4):
+            workers.append(start_worker(tmp_path, broker.socket, index))
+        ports = [bound_port(w) for w in workers]
+        assert len(set(ports)) == 4 and 0 not in ports, ports
         with argsbroker.follow(broker.socket, name=FOLLOWER_NAME) as live:
 
             def expected(revision):
-                listed = {f"worker 127.0.0.1:{port}": (w.pid, os.getuid(), revision, 0) for port, w in zip(ports, workers)}
-                listed[FOLLOWER_NAME] = (os.getpid(), os.getuid(), revision, 0)
+                # A worker is named after its --listen argument.
+                listed = {w.pid: ("worker 127.0.0.1:0", os.getuid(), revision, 0) for w in workers}
+                listed[os.getpid()] = (FOLLOWER_NAME, os.getuid(), revision, 0)
                 return listed
 
             def all_at(revision):

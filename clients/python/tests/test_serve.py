@@ -2,6 +2,7 @@
 `broker` executable that pip installed into this environment's bin/."""
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -159,3 +160,65 @@ def test_the_broker_dies_with_its_owner_even_by_sigkill(tmp_path):
         # Only the broker goes with its owner; the owner's private directory stays.
         if socket_path:
             shutil.rmtree(os.path.dirname(socket_path), ignore_errors=True)
+
+
+def run_program(cwd: Path, argv, **env):
+    """Runs a program to its end (30 s at most): (exit status, stdout, stderr)."""
+    environment = {k: v for k, v in os.environ.items() if k != "ARGSBROKER_SOCKET"}
+    environment.update(env, TMPDIR=str(cwd / "tmp"))
+    (cwd / "tmp").mkdir(exist_ok=True)
+    run = subprocess.run([sys.executable, *argv], cwd=cwd, env=environment,
+                         capture_output=True, text=True, timeout=30)
+    return run.returncode, run.stdout, run.stderr
+
+
+def test_a_program_whose_broker_cannot_start_exits_1_with_one_line(broker, tmp_path):
+    """The documented program (examples/test.py, as it is), run as a script and
+    with `python -m`, when its broker cannot start: exit status 1, and stderr
+    is one line saying why, no traceback; serve() leaves no directory behind."""
+    from conftest import EXAMPLES
+
+    shutil.copy(EXAMPLES / "test.py", tmp_path / "test.py")
+    missing = str(tmp_path / "no-such-broker")
+    line = f"argsbroker: cannot run the broker {missing}: No such file or directory\n"
+    for argv in (["test.py"], ["-m", "test"]):
+        assert run_program(tmp_path, argv, ARGSBROKER_BROKER_BIN=missing) == (1, "", line), argv
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+    # The real broker refusing to start: another broker serves the socket.
+    broker.start()
+    (tmp_path / "taken.py").write_text(textwrap.dedent(f"""
+        import argsbroker
+
+        if __name__ == '__main__':
+            with argsbroker.serve({{'arg1': 'arg1'}}, socket={broker.socket!r}):
+                print("served")
+    """))
+    line = (f"argsbroker: the broker exited with status 1 before serving on {broker.socket}: "
+            f"broker: error: another broker is serving {broker.socket}\n")
+    assert run_program(tmp_path, ["taken.py"]) == (1, "", line)
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_caught_broker_failure_changes_nothing_else():
+    """BrokerFailed is an ordinary exception: caught, the program goes on; a
+    later, unrelated uncaught exception still prints its traceback; and with
+    logging configured, the failed start is logged once (the broker's own
+    lines only at DEBUG, since the exception quotes them)."""
+    code = textwrap.dedent("""
+        import logging, sys
+        import argsbroker
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+        try:
+            argsbroker.serve('{"a": 1, "a": 2}')
+        except argsbroker.BrokerFailed as err:
+            print("caught:", err)
+        raise KeyError("unrelated")
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 1
+    assert re.fullmatch(r'caught: the broker exited with status 1 before serving on /\S+/broker\.sock: '
+                        r'broker: error: .*duplicate key "a".*\n', run.stdout), run.stdout
+    assert run.stderr.startswith("Traceback (most recent call last):\n")
+    assert run.stderr.endswith("KeyError: 'unrelated'\n")

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 import argsbroker
 from argsbroker.fastapi import args_lifespan, current_args
-from conftest import BIG_INT, Proc, eventually, free_port
+from conftest import BIG_INT, Proc, eventually, loopback_socket
 
 
 class Model(BaseModel):
@@ -105,12 +105,12 @@ def test_a_uvicorn_worker_whose_args_fail_its_model_does_not_start(broker, tmp_p
 
         app = FastAPI(lifespan=args_lifespan(model=Strict))
     """))
-    port = free_port()
-    proc = Proc(
-        [sys.executable, "-m", "uvicorn", "strict:app", "--host", "127.0.0.1", "--port", str(port)],
-        tmp_path / "uvicorn.log", cwd=tmp_path,
-        env={**os.environ, "ARGSBROKER_SOCKET": broker.socket},
-    )
+    with loopback_socket() as listener:
+        proc = Proc(
+            [sys.executable, "-m", "uvicorn", "strict:app", "--fd", str(listener.fileno())],
+            tmp_path / "uvicorn.log", cwd=tmp_path,
+            env={**os.environ, "ARGSBROKER_SOCKET": broker.socket}, pass_fds=(listener.fileno(),),
+        )
     try:
         status = proc.popen.wait(timeout=30)
     except subprocess.TimeoutExpired:

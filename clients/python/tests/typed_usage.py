@@ -1,4 +1,4 @@
-"""Not a test module: what check-types runs `mypy --strict` on beside the
+"""Not a test module: what check-types runs `mypy --strict` and pyright on beside the
 package, to prove that a user's typo in a model's field is caught."""
 from typing import Annotated
 
@@ -31,4 +31,4 @@ def live_reads() -> int:
 
 def typo() -> object:
     live = argsbroker.follow(model=Settings)
-    return live.typed.batch_sise  # TYPO: mypy must report this line
+    return live.typed.batch_sise  # TYPO: mypy and pyright must report this line

@@ -19,7 +19,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import IO, Any, Deque, Dict, Optional, Union
+from typing import IO, Any, Deque, Dict, List, Optional, Tuple, Union
 
 from ._client import Backoff, Client, Snapshot, _encode_exact, connect, loads
 from ._errors import BrokerError, BrokerFailed, RevisionConflict
@@ -171,6 +171,11 @@ class ServedArgs:
         self._returncode: Optional[int] = None
         self._saved_socket_variable = os.environ.get("ARGSBROKER_SOCKET")
         self._stderr_tail: Deque[str] = collections.deque(maxlen=20)
+        # The broker's log lines from a start that is not serving yet: logged
+        # once it serves, or only at DEBUG if it fails (then BrokerFailed's
+        # message carries them), so that a failed start is said once.
+        self._held: Optional[List[Tuple[int, str]]] = None
+        self._log_lock = threading.Lock()
         self._proc: Optional["subprocess.Popen[bytes]"] = None
         self._forwarder: Optional[threading.Thread] = None
         self._supervisor: Optional[threading.Thread] = None
@@ -253,23 +258,34 @@ class ServedArgs:
             notify.bind(notify_path)
             env = dict(os.environ, NOTIFY_SOCKET=notify_path)
             self._stderr_tail.clear()
-            proc = subprocess.Popen(
-                self._argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                env=env,
-                # Its own session: a Ctrl-C on the terminal reaches this
-                # program, which stops the broker after its workers.
-                start_new_session=True,
-            )
+            with self._log_lock:
+                self._held = []
+            try:
+                proc = subprocess.Popen(
+                    self._argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    env=env,
+                    # Its own session: a Ctrl-C on the terminal reaches this
+                    # program, which stops the broker after its workers.
+                    start_new_session=True,
+                )
+            except OSError as err:
+                self._release_held(served=False)
+                raise BrokerFailed(f"cannot run the broker {self._executable}: {err.strerror or err}") from err
             self._proc = proc
             assert proc.stderr is not None
             self._forwarder = threading.Thread(
                 target=self._forward_stderr, args=(proc.stderr,), name="argsbroker-broker-log", daemon=True
             )
             self._forwarder.start()
-            self._wait_ready(proc, notify)
+            try:
+                self._wait_ready(proc, notify)
+            except BaseException:
+                self._release_held(served=False)
+                raise
+            self._release_held(served=True)
         finally:
             notify.close()
             try:
@@ -295,8 +311,21 @@ class ServedArgs:
                 if re.search(r"\berror\b", line, re.IGNORECASE):
                     level = logging.ERROR
             self._stderr_tail.append(message)
+            with self._log_lock:
+                if self._held is not None:
+                    self._held.append((level, message))
+                    continue
             broker_log.log(level, "%s", message)
         stream.close()
+
+    def _release_held(self, served: bool) -> None:
+        """Logs the lines the broker wrote before it served: at their levels
+        once it serves; at DEBUG when it failed to start, since the
+        BrokerFailed raised then quotes them (one line, said once)."""
+        with self._log_lock:
+            held, self._held = self._held or [], None
+            for level, message in held:
+                broker_log.log(level if served else logging.DEBUG, "%s", message)
 
     def _last_words(self) -> str:
         return next((line for line in reversed(self._stderr_tail) if line), "")
@@ -531,6 +560,31 @@ def serve(
     SIGKILL) the broker stops by itself (`broker --exit-with-parent`). Call it
     from the main thread: the kernel ties that to the thread that started it.
 
-    Raises BrokerFailed (one line: why) if the broker cannot start.
+    Raises BrokerFailed (one line: why) if the broker cannot start. If
+    nothing catches it, the program exits with status 1 printing that line
+    alone (``argsbroker: ...``, no traceback), as it does when the broker
+    cannot be restarted later.
     """
-    return ServedArgs(args, socket=socket, state_dir=state_dir, model=model, schema=schema)
+    try:
+        return ServedArgs(args, socket=socket, state_dir=state_dir, model=model, schema=schema)
+    except BrokerFailed as err:
+        _one_line_if_uncaught(err)
+        raise
+
+
+def _one_line_if_uncaught(failure: BrokerFailed) -> None:
+    """Makes ``failure``, should it end the program uncaught, print as one
+    line (``argsbroker: why``) instead of a traceback; Python then exits with
+    status 1. The program cannot go on without its broker, and the traceback
+    of serve()'s internals would bury the reason. Any other uncaught
+    exception (or this one, caught and wrapped) goes to the previous hook."""
+    previous = sys.excepthook
+
+    def hook(kind: "type[BaseException]", value: BaseException, traceback: Any) -> None:
+        if value is failure:
+            sys.stderr.write(f"argsbroker: {failure}\n")
+            sys.stderr.flush()
+        else:
+            previous(kind, value, traceback)
+
+    sys.excepthook = hook
