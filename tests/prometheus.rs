@@ -6,6 +6,8 @@ mod common;
 
 use common::*;
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -295,4 +297,96 @@ fn prometheus_scrapes_the_broker_and_the_workers() {
         assert!(worker.stop().success());
     }
     assert!(broker.stop().success());
+}
+
+/// `--metrics-listen` has the worker's protections: a request head that
+/// trickles in is cut at `--metrics-header-timeout` (never before), an idle
+/// keep-alive connection at `--metrics-idle-timeout`, and scrapes are
+/// answered meanwhile.
+#[test]
+fn the_metrics_listener_closes_slow_heads_and_idle_connections() {
+    let site = Site::new(r#"{"a": 1}"#);
+    let broker = site.start_broker_with(&[
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--metrics-header-timeout",
+        "1",
+        "--metrics-idle-timeout",
+        "2",
+    ]);
+    let port = broker.metrics_port();
+
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        .expect("part of a request");
+    let sent = Instant::now();
+    assert_eq!(get(port, "/metrics").status, 200);
+    assert!(closed_by_server(&mut slow), "the slow head was not cut");
+    assert!(
+        sent.elapsed() >= Duration::from_secs(1),
+        "cut before --metrics-header-timeout"
+    );
+
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    idle.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("a request");
+    let response = read_response(&mut idle);
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    let answered = Instant::now();
+    assert!(
+        closed_by_server(&mut idle),
+        "the idle connection stayed open"
+    );
+    assert!(
+        answered.elapsed() >= Duration::from_secs(2),
+        "closed before --metrics-idle-timeout"
+    );
+    assert!(
+        broker.log().lines().all(|l| !l.contains("ERROR")),
+        "{}",
+        broker.log()
+    );
+}
+
+/// Past `--metrics-max-connections`, a new connection waits in the listen
+/// backlog (no file descriptor, no answer) until one closes; then it is
+/// answered.
+#[test]
+fn the_metrics_listener_caps_its_connections() {
+    let site = Site::new(r#"{"a": 1}"#);
+    let broker = site.start_broker_with(&[
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--metrics-max-connections",
+        "3",
+    ]);
+    let port = broker.metrics_port();
+    // The kernel hands connections over in the order they came: these three
+    // take the three places.
+    let mut held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    for stream in &mut held {
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .expect("a request");
+        let response = read_response(stream);
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    }
+    let mut fourth = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    fourth
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("a request");
+    fourth
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("a read timeout");
+    let mut byte = [0u8; 1];
+    let waited = fourth.read(&mut byte);
+    assert!(
+        matches!(&waited, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "the fourth connection was answered past the cap: {waited:?}"
+    );
+    drop(held.pop());
+    let response = read_response(&mut fourth);
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -109,32 +109,6 @@ fn sighup_to_a_worker_is_logged_and_ignored() {
 /// The first bytes of a request, never finished.
 const PARTIAL: &[u8] = b"GET /args HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
 
-/// Waits for the server to close `stream`: EOF or a reset.
-fn closed_by_server(stream: &mut TcpStream) -> bool {
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut buf = [0u8; 1024];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return true,
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
-                return false
-            }
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-}
-
-/// Whether the server has not closed `stream` yet (nothing to read, no EOF).
-fn still_open(stream: &TcpStream) -> bool {
-    stream.set_nonblocking(true).unwrap();
-    let mut buf = [0u8; 1];
-    let open = matches!(stream.peek(&mut buf), Err(e) if e.kind() == ErrorKind::WouldBlock);
-    stream.set_nonblocking(false).unwrap();
-    open
-}
-
 /// 500 connections that send part of a request and hold: a normal request
 /// is still answered, and every one of them is closed by the worker once
 /// --header-timeout has passed (never before).
@@ -185,30 +159,6 @@ fn slowloris_connections_are_closed_after_the_header_timeout() {
         worker.log()
     );
     assert_eq!(get(port, "/args").status, 200);
-}
-
-/// Reads one HTTP/1.1 response with a Content-Length from a kept-alive connection.
-fn read_response(stream: &mut TcpStream) -> String {
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut buf).expect("read a response");
-        assert!(n > 0, "the connection closed before a whole response");
-        raw.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .expect("content-length")
-                .parse()
-                .unwrap();
-            if body.len() >= length {
-                return text;
-            }
-        }
-    }
 }
 
 /// A kept-alive connection with no new request is closed after

@@ -183,10 +183,18 @@ class SdistWithRust(sdist):
             if not source.exists():
                 raise SystemExit(f"argsbroker: {source} is missing; make the sdist from a checkout")
             target.parent.mkdir(parents=True, exist_ok=True)
+            # Fresh modification times (shutil.copy, not copy2): cargo tells
+            # what changed by them, and a kept CARGO_TARGET_DIR must not take
+            # an edited proto for the one it built from.
             if source.is_dir():
-                shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                shutil.copytree(
+                    source,
+                    target,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                    copy_function=shutil.copy,
+                )
             else:
-                shutil.copy2(source, target)
+                shutil.copy(source, target)
 
 
 class WheelForAnyPython(bdist_wheel):
