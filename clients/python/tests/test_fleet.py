@@ -76,8 +76,11 @@ def test_status_lists_four_workers_and_a_python_follower_and_wait_covers_them_al
         with argsbroker.follow(broker.socket, name=FOLLOWER_NAME) as live:
 
             def expected(revision):
-                # A worker is named after its --listen argument.
-                listed = {w.pid: ("worker 127.0.0.1:0", os.getuid(), revision, 0) for w in workers}
+                # A worker is named after the address it listens on (the port the kernel gave it).
+                listed = {
+                    w.pid: (f"worker 127.0.0.1:{port}", os.getuid(), revision, 0)
+                    for w, port in zip(workers, ports)
+                }
                 listed[os.getpid()] = (FOLLOWER_NAME, os.getuid(), revision, 0)
                 return listed
 
