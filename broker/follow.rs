@@ -264,23 +264,29 @@ fn push_components(rest: &mut Vec<OsString>, dir: &mut PathBuf, target: &Path) {
     rest.extend(parts.into_iter().rev());
 }
 
-/// What the file is now, as far as a stat can tell.
+/// Which file, and which version of it, as far as a stat can tell: another
+/// inode, size or mtime means someone may have changed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
+pub struct Stamp {
     dev: u64,
     ino: u64,
     len: u64,
     mtime_ns: i128,
 }
 
+impl Stamp {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        }
+    }
+}
+
 fn stamp(path: &Path) -> Option<Stamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        dev: meta.dev(),
-        ino: meta.ino(),
-        len: meta.len(),
-        mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-    })
+    std::fs::metadata(path).ok().map(|meta| Stamp::of(&meta))
 }
 
 /// Whether a file with this stamp may still be written to within the same

@@ -13,6 +13,7 @@
 //! only then publishes it. The file's content is compared with what the
 //! broker itself last wrote or read there: only a change someone else made
 //! becomes a `source=file` revision, and never over a newer acknowledged one.
+use crate::follow::Stamp;
 use crate::history::{Entry, History, HistoryError, SaveError, Source};
 use arc_swap::ArcSwap;
 use argsbroker::document::{Document, DocumentError};
@@ -21,7 +22,7 @@ use argsbroker::frame::Frame;
 use argsbroker::pb;
 use argsbroker::schema::{Schema, Violations};
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -284,26 +285,6 @@ impl ArgsFile {
     }
 }
 
-/// Which file, and which version of it: another inode, size or mtime means
-/// someone may have changed it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime_ns: i128,
-}
-
-impl Stamp {
-    fn of(meta: &std::fs::Metadata) -> Self {
-        Self {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            len: meta.len(),
-            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-        }
-    }
-}
 
 impl Store {
     /// Gives the args file (read by [`ArgsFile::read`]) its revision: the newest history
