@@ -285,7 +285,6 @@ impl ArgsFile {
     }
 }
 
-
 impl Store {
     /// Gives the args file (read by [`ArgsFile::read`]) its revision: the newest history
     /// entry's if the content is unchanged, the next one if it changed while
