@@ -7,6 +7,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// `broker --workers N --http ADDR` as a user runs it.
 fn stack_cmd(site: &Site, workers: usize, port: u16) -> Command {
@@ -82,6 +83,8 @@ struct Failures {
     listeners_at_first_refusal: Option<usize>,
     /// Connections that were accepted but not answered.
     unanswered: usize,
+    /// When each of those was opened.
+    unanswered_at: Vec<Instant>,
 }
 
 impl Load {
@@ -102,11 +105,15 @@ impl Load {
                         continue;
                     }
                 };
+                let opened = Instant::now();
                 match exchange(stream, "/args", &[]) {
                     Some(r) if r.status == 200 => {
                         o.fetch_add(1, Ordering::Relaxed);
                     }
-                    _ => failures.unanswered += 1,
+                    _ => {
+                        failures.unanswered += 1;
+                        failures.unanswered_at.push(opened);
+                    }
                 }
             }
             failures
@@ -170,25 +177,40 @@ fn a_killed_worker_is_replaced_and_the_port_keeps_answering() {
     let before = children(stack.pid());
     let load = Load::start(port);
     eventually("some answers", || Some(()).filter(|_| load.answered() > 20));
+    let killed = Instant::now();
     unsafe { libc::kill(before[0], libc::SIGKILL) };
     let after = eventually("a replacement worker", || {
         Some(children(stack.pid())).filter(|c| c.len() == 2 && !c.contains(&before[0]))
     });
+    let replaced = Instant::now();
     let seen = load.answered();
     eventually("answers after the restart", || {
         Some(()).filter(|_| load.answered() > seen + 20)
     });
     let (answered, failures) = load.finish();
-    // The port never stopped answering. The one request that can be lost is
-    // the one the killed process had already taken when it died: the load
-    // is sequential, so that is at most one.
+    // The port never stopped answering. What can be lost is what the killed
+    // process held when it died: the request it had taken and, while the
+    // kernel closes its files one by one (an accepted connection's file may
+    // close before the listening socket's, and the client reconnects at
+    // once), a connection that reached its listening socket meanwhile. The
+    // load is sequential, so that is a couple at most, and all of them
+    // between the kill and the replacement.
     assert!(
         failures.refused.is_empty(),
         "the port refused connections: {failures:?} ({answered} answered)"
     );
     assert!(
-        failures.unanswered <= 1,
+        failures.unanswered <= 3,
         "{failures:?} ({answered} answered)"
+    );
+    // Opened before the kill is fine for the one in flight (it was opened
+    // first, then answered never): allow what started up to 5 s before it.
+    assert!(
+        failures
+            .unanswered_at
+            .iter()
+            .all(|at| *at + Duration::from_secs(5) >= killed && *at <= replaced),
+        "a request failed away from the worker's death: {failures:?}"
     );
     assert!(
         after.contains(&before[1]),
