@@ -14,9 +14,10 @@ from ._client import (
     DEFAULT_TIMEOUT,
     Backoff,
     Snapshot,
-    _encode_exact,
     gave_up,
     log,
+    patch_request,
+    set_request,
     socket_from_env,
     stub,
     target,
@@ -53,9 +54,7 @@ class AsyncClient:
         self, document: Any, expected_revision: Optional[int] = None, timeout: Optional[float] = 10.0
     ) -> Snapshot[Any]:
         """Replaces the whole document (a dict, or JSON text)."""
-        request = args_pb2.SetArgsRequest(json=_encode_exact(document))
-        if expected_revision is not None:
-            request.expected_revision = expected_revision
+        request = set_request(document, expected_revision)
         try:
             return Snapshot.from_message(await self._stub.SetArgs(request, timeout=timeout))
         except grpc.RpcError as err:
@@ -65,9 +64,7 @@ class AsyncClient:
         self, merge_patch: Any, expected_revision: Optional[int] = None, timeout: Optional[float] = 10.0
     ) -> Snapshot[Any]:
         """Applies an RFC 7386 merge patch (a dict, or JSON text): None removes a key."""
-        request = args_pb2.PatchArgsRequest(merge_patch=_encode_exact(merge_patch))
-        if expected_revision is not None:
-            request.expected_revision = expected_revision
+        request = patch_request(merge_patch, expected_revision)
         try:
             return Snapshot.from_message(await self._stub.PatchArgs(request, timeout=timeout))
         except grpc.RpcError as err:

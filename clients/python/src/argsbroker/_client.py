@@ -221,9 +221,7 @@ class Client:
         self, document: Any, expected_revision: Optional[int] = None, timeout: Optional[float] = 10.0
     ) -> Snapshot[Any]:
         """Replaces the whole document (a dict, or JSON text). Returns the new snapshot."""
-        request = args_pb2.SetArgsRequest(json=_encode_exact(document))
-        if expected_revision is not None:
-            request.expected_revision = expected_revision
+        request = set_request(document, expected_revision)
         try:
             return Snapshot.from_message(self._stub.SetArgs(request, timeout=timeout))
         except grpc.RpcError as err:
@@ -234,9 +232,7 @@ class Client:
     ) -> Snapshot[Any]:
         """Applies an RFC 7386 merge patch (a dict, or JSON text): None removes a key.
         Returns the new snapshot."""
-        request = args_pb2.PatchArgsRequest(merge_patch=_encode_exact(merge_patch))
-        if expected_revision is not None:
-            request.expected_revision = expected_revision
+        request = patch_request(merge_patch, expected_revision)
         try:
             return Snapshot.from_message(self._stub.PatchArgs(request, timeout=timeout))
         except grpc.RpcError as err:
@@ -250,6 +246,22 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def set_request(document: Any, expected_revision: Optional[int]) -> args_pb2.SetArgsRequest:
+    """The SetArgs request of the sync and async clients."""
+    request = args_pb2.SetArgsRequest(json=_encode_exact(document))
+    if expected_revision is not None:
+        request.expected_revision = expected_revision
+    return request
+
+
+def patch_request(merge_patch: Any, expected_revision: Optional[int]) -> args_pb2.PatchArgsRequest:
+    """The PatchArgs request of the sync and async clients."""
+    request = args_pb2.PatchArgsRequest(merge_patch=_encode_exact(merge_patch))
+    if expected_revision is not None:
+        request.expected_revision = expected_revision
+    return request
 
 
 def _encode_exact(document: Any) -> str:
