@@ -283,6 +283,11 @@ impl Stamp {
             mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
         }
     }
+
+    /// When the file was last modified, in Unix milliseconds (0 if before 1970).
+    pub fn modified_millis(&self) -> u64 {
+        u64::try_from(self.mtime_ns / 1_000_000).unwrap_or(0)
+    }
 }
 
 fn stamp(path: &Path) -> Option<Stamp> {

@@ -2,15 +2,12 @@
 //! with a subcommand, a command-line client of a running broker.
 mod access;
 mod authority;
-mod backend;
 mod connections;
 mod ctl;
 #[cfg(feature = "etcd")]
-mod etcd;
+mod fleet_hosts;
 mod follow;
 mod followers;
-mod history;
-mod lineage;
 mod lockfile;
 mod metrics;
 mod parent;
@@ -20,7 +17,7 @@ mod serve;
 mod server;
 mod service;
 mod socket;
-mod store;
+mod storage;
 mod supervisor;
 #[cfg(test)]
 mod tests;

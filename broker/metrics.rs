@@ -13,9 +13,9 @@
 //! has one series, and `follower_applied_revision` has one series per
 //! follower connected at the scrape (remade at every scrape, so a follower
 //! that left is gone from the next one).
-use crate::backend::Backend;
 use crate::followers::Followers;
-use crate::store::WriteError;
+use crate::storage::Storage;
+use crate::storage::WriteError;
 use anyhow::Context;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
@@ -105,15 +105,25 @@ impl Outcome {
             WriteError::ReadOnly(_) => Self::ReadOnly,
             WriteError::Invalid(_) | WriteError::PatchNotAnObject(_) => Self::Invalid,
             WriteError::Schema(_) => Self::Schema,
-            WriteError::TooLarge { .. }
-            | WriteError::TooLargeForBackend { .. }
-            | WriteError::RefusedAsTooLarge(_) => Self::TooLarge,
+            WriteError::TooLarge { .. } => Self::TooLarge,
             WriteError::NotRetained { .. } => Self::NotFound,
-            WriteError::Unavailable(_) => Self::Unavailable,
-            WriteError::PermissionDenied(_) => Self::Denied,
-            WriteError::Missing(_) => Self::Missing,
             WriteError::OutsideEdit(..) => Self::OutsideEdit,
-            WriteError::Backend(_) | WriteError::Save(_) => Self::Error,
+            WriteError::Save(_) | WriteError::Stopping => Self::Error,
+            #[cfg(feature = "etcd")]
+            WriteError::Etcd(err) => {
+                use crate::storage::etcd::EtcdError as E;
+                match err {
+                    E::TooLarge { .. } | E::RefusedAsTooLarge { .. } => Self::TooLarge,
+                    E::Unreachable { .. } | E::Unconfirmed { .. } | E::ReadUnreachable { .. } => {
+                        Self::Unavailable
+                    }
+                    E::Denied { .. } | E::ReadDenied { .. } => Self::Denied,
+                    E::Missing { .. } => Self::Missing,
+                    E::Compacted | E::NoRevision | E::KeptChanging { .. } | E::Other { .. } => {
+                        Self::Error
+                    }
+                }
+            }
         }
     }
 
@@ -292,7 +302,7 @@ impl Metrics {
     /// The exposition: the gauges as the store and followers are now, then every metric.
     pub fn scrape(
         &self,
-        store: &Backend,
+        store: &Storage,
         followers: &Followers,
     ) -> Result<String, std::fmt::Error> {
         let _one = argsbroker::lock(&self.scrape);
@@ -363,7 +373,7 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 #[derive(Clone)]
 struct Scraped {
     metrics: Arc<Metrics>,
-    store: Backend,
+    store: Storage,
     followers: Arc<Followers>,
 }
 
@@ -373,7 +383,7 @@ pub async fn serve(
     listener: std::net::TcpListener,
     bounds: argsbroker::http_serve::Bounds,
     metrics: Arc<Metrics>,
-    store: Backend,
+    store: Storage,
     followers: Arc<Followers>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {

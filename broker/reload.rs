@@ -1,7 +1,7 @@
 //! Re-reading the args file: on SIGHUP, and with `--watch` whenever it
 //! changes on disk. An invalid file is logged (with line and column) and the
 //! current revision keeps being served; the next change is tried again.
-use crate::store::Store;
+use crate::storage::file::FileEngine as Store;
 use std::path::Path;
 use std::sync::Arc;
 

@@ -1,11 +1,10 @@
 //! `broker --args FILE --socket PATH`: the composition of a serving broker,
 //! in the order that makes it safe: claim the socket, own the state, open
 //! the store, set up reloads, bind, serve.
-use crate::backend::Backend;
 use crate::followers::Followers;
+use crate::storage::{admit::Limits, file, Engine, Storage};
 use crate::{
-    access, connections, lockfile, metrics, parent, reload, server, socket, store, supervisor,
-    ServeArgs,
+    access, connections, lockfile, metrics, parent, reload, server, socket, supervisor, ServeArgs,
 };
 use anyhow::Context;
 use argsbroker::lock;
@@ -17,7 +16,7 @@ use std::sync::{Arc, Mutex};
 /// opens the store, sets up reloads, binds, then serves (with the workers
 /// under the supervisor when `--workers` asks for them).
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    crate::backend::started();
+    crate::storage::started();
     if let Some(pid) = args.exit_with_parent {
         parent::exit_with_parent(pid)?;
     }
@@ -38,7 +37,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         true => open_file(&args, schema)?,
         false => open_etcd(&args, schema, &followers).await?,
     };
-    let store = opened.backend;
+    let store = opened.storage;
     let shutdown = argsbroker::shutdown::signal();
     let listener = claim.bind(socket::Options {
         mode: args.socket_mode,
@@ -75,9 +74,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The backend, and what must live as long as it serves (locks, a file watcher).
+/// The storage, and what must live as long as it serves (locks, a file watcher).
 struct Opened {
-    backend: Backend,
+    storage: Storage,
     keep: Box<dyn std::any::Any>,
 }
 
@@ -88,11 +87,14 @@ fn open_file(args: &ServeArgs, schema: Option<Arc<Schema>>) -> anyhow::Result<Op
     };
     let state_dir = (args.state_dir.clone()).unwrap_or_else(|| default_state_dir(&args_path));
     // Read before the state is touched: a file that is refused leaves nothing.
-    let file = store::ArgsFile::read(&args_path, args.max_args_bytes as usize, schema.as_deref())?;
+    let args_file =
+        file::ArgsFile::read(&args_path, args.max_args_bytes as usize, schema.as_deref())?;
     // One broker per args file and per state directory: two would both
     // call their next write the same revision.
     let owner = own_state(&args_path, &state_dir, &args.socket, args.read_only)?;
-    let store = Arc::new(store::Store::open(file, &state_dir, args.limits(schema))?);
+    let limits = Arc::new(args.limits(schema));
+    let (engine, head) = file::FileEngine::open(args_file, &state_dir, limits.clone())?;
+    let store = Arc::new(engine);
     // Reloads are set up before the socket exists: once a client can
     // connect, a SIGHUP or a change to the file is never missed.
     reload::on_sighup(store.clone()).context("cannot handle SIGHUP")?;
@@ -101,7 +103,7 @@ fn open_file(args: &ServeArgs, schema: Option<Arc<Schema>>) -> anyhow::Result<Op
         false => None,
     };
     Ok(Opened {
-        backend: Backend::File(store),
+        storage: Storage::new(head, limits, Engine::File(store)),
         keep: Box::new((owner, watcher)),
     })
 }
@@ -114,7 +116,7 @@ async fn open_etcd(
     schema: Option<Arc<Schema>>,
     followers: &Arc<Followers>,
 ) -> anyhow::Result<Opened> {
-    use crate::etcd::{Config, EtcdStore, Tls};
+    use crate::storage::etcd::{Config, EtcdEngine, Tls};
     let flags = &args.etcd;
     let state_dir = match (&args.state_dir, &args.args) {
         (Some(dir), _) => dir.clone(),
@@ -124,7 +126,7 @@ async fn open_etcd(
         ),
     };
     let seed = match &args.args {
-        Some(path) => Some(store::ArgsFile::read(
+        Some(path) => Some(file::ArgsFile::read(
             path,
             args.max_args_bytes as usize,
             schema.as_deref(),
@@ -152,18 +154,16 @@ async fn open_etcd(
             key: key.clone(),
         }),
     };
-    let store = EtcdStore::open(Config {
+    let limits = Arc::new(args.limits(schema));
+    let (store, head) = EtcdEngine::open(Config {
         endpoints: flags.etcd_endpoints.clone(),
         key: flags.etcd_key.clone().unwrap_or_default(),
         seed,
         state_dir,
         startup_timeout: flags.startup_timeout,
         timeout: flags.etcd_timeout,
-        max_args_bytes: args.max_args_bytes as usize,
         max_request_bytes: flags.etcd_max_request_bytes as usize,
-        history: args.history,
-        read_only: args.read_only,
-        schema,
+        limits: limits.clone(),
         tls,
         user,
     })
@@ -188,7 +188,7 @@ async fn open_etcd(
         }
     });
     Ok(Opened {
-        backend: Backend::Etcd(store),
+        storage: Storage::new(head, limits, Engine::Etcd(store)),
         keep: Box::new((owner, password_file)),
     })
 }
@@ -217,7 +217,7 @@ fn host_name() -> String {
 #[cfg(feature = "etcd")]
 fn etcd_password(flags: &crate::EtcdArgs) -> anyhow::Result<String> {
     if let Some(path) = &flags.etcd_password_file {
-        return crate::etcd::read_password(path).with_context(|| {
+        return crate::storage::etcd::read_password(path).with_context(|| {
             format!(
                 "cannot read the etcd password file {} (--etcd-password-file)",
                 path.display()
@@ -234,8 +234,8 @@ fn etcd_password(flags: &crate::EtcdArgs) -> anyhow::Result<String> {
 
 /// The flags, as the parts of the broker take them.
 impl ServeArgs {
-    fn limits(&self, schema: Option<Arc<Schema>>) -> store::Limits {
-        store::Limits {
+    fn limits(&self, schema: Option<Arc<Schema>>) -> Limits {
+        Limits {
             schema,
             max_args_bytes: self.max_args_bytes as usize,
             history: self.history,

@@ -1,11 +1,11 @@
 //! Serving: the args service, health and reflection on one Unix listener,
 //! behind one access check, until a shutdown signal.
 use crate::access::{AccessLayer, Policy};
-use crate::backend::Backend;
 use crate::connections::{self, Limits};
 use crate::followers::Followers;
 use crate::metrics::{self, Metrics};
 use crate::service::{self, ArgsService};
+use crate::storage::Storage;
 use argsbroker::pb;
 use std::future::Future;
 use std::sync::Arc;
@@ -47,7 +47,7 @@ pub struct Config {
 /// watch and drains connections for a bounded time.
 pub async fn run(
     listener: UnixListener,
-    store: Backend,
+    store: Storage,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {

@@ -9,11 +9,11 @@
 //! would make); anything else is encoded per call. GetArgs and WatchArgs are
 //! the hot paths, and this is why the service is routed here rather than by
 //! tonic's generated `ArgsBrokerServer`.
-use crate::backend::Backend;
 use crate::followers::Followers;
 use crate::metrics::{Metrics, Outcome, Write};
 use crate::peer::Peer;
-use crate::store::{Published, WriteError};
+use crate::storage::Storage;
+use crate::storage::{Published, WriteError};
 use argsbroker::frame::Frame;
 use argsbroker::pb;
 use argsbroker::pointer::PointerError;
@@ -92,7 +92,7 @@ impl Method {
 /// The args service, cloned per connection by tonic's router.
 #[derive(Clone)]
 pub struct ArgsService {
-    store: Backend,
+    store: Storage,
     followers: Arc<Followers>,
     metrics: Arc<Metrics>,
     /// Flips to true when the broker shuts down, ending every watch.
@@ -103,7 +103,7 @@ pub struct ArgsService {
 
 impl ArgsService {
     pub fn new(
-        store: Backend,
+        store: Storage,
         followers: Arc<Followers>,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
@@ -421,7 +421,7 @@ pub enum GetArgsReply {
     Made(pb::Args),
 }
 
-pub fn get_args(store: &Backend, request: pb::GetArgsRequest) -> Result<GetArgsReply, Status> {
+pub fn get_args(store: &Storage, request: pb::GetArgsRequest) -> Result<GetArgsReply, Status> {
     let snapshot = store.current();
     if request.if_none_match == Some(snapshot.revision) {
         return Ok(GetArgsReply::Made(pb::Args {
@@ -458,7 +458,7 @@ pub fn get_args(store: &Backend, request: pb::GetArgsRequest) -> Result<GetArgsR
 /// watch channel holds only the newest snapshot: a slow reader skips to it
 /// and the broker never queues revisions per watcher.
 pub async fn watch_args(
-    store: &Backend,
+    store: &Storage,
     mut shutdown: watch::Receiver<bool>,
     start_revision: Option<u64>,
 ) -> impl Stream<Item = Frame> + Send + 'static {
@@ -490,11 +490,11 @@ pub async fn watch_args(
 }
 
 /// GetStatus: the current snapshot and the backend's state.
-fn status(store: &Backend) -> pb::BrokerStatus {
+fn status(store: &Storage) -> pb::BrokerStatus {
     let current = store.current();
     let contact = store
         .contact()
-        .map_or_else(crate::backend::Contact::file, |c| c.borrow().clone());
+        .map_or_else(crate::storage::Contact::file, |c| c.borrow().clone());
     let since = contact
         .since
         .duration_since(std::time::UNIX_EPOCH)
@@ -526,22 +526,30 @@ fn write_status(err: WriteError) -> Status {
         WriteError::Invalid(_) | WriteError::PatchNotAnObject(_) | WriteError::Schema(_) => {
             Status::invalid_argument(message)
         }
-        WriteError::TooLarge { .. }
-        | WriteError::TooLargeForBackend { .. }
-        | WriteError::RefusedAsTooLarge(_) => Status::resource_exhausted(message),
-        WriteError::Unavailable(_) => {
-            tracing::warn!(%message, "write failed");
-            Status::unavailable(message)
+        WriteError::TooLarge { .. } => Status::resource_exhausted(message),
+        #[cfg(feature = "etcd")]
+        WriteError::Etcd(err) => {
+            use crate::storage::etcd::EtcdError as E;
+            match err {
+                E::TooLarge { .. } | E::RefusedAsTooLarge { .. } => {
+                    Status::resource_exhausted(message)
+                }
+                E::Unreachable { .. } | E::Unconfirmed { .. } | E::ReadUnreachable { .. } => {
+                    tracing::warn!(%message, "write failed");
+                    Status::unavailable(message)
+                }
+                E::Denied { .. } | E::ReadDenied { .. } => {
+                    tracing::warn!(%message, "write refused");
+                    Status::permission_denied(message)
+                }
+                E::Missing { .. } => Status::failed_precondition(message),
+                E::Compacted | E::NoRevision | E::KeptChanging { .. } | E::Other { .. } => {
+                    tracing::error!(%message, "write failed");
+                    Status::internal(message)
+                }
+            }
         }
-        WriteError::PermissionDenied(_) => {
-            tracing::warn!(%message, "write refused");
-            Status::permission_denied(message)
-        }
-        WriteError::Missing(_) => Status::failed_precondition(message),
-        WriteError::Backend(_) => {
-            tracing::error!(%message, "write failed");
-            Status::internal(message)
-        }
+        WriteError::Stopping => Status::unavailable(message),
         WriteError::OutsideEdit(..) => {
             tracing::warn!(%message, "write refused");
             Status::failed_precondition(message)

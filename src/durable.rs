@@ -80,7 +80,7 @@ pub fn replace_tagged(
     tag: Option<&str>,
 ) -> io::Result<Replaced> {
     let tmp = temp_path(path, tag);
-    let new = match write_temp(&tmp, contents, keep) {
+    let new = match write_temp(&tmp, contents, keep, true) {
         Ok(meta) => meta,
         Err(err) => {
             let _ = fs::remove_file(&tmp);
@@ -106,6 +106,52 @@ pub fn replace_tagged(
         return Err(err);
     }
     Ok(replaced)
+}
+
+/// A new file written beside its path but not yet renamed over it, nor
+/// fsynced: for a file whose content is made durable elsewhere (the args
+/// file, whose revisions the broker's journal holds), so that a full disk
+/// refuses the change before anything is committed.
+#[must_use = "publish() or discard() a staged file"]
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    new: fs::Metadata,
+}
+
+/// Writes `contents` to a temp file beside `path` (mode 0600, or `keep`'s
+/// owner and mode before any content is in it). On error nothing is left.
+pub fn stage(path: &Path, contents: &[u8], keep: Option<Keep>) -> io::Result<Staged> {
+    let tmp = temp_path(path, None);
+    match write_temp(&tmp, contents, keep, false) {
+        Ok(new) => Ok(Staged {
+            tmp,
+            path: path.to_path_buf(),
+            new,
+        }),
+        Err(err) => {
+            let _ = fs::remove_file(&tmp);
+            Err(err)
+        }
+    }
+}
+
+impl Staged {
+    /// Renames the staged file over its path (atomic; not fsynced) and
+    /// returns its metadata as written.
+    pub fn publish(self) -> io::Result<fs::Metadata> {
+        match fs::rename(&self.tmp, &self.path) {
+            Ok(()) => Ok(self.new),
+            Err(err) => {
+                let _ = fs::remove_file(&self.tmp);
+                Err(err)
+            }
+        }
+    }
+
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
 }
 
 impl Replaced {
@@ -195,7 +241,12 @@ fn temp_path(path: &Path, tag: Option<&str>) -> PathBuf {
     parent_or_dot(path).join(format!(".{name}.{tag}{}.{seq}.tmp", std::process::id()))
 }
 
-fn write_temp(tmp: &Path, contents: &[u8], keep: Option<Keep>) -> io::Result<fs::Metadata> {
+fn write_temp(
+    tmp: &Path,
+    contents: &[u8],
+    keep: Option<Keep>,
+    sync: bool,
+) -> io::Result<fs::Metadata> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -224,7 +275,9 @@ fn write_temp(tmp: &Path, contents: &[u8], keep: Option<Keep>) -> io::Result<fs:
         file.set_permissions(fs::Permissions::from_mode(keep.mode))?;
     }
     file.write_all(contents)?;
-    file.sync_all()?;
+    if sync {
+        file.sync_all()?;
+    }
     file.metadata()
 }
 

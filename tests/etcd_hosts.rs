@@ -24,6 +24,13 @@ const SEED: &str = r#"{"model":"a","n":1}"#;
 const ELECTION: Duration = Duration::from_secs(10);
 
 /// A reply's document as text.
+/// `etcd-` and the 32 hex digits of the id a broker made with the key.
+fn is_random_lineage(lineage: &str) -> bool {
+    lineage
+        .strip_prefix("etcd-")
+        .is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 fn text(json: &[u8]) -> &str {
     std::str::from_utf8(json).expect("the document is UTF-8")
 }
@@ -738,12 +745,47 @@ fn a_host_cut_off_during_a_compaction_catches_up_in_the_same_lineage() {
 
 #[test]
 fn etcd_rebuilt_from_scratch_and_seeded_again_is_a_new_lineage_on_every_host() {
+    rebuilt_is_a_new_lineage(false);
+}
+
+/// With the same cluster token the cluster id is the same again, and the
+/// key's create revision may be too: the random id each broker writes
+/// beside the key when it makes it still tells the two apart.
+#[test]
+fn etcd_rebuilt_with_the_same_cluster_token_is_a_new_lineage_too() {
+    rebuilt_is_a_new_lineage(true);
+}
+
+fn rebuilt_is_a_new_lineage(same_token: bool) {
     let mut cluster = Cluster::start(3);
     let hosts = three_hosts(&cluster, "rebuilt");
     let old = hosts[0].site.patch(r#"{"n":2}"#, None).expect("a patch");
     converge(&hosts, old.revision, text(&old.json));
+    assert!(is_random_lineage(&old.lineage), "{}", old.lineage);
+    // Each revision's writer and source are in etcd beside it: another
+    // host's history shows them (the seed was the args file).
+    let (code, out, err) = run(Command::new(BROKER)
+        .arg("history")
+        .arg("--socket")
+        .arg(hosts[1].socket()));
+    assert_eq!(code, 0, "broker history: {err}");
+    let rows: Vec<(String, String, String)> = out
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let r: Vec<&str> = l.split_whitespace().collect();
+            (r[0].to_owned(), r[4].to_owned(), r[5].to_owned())
+        })
+        .collect();
+    let me = unsafe { libc::getuid() }.to_string();
+    assert_eq!(
+        rows.last(),
+        Some(&(old.revision.to_string(), me, "patch".to_owned())),
+        "{out}"
+    );
+    assert_eq!(rows[0].2, "file", "{out}");
 
-    cluster.wipe_and_start_again();
+    cluster.wipe_and_start_again(same_token);
     // `broker set` through host B makes the key again in the new cluster.
     let fresh = r#"{"model":"b","rebuilt":true}"#;
     let file = hosts[1].site.path("fresh.json");
@@ -764,7 +806,7 @@ fn etcd_rebuilt_from_scratch_and_seeded_again_is_a_new_lineage_on_every_host() {
     let made = hosts[1].site.current();
     assert_eq!(out, format!("revision {}\n", made.revision));
     assert_eq!(made.json, fresh);
-    assert!(made.lineage.starts_with("etcd-"), "{}", made.lineage);
+    assert!(is_random_lineage(&made.lineage), "{}", made.lineage);
     assert_ne!(made.lineage, old.lineage);
 
     // Every worker on every host adopts the new lineage and document.

@@ -105,11 +105,8 @@ fn state_is_private_and_the_args_file_keeps_its_mode_and_owner() {
     );
     let state = site.path("args.json.state");
     assert_eq!(mode(&state), 0o700);
-    assert_eq!(mode(&state.join("history")), 0o700);
+    assert_eq!(mode(&state.join("journal")), 0o600);
     assert_eq!(mode(&state.join("lineage")), 0o600);
-    for entry in std::fs::read_dir(state.join("history")).unwrap() {
-        assert_eq!(mode(&entry.unwrap().path()), 0o600);
-    }
     assert_eq!(temp_files(site.dir.path()), Vec::<PathBuf>::new());
 }
 

@@ -377,7 +377,7 @@ fn full_disk_refuses_and_changes_nothing(case: FullDisk) {
     let mut broker = site.spawn_broker(broker_cmd());
     let mut failures = Vec::new();
 
-    // Write until the disk is full: each history entry takes a page of the 6.
+    // Write until the disk is full: the journal grows by a page every few writes.
     let pad = "x".repeat(1500);
     let patch = |n: u64| site.patch(&format!(r#"{{"n": {n}, "pad": "{pad}{n}"}}"#), None);
     let mut last_ack = get_args(&site.socket());
@@ -403,13 +403,13 @@ fn full_disk_refuses_and_changes_nothing(case: FullDisk) {
     );
 
     // The message names the path and the cause, and says nothing changed:
-    // the history entry, or on the args disk the args file if that is what
-    // did not fit.
+    // the journal, or on the args disk the new args file if that is what
+    // did not fit (it is written beside the old one before the commit).
     let refused = format!("patch n={refused_n}");
-    let entry = state.join(format!("history/{refused_revision:020}.json"));
+    let journal = state.join("journal");
     let mut expected = vec![save_refused(
         refused_revision,
-        &entry,
+        &journal,
         "No space left on device",
     )];
     if let FullDisk::ArgsDir = case {
@@ -530,10 +530,10 @@ fn sighup_and_wait(broker: &Proc) {
     });
 }
 
-/// A write whose fsync fails changes nothing, whichever fsync of the write
-/// it is (the args file's temp file, the args directory, the history
-/// entry's temp file, the history directory): strace attaches to the
-/// running broker and makes the Nth fsync after it fail with EIO.
+/// A write whose fsync fails changes nothing, and a write makes exactly one
+/// fsync (the journal's, its commit): strace attaches to the running broker
+/// and makes the 1st fsync after it fail with EIO (the write is refused),
+/// then the 2nd (the write, having made one, is acknowledged).
 #[test]
 fn a_write_whose_fsync_fails_changes_nothing() {
     require_root("attaching strace to the broker");
@@ -548,7 +548,7 @@ fn a_write_whose_fsync_fails_changes_nothing() {
     let mut last_ack = patch(1).expect("a write with no fault");
     let mut failures = Vec::new();
     let mut n = 1;
-    for step in 1..=4 {
+    for step in 1..=2 {
         n += 1;
         let trace = site.path(&format!("strace-{step}.out"));
         let strace = Strace::attach(broker.pid(), step, &trace);
@@ -560,8 +560,16 @@ fn a_write_whose_fsync_fails_changes_nothing() {
             .find(|l| l.contains("INJECTED"))
             .map(str::to_owned);
         let status = match (result, injected) {
-            (Ok(reply), None) => {
+            (Ok(reply), None) if step > 1 => {
                 eprintln!("fsync {step}: the write made fewer than {step} fsyncs; acknowledged");
+                last_ack = reply;
+                continue;
+            }
+            (Ok(reply), None) => {
+                failures.push(format!(
+                    "patch n={n} made no fsync, yet was acknowledged at revision {}",
+                    reply.revision
+                ));
                 last_ack = reply;
                 continue;
             }
@@ -576,13 +584,15 @@ fn a_write_whose_fsync_fails_changes_nothing() {
             (Err(status), _) => status,
         };
         eprintln!("fsync {step}: patch n={n} refused: {}", status.1);
-        // The 1st and 2nd fsync are the args file's (its temp file, then its
-        // directory after the exchange), the 3rd and 4th the history entry's.
+        if step > 1 {
+            failures.push(format!(
+                "patch n={n} made {step} fsyncs (the fsync {step} after the attach failed and refused it: {}); a commit makes one",
+                status.1
+            ));
+        }
+        // The one fsync of a write is the journal's: the commit.
         let revision = last_ack.revision + 1;
-        let path = match step {
-            1 | 2 => site.args(),
-            _ => site.path(&format!("args.json.state/history/{revision:020}.json")),
-        };
+        let path = site.path("args.json.state/journal");
         let expected = [save_refused(revision, &path, "Input/output error")];
         let refused = format!("fsync {step}: patch n={n}");
         check_refusal(&status, &expected, &refused, &mut failures);
@@ -671,25 +681,31 @@ fn tracer_pids(pid: i32) -> Vec<i32> {
         .collect()
 }
 
-/// A write refused because the history directory cannot be written (mode
-/// 0500; the broker runs as uid 65534, so the mode binds it) changes
-/// nothing: not what is served, not the args file, not what a SIGHUP or a
-/// restart serves; once the mode is back, the next write takes the next
-/// revision.
+/// A write refused because the args file's directory cannot be written
+/// (mode 0500; the broker runs as uid 65534, so the mode binds it: the new
+/// args file cannot be staged beside the old) changes nothing: not what is
+/// served, not the args file, not what a SIGHUP or a restart serves; once
+/// the mode is back, the next write takes the next revision.
 #[test]
-fn a_write_refused_for_an_unwritable_history_changes_nothing() {
+fn a_write_refused_for_an_unwritable_args_directory_changes_nothing() {
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
     require_root("running the broker as uid 65534");
     let site = Site::new(r#"{"n": 0}"#);
     open_dir(site.dir.path());
     std::os::unix::fs::chown(site.dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
-    std::os::unix::fs::chown(site.args(), Some(NOBODY), Some(NOBODY)).unwrap();
+    // The args file in a directory of its own; the socket stays outside it.
+    let conf = site.path("conf");
+    std::fs::create_dir(&conf).unwrap();
+    let args = conf.join("args.json");
+    std::fs::rename(site.args(), &args).unwrap();
+    std::os::unix::fs::chown(&conf, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::os::unix::fs::chown(&args, Some(NOBODY), Some(NOBODY)).unwrap();
     let binary = site.broker_copy();
     let broker_cmd = || {
         let mut cmd = std::process::Command::new(&binary);
         cmd.arg("--args")
-            .arg(site.args())
+            .arg(&args)
             .arg("--socket")
             .arg(site.socket())
             .env("RUST_LOG", RELOAD_LOG)
@@ -698,27 +714,25 @@ fn a_write_refused_for_an_unwritable_history_changes_nothing() {
         cmd
     };
     let mut broker = site.spawn_broker(broker_cmd());
-    let history = site.path("args.json.state").join("history");
     let patch = |n: u64| site.patch(&format!(r#"{{"n": {n}}}"#), None);
-    let last_ack = patch(1).expect("a write with the history writable");
+    let last_ack = patch(1).expect("a write with the args directory writable");
     let chmod = |mode| {
-        std::fs::set_permissions(&history, std::fs::Permissions::from_mode(mode))
-            .expect("chmod the history directory")
+        std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(mode))
+            .expect("chmod the args directory")
     };
     chmod(0o500);
-    let status = patch(2).expect_err("a write with the history directory mode 0500");
+    let status = patch(2).expect_err("a write with the args directory mode 0500");
     eprintln!("patch n=2 refused: {}", status.1);
     let mut failures = Vec::new();
-    let entry = history.join(format!("{:020}.json", last_ack.revision + 1));
     let expected = [save_refused(
         last_ack.revision + 1,
-        &entry,
+        &args,
         "Permission denied",
     )];
     check_refusal(&status, &expected, "patch n=2", &mut failures);
     let check = |when: &str, failures: &mut Vec<String>| {
         check_serves(&site.socket(), &last_ack, when, "patch n=2", failures);
-        check_file_holds(&site.args(), &last_ack, when, "patch n=2", failures);
+        check_file_holds(&args, &last_ack, when, "patch n=2", failures);
     };
     check("after the refusal", &mut failures);
     sighup_and_wait(&broker);
@@ -733,7 +747,7 @@ fn a_write_refused_for_an_unwritable_history_changes_nothing() {
         }
         Err(log) => {
             failures.push(format!(
-                "the broker cannot restart with the history directory mode 0500 (it has nothing new to record): {log}"
+                "the broker cannot restart with the args directory mode 0500 (it has nothing new to record): {log}"
             ));
             chmod(0o700);
             broker = site.spawn_broker(broker_cmd());
@@ -755,7 +769,7 @@ fn a_write_refused_for_an_unwritable_history_changes_nothing() {
     drop(broker);
     assert!(
         failures.is_empty(),
-        "a write refused for an unwritable history directory changed things:\n{}",
+        "a write refused for an unwritable args directory changed things:\n{}",
         failures.join("\n")
     );
 }

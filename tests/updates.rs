@@ -424,10 +424,9 @@ fn changes_reach_every_worker() {
 
 /// kill -9 at a random moment of a write storm, 20 times: the file is always a
 /// complete document that was acknowledged or in flight; the restarted broker
-/// serves the last acknowledged one or the one in flight (a write cut short
-/// before its history entry is undone at the start), at a revision no lower
-/// than any acknowledged one, and the file holds what it serves; no revision
-/// ever names two documents.
+/// serves the last acknowledged one or the one in flight (committed to the
+/// journal, or not), at a revision no lower than any acknowledged one, and
+/// the file holds what it serves; no revision ever names two documents.
 #[test]
 fn kill_9_during_a_write_storm_loses_nothing() {
     let site = Site::new(r#"{"n": 0}"#);
@@ -509,7 +508,9 @@ fn kill_9_during_a_write_storm_loses_nothing() {
             disk_n == last_n || disk_n == last_n + 1,
             "round {round}: file has n={disk_n}, last acknowledged {last_n}"
         );
-        may_serve = vec![last_n, disk_n];
+        // The write in flight may have been committed before the kill, its
+        // args file not yet renamed into place: the restart finishes it.
+        may_serve = vec![last_n, last_n + 1];
     }
     assert!(max_acked > 20, "the storms wrote something ({max_acked})");
 }

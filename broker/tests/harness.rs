@@ -1,6 +1,8 @@
 //! `start_broker`: the broker's engine serving a temp directory's
 //! `args.json` on `b.sock`, in this process, until dropped.
-use crate::store::{ArgsFile, Limits, Store};
+use crate::storage::admit::Limits;
+use crate::storage::file::{ArgsFile, FileEngine, OpenError};
+use crate::storage::{Engine, Published, Storage, WriteError};
 use crate::{access, connections, server, socket};
 use argsbroker::pb::{self, args_broker_client::ArgsBrokerClient};
 use std::path::{Path, PathBuf};
@@ -29,15 +31,76 @@ pub fn site(args: &str) -> tempfile::TempDir {
     dir
 }
 
+/// The storage of one args file, and its file engine (for reloads and the
+/// history, read without a round trip).
+pub struct Store {
+    pub storage: Storage,
+    pub file: Arc<FileEngine>,
+}
+
+impl Store {
+    pub fn current(&self) -> arc_swap::Guard<Arc<Published>> {
+        self.storage.current()
+    }
+
+    pub async fn set(
+        &self,
+        json: &str,
+        expected: Option<u64>,
+        uid: Option<u32>,
+    ) -> Result<Arc<Published>, WriteError> {
+        self.storage.set(json, expected, uid).await
+    }
+
+    pub async fn patch(
+        &self,
+        patch: &str,
+        expected: Option<u64>,
+        uid: Option<u32>,
+    ) -> Result<Arc<Published>, WriteError> {
+        self.storage.patch(patch, expected, uid).await
+    }
+
+    pub async fn rollback(
+        &self,
+        to: u64,
+        expected: Option<u64>,
+        uid: Option<u32>,
+    ) -> Result<Arc<Published>, WriteError> {
+        self.storage.rollback(to, expected, uid).await
+    }
+
+    pub async fn reload(&self) -> Result<Option<Arc<Published>>, OpenError> {
+        self.file.reload().await
+    }
+
+    pub fn revisions(&self) -> Vec<pb::Revision> {
+        self.file.revisions()
+    }
+
+    pub fn revisions_after(&self, revision: u64) -> Option<Vec<pb::Args>> {
+        self.file.revisions_after(revision)
+    }
+}
+
 /// Opens the store of `dir/args.json` (state in `dir/args.json.state`).
 pub fn open(dir: &Path, limits: Limits) -> Store {
+    try_open(dir, limits).expect("open the store")
+}
+
+pub fn try_open(dir: &Path, limits: Limits) -> Result<Store, OpenError> {
     let args = ArgsFile::read(
         &dir.join("args.json"),
         limits.max_args_bytes,
         limits.schema.as_deref(),
-    )
-    .expect("read the args");
-    Store::open(args, &dir.join("args.json.state"), limits).expect("open the store")
+    )?;
+    let limits = Arc::new(limits);
+    let (file, head) = FileEngine::open(args, &dir.join("args.json.state"), limits.clone())?;
+    let file = Arc::new(file);
+    Ok(Store {
+        storage: Storage::new(head, limits, Engine::File(file.clone())),
+        file,
+    })
 }
 
 /// A broker serving in this process; stopped (watches ended, socket
@@ -50,7 +113,7 @@ pub struct Broker {
 /// Serves `dir/args.json` on `dir/b.sock`, returning once the socket is bound.
 pub async fn start_broker(dir: &Path, limits: Limits) -> Broker {
     let socket = dir.join("b.sock");
-    let store = Arc::new(open(dir, limits));
+    let store = open(dir, limits).storage;
     let mut claim = socket::claim(&socket, false).expect("claim the socket");
     let listener = claim
         .bind(socket::Options {
@@ -76,14 +139,7 @@ pub async fn start_broker(dir: &Path, limits: Limits) -> Broker {
         let shutdown = async {
             let _ = stopped.await;
         };
-        if let Err(err) = server::run(
-            listener,
-            crate::backend::Backend::File(store),
-            config,
-            shutdown,
-        )
-        .await
-        {
+        if let Err(err) = server::run(listener, store, config, shutdown).await {
             panic!("the server failed: {err}");
         }
     });

@@ -1,7 +1,7 @@
 //! Every request the args service refuses, and the answers it gives, over
 //! a real socket: the exact gRPC code and message, and the args unchanged.
 use super::harness::{limits, site, start_broker, Broker, DOC_COMPACT};
-use crate::store::Limits;
+use crate::storage::admit::Limits;
 use argsbroker::pb;
 use bytes::Bytes;
 use tonic::Code;

@@ -1,9 +1,12 @@
 //! The store on its own: revisions, compare-and-set, identical writes,
 //! rollback, reloads against the broker's own writes and outside edits,
 //! lineage, and what a reopened state serves.
+use super::harness::Store;
 use super::harness::{limits, open, site, DOC, DOC_COMPACT};
-use crate::history::Source;
-use crate::store::{Limits, OpenError, Store, WriteError};
+use crate::storage::admit::Limits;
+use crate::storage::file::history::Source;
+use crate::storage::file::OpenError;
+use crate::storage::WriteError;
 
 fn json(store: &Store) -> String {
     String::from_utf8(store.current().document.json().to_vec()).unwrap()
@@ -243,62 +246,126 @@ async fn writes_over_the_limit_or_read_only_are_refused() {
     ));
 }
 
-/// The state a broker killed in the middle of a write leaves: the new
-/// document swapped into the args file, the old one under the temp name
-/// that names the new one, and no history entry for it yet.
-fn interrupted_write(dir: &std::path::Path, new_text: &str) {
-    let args = dir.join("args.json");
-    let new = argsbroker::document::Document::parse(new_text.as_bytes()).unwrap();
-    let old = dir.join(format!(".args.json.{}.4242.0.tmp", &new.sha256()[..16]));
-    std::fs::rename(&args, &old).unwrap();
-    std::fs::write(&args, new_text).unwrap();
+/// Sets the args file's mtime to `millis` after the epoch.
+fn set_mtime(path: &std::path::Path, millis: u64) {
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis);
+    file.set_modified(time).unwrap();
 }
 
-/// A write interrupted by kill -9 was never acknowledged: the next start
-/// puts the old file back and serves the last committed revision, without
-/// recording anything (a full disk could not).
+/// kill -9 between a commit (the journal's fsync) and the rename of the new
+/// args file: the write may have been acknowledged, so the next start
+/// serves it and rewrites the args file from the journal, recording nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_interrupted_by_a_crash_is_undone_at_the_next_start() {
+async fn a_commit_whose_args_file_was_not_renamed_yet_is_finished_at_the_next_start() {
     let dir = site(DOC);
+    let args = dir.path().join("args.json");
+    let (committed, before) = {
+        let store = open(dir.path(), limits());
+        let before = std::fs::read(&args).unwrap();
+        let written = store.patch(r#"{"a": 2}"#, None, None).await.unwrap();
+        (json(&store), (before, written.revision))
+    };
+    let (old_text, revision) = before;
+    std::fs::write(&args, &old_text).unwrap();
+    set_mtime(&args, 1_000);
+    let store = open(dir.path(), limits());
+    assert_eq!(
+        (store.current().revision, json(&store)),
+        (revision, committed)
+    );
+    assert_eq!(store.revisions().len(), 2);
+    assert_eq!(
+        std::fs::read_to_string(&args).unwrap(),
+        "{\n  \"a\": 2,\n  \"list\": [\n    10,\n    20\n  ],\n  \"nested\": {\n    \"k\": \"v\"\n  }\n}\n"
+    );
+}
+
+/// An args file changed by someone while the broker was down (after its
+/// last commit) is theirs: it becomes the next revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_while_the_broker_was_down_becomes_the_next_revision() {
+    let dir = site(DOC);
+    drop(open(dir.path(), limits()));
+    write_outside(dir.path(), r#"{"operator": 1}"#);
+    set_mtime(&dir.path().join("args.json"), 4_000_000_000_000);
+    let store = open(dir.path(), limits());
+    assert_eq!(
+        (store.current().revision, json(&store)),
+        (2, r#"{"operator":1}"#.into())
+    );
+    assert_eq!(sources(&store), [(1, "file".into()), (2, "file".into())]);
+}
+
+/// kill -9 in the middle of an append leaves half a record, never
+/// acknowledged: the next start cuts it off and serves the revision before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_last_journal_record_is_cut_off() {
+    let dir = site(DOC);
+    let journal = dir.path().join("args.json.state/journal");
     let committed = {
         let store = open(dir.path(), limits());
         store.patch(r#"{"a": 2}"#, None, None).await.unwrap();
         json(&store)
     };
-    let file_before = std::fs::read(dir.path().join("args.json")).unwrap();
-    interrupted_write(dir.path(), r#"{"never": "acknowledged"}"#);
+    let whole = std::fs::read(&journal).unwrap();
+    let mut torn = whole.clone();
+    // A third record, cut short: its header says more than follows.
+    torn.extend_from_slice(&500u32.to_le_bytes());
+    torn.extend_from_slice(&[0, 0, 0, 0]);
+    torn.extend_from_slice(br#"{"revision":3,"#);
+    std::fs::write(&journal, torn).unwrap();
     let store = open(dir.path(), limits());
     assert_eq!((store.current().revision, json(&store)), (2, committed));
-    assert_eq!(store.revisions().len(), 2);
+    assert_eq!(std::fs::read(&journal).unwrap(), whole);
     assert_eq!(
-        std::fs::read(dir.path().join("args.json")).unwrap(),
-        file_before
+        store
+            .patch(r#"{"a": 3}"#, None, None)
+            .await
+            .unwrap()
+            .revision,
+        3
     );
-    let leftovers = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".tmp")
-        })
-        .count();
-    assert_eq!(leftovers, 0);
 }
 
-/// After such a crash, an args file edited by someone before the restart is
-/// theirs: it becomes the next revision, and the old file is not put back.
+/// A state written by a broker before the journal (one file per revision
+/// in `history/`) is moved into the journal: same revisions, same lineage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_edit_after_a_crashed_write_is_kept() {
+async fn an_older_brokers_history_is_moved_into_the_journal() {
     let dir = site(DOC);
-    drop(open(dir.path(), limits()));
-    interrupted_write(dir.path(), r#"{"never": "acknowledged"}"#);
-    write_outside(dir.path(), r#"{"operator": 1}"#);
+    let state = dir.path().join("args.json.state");
+    let lineage = {
+        let store = open(dir.path(), limits());
+        store.patch(r#"{"a": 2}"#, None, None).await.unwrap();
+        store.current().reply.lineage.clone()
+    };
+    // What an older broker kept: the same records, one file each.
+    let history = state.join("history");
+    std::fs::create_dir(&history).unwrap();
+    let store = open(dir.path(), limits());
+    for (i, revision) in store.revisions().iter().enumerate() {
+        let record = store.file.retained(revision.revision).unwrap();
+        let text = format!(
+            r#"{{"revision":{},"unix_millis":{},"sha256":"{}","writer_uid":null,"source":"{}","document":{}}}"#,
+            revision.revision,
+            revision.unix_millis,
+            revision.sha256,
+            revision.source,
+            record.json_str()
+        );
+        std::fs::write(history.join(format!("{:020}.json", i + 1)), text).unwrap();
+    }
+    drop(store);
+    std::fs::remove_file(state.join("journal")).unwrap();
     let store = open(dir.path(), limits());
     assert_eq!(
-        (store.current().revision, json(&store)),
-        (2, r#"{"operator":1}"#.into())
+        (store.current().revision, &store.current().reply.lineage),
+        (2, &lineage)
+    );
+    assert_eq!(sources(&store), [(1, "file".into()), (2, "patch".into())]);
+    assert!(
+        !history.exists(),
+        "the old history is gone once in the journal"
     );
 }
 

@@ -346,17 +346,20 @@ impl Cluster {
     }
 
     /// etcd rebuilt from scratch: kills every member (by its pid), deletes
-    /// their data directories, and starts a new cluster on the same ports
-    /// with a new cluster token (so a new cluster id), waiting until every
-    /// member is healthy. Nothing of the old cluster's keys survives.
-    pub fn wipe_and_start_again(&mut self) {
+    /// their data directories, and starts a new cluster on the same ports,
+    /// with a new cluster token (so a new cluster id) unless `same_token`,
+    /// waiting until every member is healthy. Nothing of the old cluster's
+    /// keys survives.
+    pub fn wipe_and_start_again(&mut self, same_token: bool) {
         for m in &mut self.members {
             m.kill();
             if m.data_dir.exists() {
                 std::fs::remove_dir_all(&m.data_dir).expect("remove an etcd data dir");
             }
         }
-        self.token.push_str("-again");
+        if !same_token {
+            self.token.push_str("-again");
+        }
         for i in 0..self.members.len() {
             self.spawn_member(i);
         }

@@ -42,7 +42,7 @@ pub fn load_or_create(state_dir: &Path) -> Result<String, LineageError> {
 }
 
 /// 128 random bits as 32 lowercase hex digits.
-fn random_id() -> io::Result<String> {
+pub fn random_id() -> io::Result<String> {
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())

@@ -10,10 +10,10 @@
 //! it reads again and goes on. The newest snapshot is kept in the state
 //! directory as the last-known-good copy, served when a broker starts while
 //! etcd is out of reach.
-use crate::backend::Contact;
-use crate::followers::Followers;
-use crate::store::{satisfies, ArgsFile, Published, WriteError};
-use arc_swap::ArcSwap;
+use super::admit::{satisfies, Change, Limits, Plan, Write};
+use super::file::history::Source;
+use super::file::ArgsFile;
+use super::{Contact, Head, Published, WriteError};
 use argsbroker::document::Document;
 use argsbroker::lock;
 use argsbroker::pb;
@@ -22,7 +22,6 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient, ResponseHeader,
     TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +50,46 @@ const UNSENT_TRIES_PER_ENDPOINT: usize = 3;
 /// The last-known-good copy's file, in the state directory.
 const LAST_KNOWN_GOOD: &str = "etcd-last-known-good";
 
+/// Why etcd did not take a write (or a read of the history).
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("{what} {size} bytes, over the limit of {max} bytes that etcd accepts in one request (--etcd-max-request-bytes {request_bytes})")]
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        max: usize,
+        request_bytes: usize,
+    },
+    #[error("etcd at {endpoints} is out of reach ({reason}); nothing was changed")]
+    Unreachable { endpoints: String, reason: String },
+    #[error("etcd at {endpoints} did not confirm the write ({reason}); it may still be committed: read the args to see")]
+    Unconfirmed { endpoints: String, reason: String },
+    #[error("etcd refused the write to {key}: {reason}")]
+    Denied { key: String, reason: String },
+    #[error("etcd at {endpoints} is out of reach ({reason})")]
+    ReadUnreachable { endpoints: String, reason: String },
+    #[error("etcd refused to read {key}: {reason}")]
+    ReadDenied { key: String, reason: String },
+    #[error("the key {key} is not in etcd (deleted?); `broker set` makes it again")]
+    Missing { key: String },
+    #[error("etcd at {endpoints} refused the write as too large ({reason}): its --max-request-bytes is below this broker's --etcd-max-request-bytes {request_bytes}; nothing was changed")]
+    RefusedAsTooLarge {
+        endpoints: String,
+        reason: String,
+        request_bytes: usize,
+    },
+    #[error("etcd compacted the revision read")]
+    Compacted,
+    #[error("etcd committed the write but sent no revision")]
+    NoRevision,
+    #[error(
+        "the key {key} kept changing under this write ({attempts} attempts); nothing was changed"
+    )]
+    KeptChanging { key: String, attempts: usize },
+    #[error("etcd at {endpoints}: {reason}")]
+    Other { endpoints: String, reason: String },
+}
+
 /// How the broker reaches etcd, from its flags.
 pub struct Config {
     pub endpoints: Vec<String>,
@@ -62,14 +101,11 @@ pub struct Config {
     pub startup_timeout: Duration,
     /// How long one etcd request may take.
     pub timeout: Duration,
-    pub max_args_bytes: usize,
     /// etcd's `--max-request-bytes`.
     pub max_request_bytes: usize,
-    /// How many revisions ListRevisions walks back.
-    pub history: usize,
-    pub read_only: bool,
-    /// `--schema`: what every value must satisfy.
-    pub schema: Option<Arc<Schema>>,
+    /// `--max-args-bytes`, `--history` (how many revisions ListRevisions
+    /// walks back), `--schema` (what every value must satisfy).
+    pub limits: Arc<Limits>,
     pub tls: Option<Tls>,
     pub user: Option<(String, String)>,
 }
@@ -132,7 +168,7 @@ pub enum StartError {
 
 /// How an etcd request failed, as far as the broker can tell.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     /// The request never reached etcd, or etcd refused it before doing anything.
     Unreachable(String),
     /// No connection to the member the client picked: nothing was sent, and
@@ -147,11 +183,13 @@ enum Failure {
     Compacted,
     /// Over etcd's own request limit.
     TooLarge(String),
+    /// etcd has no such key.
+    NoKey,
     Other(String),
 }
 
 impl Failure {
-    fn of(err: etcd_client::Error) -> Self {
+    pub(crate) fn of(err: etcd_client::Error) -> Self {
         use etcd_client::Error as E;
         match err {
             E::GRpcStatus(status) => {
@@ -205,7 +243,7 @@ impl Failure {
         }
     }
 
-    fn reason(&self) -> String {
+    pub(crate) fn reason(&self) -> String {
         match self {
             Self::Unreachable(reason)
             | Self::Unsent(reason)
@@ -215,6 +253,7 @@ impl Failure {
             | Self::TooLarge(reason)
             | Self::Other(reason) => reason.clone(),
             Self::Compacted => "the revision was compacted".to_owned(),
+            Self::NoKey => "no key".to_owned(),
         }
     }
 }
@@ -224,29 +263,97 @@ impl Failure {
 struct Incarnation {
     cluster_id: u64,
     create_revision: i64,
+    /// The random id a broker wrote beside the key when it made the key
+    /// (see [`Meta`]); none for a key made by another client.
+    id: Option<u128>,
 }
 
 impl Incarnation {
     fn lineage(self) -> String {
-        format!("etcd-{:016x}-{}", self.cluster_id, self.create_revision)
+        match self.id {
+            Some(id) => format!("etcd-{id:032x}"),
+            None => format!("etcd-{:016x}-{}", self.cluster_id, self.create_revision),
+        }
+    }
+
+    fn same_key(self, cluster_id: u64, create_revision: i64) -> bool {
+        self.cluster_id == cluster_id && self.create_revision == create_revision
     }
 }
 
-pub struct EtcdStore {
+/// What a broker writes beside the key (at `KEY\0argsbroker`) in the same
+/// transaction as each revision: who made it, and the lineage's random id.
+/// The random id tells a key made again apart from the one before even on
+/// a cluster rebuilt with the same token, where the cluster id and the
+/// key's `create_revision` may be the same again.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Meta {
+    /// 32 hex digits, made with the key; empty for a key another client made.
+    lineage: String,
+    /// The key's `create_revision`; 0 in the transaction that makes the key
+    /// (whose revision that will be).
+    key_created: i64,
+    writer_uid: Option<u32>,
+    source: Source,
+    unix_millis: u64,
+}
+
+impl Meta {
+    fn parse(kv: &KeyValue) -> Option<Self> {
+        serde_json::from_slice(kv.value()).ok()
+    }
+
+    /// The lineage id this record gives the key incarnation of `key`, if it
+    /// was written for that incarnation.
+    fn id_for(&self, meta: &KeyValue, key: &KeyValue) -> Option<u128> {
+        let ours = match self.key_created {
+            0 => meta.mod_revision() == key.create_revision(),
+            created => created == key.create_revision(),
+        };
+        ours.then(|| u128::from_str_radix(&self.lineage, 16).ok())
+            .flatten()
+    }
+}
+
+/// `KEY\0argsbroker`: inside the range `[KEY, KEY\x01)`, which no other key
+/// a user names is likely to be, so one range read or watch sees both.
+fn meta_key(key: &str) -> String {
+    format!("{key}\0argsbroker")
+}
+
+fn range_end(key: &str) -> String {
+    format!("{key}\x01")
+}
+
+/// The key's and its meta record's entries among `kvs` (a range read, or a
+/// watch response's puts of one revision).
+fn key_and_meta<'a>(
+    key: &str,
+    kvs: impl IntoIterator<Item = &'a KeyValue>,
+) -> (Option<&'a KeyValue>, Option<&'a KeyValue>) {
+    let meta = meta_key(key);
+    let (mut found, mut found_meta) = (None, None);
+    for kv in kvs {
+        if kv.key() == key.as_bytes() {
+            found = Some(kv);
+        } else if kv.key() == meta.as_bytes() {
+            found_meta = Some(kv);
+        }
+    }
+    (found, found_meta)
+}
+
+pub struct EtcdEngine {
     client: Client,
     key: String,
     /// The endpoints, comma-separated, for messages.
     endpoints: String,
     timeout: Duration,
-    max_args_bytes: usize,
     max_request_bytes: usize,
-    history: usize,
-    read_only: bool,
-    schema: Option<Arc<Schema>>,
-    current: ArcSwap<Published>,
-    watch: watch::Sender<Arc<Published>>,
+    limits: Arc<Limits>,
+    head: Arc<Head>,
     /// Held while a snapshot is published; the current snapshot's key incarnation.
-    head: Mutex<Incarnation>,
+    incarnation: Mutex<Incarnation>,
     contact: watch::Sender<Contact>,
     state_dir: PathBuf,
     /// `--etcd-user` and its password (the newest one etcd took, when a
@@ -255,12 +362,12 @@ pub struct EtcdStore {
     authenticated: AtomicBool,
 }
 
-impl EtcdStore {
+impl EtcdEngine {
     /// Connects, reads the key (creating it from the seed file if etcd has
     /// none) and starts following it. With etcd out of reach, serves the
     /// last-known-good copy if the state directory has one, else waits up to
     /// the startup timeout and fails.
-    pub async fn open(config: Config) -> Result<Arc<Self>, StartError> {
+    pub async fn open(config: Config) -> Result<(Arc<Self>, Arc<Head>), StartError> {
         let endpoints = config.endpoints.join(",");
         if let Some(seed) = &config.seed {
             let max = config.max_request_bytes.saturating_sub(REQUEST_OVERHEAD);
@@ -284,7 +391,7 @@ impl EtcdStore {
         let client = Client::connect(&config.endpoints, Some(options.clone()))
             .await
             .map_err(|err| StartError::Client(format!("etcd at {endpoints}: {err}")))?;
-        let schema = config.schema.as_deref();
+        let schema = config.limits.schema.as_deref();
         let saved = LastKnownGood::load(&config.state_dir, &config.key, schema);
         // With a copy to serve, one try; without, up to the startup timeout.
         let deadline = match saved {
@@ -336,7 +443,7 @@ impl EtcdStore {
                         config.key, config.max_request_bytes
                     )))
                 }
-                Err(Failure::Other(reason)) if reason == NO_KEY => {
+                Err(Failure::NoKey) => {
                     return Err(StartError::NoKey {
                         key: config.key.clone(),
                         endpoints,
@@ -353,19 +460,18 @@ impl EtcdStore {
             }
         };
         let (snapshot, incarnation, contact) = match first {
-            Ok(First { kv, header }) => {
+            Ok(First { kv, meta, header }) => {
                 let incarnation = Incarnation {
                     cluster_id: header.cluster_id(),
                     create_revision: kv.create_revision(),
+                    id: meta.as_ref().and_then(|m| Meta::parse(m)?.id_for(m, &kv)),
                 };
                 let revision = kv.mod_revision() as u64;
-                let document =
-                    check_value(kv.value(), config.max_args_bytes, schema).map_err(|reason| {
-                        StartError::InvalidValue {
-                            key: config.key.clone(),
-                            revision,
-                            reason,
-                        }
+                let document = check_value(kv.value(), config.limits.max_args_bytes, schema)
+                    .map_err(|reason| StartError::InvalidValue {
+                        key: config.key.clone(),
+                        revision,
+                        reason,
                     })?;
                 let snapshot = Published::new(revision, document, &incarnation.lineage());
                 (snapshot, incarnation, Contact::connected())
@@ -400,20 +506,16 @@ impl EtcdStore {
                 }
             },
         };
-        let snapshot = Arc::new(snapshot);
+        let head = Arc::new(Head::new(Arc::new(snapshot)));
         let store = Arc::new(Self {
             client,
             key: config.key,
             endpoints,
             timeout: config.timeout,
-            max_args_bytes: config.max_args_bytes,
             max_request_bytes: config.max_request_bytes,
-            history: config.history.max(1),
-            read_only: config.read_only,
-            schema: config.schema,
-            current: ArcSwap::new(snapshot.clone()),
-            watch: watch::Sender::new(snapshot),
-            head: Mutex::new(incarnation),
+            limits: config.limits,
+            head: head.clone(),
+            incarnation: Mutex::new(incarnation),
             contact: watch::Sender::new(contact),
             state_dir: config.state_dir,
             user: Mutex::new(config.user),
@@ -421,26 +523,26 @@ impl EtcdStore {
         });
         tokio::spawn(store.clone().keep_last_known_good());
         tokio::spawn(store.clone().follow());
-        Ok(store)
-    }
-
-    pub fn current(&self) -> arc_swap::Guard<Arc<Published>> {
-        self.current.load()
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
-        self.watch.subscribe()
+        Ok((store, head))
     }
 
     pub fn contact(&self) -> watch::Receiver<Contact> {
         self.contact.subscribe()
     }
 
-    pub fn max_args_bytes(&self) -> usize {
-        self.max_args_bytes
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
     }
 
-    /// What `broker status` says of the backend.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub(crate) fn current_revision(&self) -> u64 {
+        self.head.current().revision
+    }
+
+    /// What `broker status` says of the engine.
     pub fn describe(&self) -> String {
         format!("etcd {} key {}", self.endpoints, self.key)
     }
@@ -459,8 +561,8 @@ impl EtcdStore {
         revision: u64,
         document: impl FnOnce() -> Result<Document, E>,
     ) -> Result<Arc<Published>, E> {
-        let head = lock(&self.head);
-        let current = self.current.load_full();
+        let head = lock(&self.incarnation);
+        let current = self.head.current_full();
         if *head == incarnation && revision <= current.revision {
             return Ok(current);
         }
@@ -472,8 +574,8 @@ impl EtcdStore {
     /// been published meanwhile; either way the write's reply is `snapshot`,
     /// its own revision and document.
     fn publish_own(&self, incarnation: Incarnation, snapshot: Arc<Published>) -> Arc<Published> {
-        let head = lock(&self.head);
-        if *head == incarnation && snapshot.revision <= self.current.load().revision {
+        let head = lock(&self.incarnation);
+        if *head == incarnation && snapshot.revision <= self.head.current().revision {
             return snapshot;
         }
         self.install(head, incarnation, snapshot)
@@ -494,25 +596,46 @@ impl EtcdStore {
             );
         }
         *head = incarnation;
-        self.current.store(snapshot.clone());
-        self.watch.send_replace(snapshot.clone());
+        self.head.publish(snapshot.clone());
         snapshot
     }
 
-    /// Publishes what etcd holds for the key, as `kv` (read under `header`).
-    fn publish_kv(&self, kv: &KeyValue, header: Option<&ResponseHeader>) -> Arc<Published> {
-        let cluster_id = header.map_or_else(|| lock(&self.head).cluster_id, |h| h.cluster_id());
+    /// Publishes what etcd holds for the key, as `kv` with its meta record
+    /// if it has one (read under `header`).
+    fn publish_kv(
+        &self,
+        kv: &KeyValue,
+        meta: Option<&KeyValue>,
+        header: Option<&ResponseHeader>,
+    ) -> Arc<Published> {
+        let current = *lock(&self.incarnation);
+        let cluster_id = header.map_or(current.cluster_id, |h| h.cluster_id());
+        // A write by another client leaves the meta record as it was: the
+        // same key keeps its id.
+        let id = meta
+            .and_then(|m| Meta::parse(m)?.id_for(m, kv))
+            .or_else(|| {
+                current
+                    .same_key(cluster_id, kv.create_revision())
+                    .then_some(current.id)
+                    .flatten()
+            });
         let incarnation = Incarnation {
             cluster_id,
             create_revision: kv.create_revision(),
+            id,
         };
         let revision = kv.mod_revision() as u64;
         match self.publish(incarnation, revision, || {
-            check_value(kv.value(), self.max_args_bytes, self.schema.as_deref())
+            check_value(
+                kv.value(),
+                self.limits.max_args_bytes,
+                self.limits.schema.as_deref(),
+            )
         }) {
             Ok(snapshot) => snapshot,
             Err(err) => {
-                let current = self.current.load_full();
+                let current = self.head.current_full();
                 tracing::error!(
                     key = self.key,
                     revision,
@@ -546,7 +669,7 @@ impl EtcdStore {
     }
 
     /// One etcd request, bounded by the request timeout.
-    async fn call<T>(
+    pub(crate) async fn call<T>(
         &self,
         request: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, Failure> {
@@ -558,7 +681,10 @@ impl EtcdStore {
     /// once, and the client picks that member again now and then) is sent
     /// again, to whichever member the client picks next: a few times per
     /// endpoint, so that it fails quickly when every member is down.
-    async fn kv_call<T, F>(&self, mut request: impl FnMut(KvClient) -> F) -> Result<T, Failure>
+    pub(crate) async fn kv_call<T, F>(
+        &self,
+        mut request: impl FnMut(KvClient) -> F,
+    ) -> Result<T, Failure>
     where
         F: Future<Output = Result<T, etcd_client::Error>>,
     {
@@ -583,7 +709,7 @@ impl EtcdStore {
         }
     }
 
-    fn kv(&self) -> KvClient {
+    pub(crate) fn kv(&self) -> KvClient {
         self.client
             .kv_client()
             .max_decoding_message_size(MAX_DECODING_BYTES)
@@ -621,20 +747,26 @@ impl EtcdStore {
 
     async fn follow_once(&self) -> Result<(), Failure> {
         self.authenticate().await?;
+        let range = GetOptions::new().with_range(range_end(&self.key));
         let read = self
-            .kv_call(|mut kv| async move { kv.get(self.key.as_str(), None).await })
+            .kv_call(|mut kv| {
+                let range = range.clone();
+                async move { kv.get(self.key.as_str(), Some(range)).await }
+            })
             .await?;
         let Some(header) = read.header() else {
             return Err(Failure::Other("etcd sent no response header".to_owned()));
         };
         let start = header.revision() + 1;
-        match read.kvs().first() {
-            Some(kv) => {
-                self.publish_kv(kv, Some(header));
+        match key_and_meta(&self.key, read.kvs()) {
+            (Some(kv), meta) => {
+                self.publish_kv(kv, meta, Some(header));
             }
-            None => self.key_missing(),
+            (None, _) => self.key_missing(),
         }
-        let options = WatchOptions::new().with_start_revision(start);
+        let options = WatchOptions::new()
+            .with_start_revision(start)
+            .with_range(range_end(&self.key));
         let mut watch_client = self
             .client
             .watch_client()
@@ -660,13 +792,23 @@ impl EtcdStore {
                     response.cancel_reason()
                 )));
             }
-            for event in response.events() {
-                match (event.event_type(), event.kv()) {
-                    (etcd_client::EventType::Put, Some(kv)) => {
-                        self.publish_kv(kv, response.header());
+            let events = response.events();
+            for event in events {
+                let Some(kv) = event.kv().filter(|kv| kv.key() == self.key.as_bytes()) else {
+                    continue;
+                };
+                match event.event_type() {
+                    etcd_client::EventType::Put => {
+                        // Its meta record, if the same transaction wrote one.
+                        let puts = events
+                            .iter()
+                            .filter(|e| e.event_type() == etcd_client::EventType::Put)
+                            .filter_map(|e| e.kv())
+                            .filter(|m| m.mod_revision() == kv.mod_revision());
+                        let (_, meta) = key_and_meta(&self.key, puts);
+                        self.publish_kv(kv, meta, response.header());
                     }
-                    (etcd_client::EventType::Delete, _) => self.key_missing(),
-                    _ => {}
+                    etcd_client::EventType::Delete => self.key_missing(),
                 }
             }
         }
@@ -751,20 +893,20 @@ impl EtcdStore {
     fn key_missing(&self) {
         tracing::warn!(
             key = self.key,
-            serving = self.current.load().revision,
+            serving = self.head.current().revision,
             "the key is not in etcd (deleted?); still serving the last revision; `broker set` makes it again"
         );
     }
 
     /// Writes the newest snapshot to the state directory whenever it changes.
     async fn keep_last_known_good(self: Arc<Self>) {
-        let mut updates = self.watch.subscribe();
+        let mut updates = self.head.subscribe();
         loop {
             updates.borrow_and_update();
             // Both under the lock that publishes them, so they agree.
             let (snapshot, incarnation) = {
-                let head = lock(&self.head);
-                (self.current.load_full(), *head)
+                let head = lock(&self.incarnation);
+                (self.head.current_full(), *head)
             };
             let dir = self.state_dir.clone();
             let key = self.key.clone();
@@ -785,85 +927,36 @@ impl EtcdStore {
         }
     }
 
-    pub async fn set(
-        &self,
-        json: &str,
-        expected: Option<u64>,
-    ) -> Result<Arc<Published>, WriteError> {
-        self.check_writable("the document is", json.len())?;
-        let next = Document::parse(json.as_bytes()).map_err(WriteError::Invalid)?;
-        self.write(expected, true, move |_| Ok(next.clone())).await
+    /// The document of a retained revision (a rollback's).
+    pub async fn retained(&self, revision: u64) -> Result<Document, WriteError> {
+        let json = self.value_at(revision).await?;
+        Document::parse(&json).map_err(WriteError::Invalid)
     }
 
-    pub async fn patch(
-        &self,
-        merge_patch: &str,
-        expected: Option<u64>,
-    ) -> Result<Arc<Published>, WriteError> {
-        self.check_writable("the patch is", merge_patch.len())?;
-        let patch = argsbroker::document::parse_value(merge_patch.as_bytes())
-            .map_err(WriteError::Invalid)?;
-        self.write(expected, false, move |current| {
-            crate::store::merge(current, &patch)
-        })
-        .await
-    }
-
-    pub async fn rollback(
-        &self,
-        to_revision: u64,
-        expected: Option<u64>,
-    ) -> Result<Arc<Published>, WriteError> {
-        self.check_writable("the request is", 0)?;
-        let json = self.value_at(to_revision).await?;
-        let next = Document::parse(&json).map_err(WriteError::Invalid)?;
-        self.write(expected, false, move |_| Ok(next.clone())).await
-    }
-
-    fn check_writable(&self, what: &'static str, size: usize) -> Result<(), WriteError> {
-        if self.read_only {
-            return Err(WriteError::ReadOnly(
-                "write through a broker without --read-only, or to etcd",
-            ));
-        }
-        self.check_size(what, size)
-    }
-
-    fn check_size(&self, what: &'static str, size: usize) -> Result<(), WriteError> {
-        if size > self.max_args_bytes {
-            return Err(WriteError::TooLarge {
-                what,
-                size,
-                max: self.max_args_bytes,
-            });
-        }
+    /// `what` of `size` bytes fits in one etcd request.
+    pub fn check_request_size(&self, what: &'static str, size: usize) -> Result<(), EtcdError> {
         if size > self.document_limit() {
-            return Err(WriteError::TooLargeForBackend {
+            return Err(EtcdError::TooLarge {
                 what,
                 size,
                 max: self.document_limit(),
-                backend: format!(
-                    "etcd accepts in one request (--etcd-max-request-bytes {})",
-                    self.max_request_bytes
-                ),
+                request_bytes: self.max_request_bytes,
             });
         }
         Ok(())
     }
 
-    /// Applies `next` to the current document with a compare-and-set on the
-    /// key's revision; on losing a race to another host, applies it again to
-    /// what won (unless `expected` was given: then that is a conflict).
-    /// `create` lets a write make the key again if it was deleted.
-    async fn write(
-        &self,
-        expected: Option<u64>,
-        create: bool,
-        next: impl Fn(&Document) -> Result<Document, WriteError>,
-    ) -> Result<Arc<Published>, WriteError> {
+    /// Commits `write` as one etcd transaction comparing the key's revision
+    /// with the base's. The base is this broker's own snapshot, so a write
+    /// is one round trip; on losing a race to another host, the write is
+    /// planned again on what won (unless it named the revision it expected:
+    /// then that is a conflict). A set makes the key again if it was deleted.
+    pub async fn commit(&self, write: Write) -> Result<Arc<Published>, WriteError> {
         self.authenticate().await.map_err(|f| self.write_error(f))?;
-        let mut base = self.current.load_full();
-        if let Some(expected) = expected {
+        let create = matches!(write.change, Change::Set(_))
+            && write.origin.source == super::file::history::Source::Set;
+        let mut base = self.head.current_full();
+        if let Some(expected) = write.expected {
             if expected > base.revision {
                 // This host may be behind: see what etcd holds before refusing.
                 base = self.refresh().await.map_err(|f| self.write_error(f))?;
@@ -875,26 +968,27 @@ impl EtcdStore {
         // from the last valid one.
         let mut over: Option<(i64, i64)> = None;
         for _ in 0..MAX_ATTEMPTS {
-            if let Some(expected) = expected {
-                if expected != base.revision || missing {
+            if missing {
+                if let Some(expected) = write.expected {
                     return Err(WriteError::Conflict {
                         expected,
                         current: base.revision,
                     });
                 }
+                if !create {
+                    return Err(EtcdError::Missing {
+                        key: self.key.clone(),
+                    }
+                    .into());
+                }
             }
-            if missing && !create {
-                return Err(WriteError::Missing(format!(
-                    "the key {} is not in etcd (deleted?); `broker set` makes it again",
-                    self.key
-                )));
-            }
-            let document = next(&base.document)?;
-            self.check_size("the result would be", document.json().len())?;
-            if document.sha256() != base.document.sha256() {
-                satisfies(self.schema.as_deref(), &document).map_err(WriteError::Schema)?;
-            }
-            let incarnation = *lock(&self.head);
+            let (document, unchanged) =
+                match write.plan(base.revision, &base.document, &self.limits)? {
+                    Plan::Next(document) => (document, false),
+                    Plan::Unchanged => (base.document.clone(), true),
+                };
+            self.check_request_size("the result would be", document.json().len())?;
+            let incarnation = *lock(&self.incarnation);
             let (mod_revision, create_revision) =
                 over.unwrap_or((base.revision as i64, incarnation.create_revision));
             let compare = if missing {
@@ -909,20 +1003,40 @@ impl EtcdStore {
                     Compare::create_revision(self.key.as_str(), CompareOp::Equal, create_revision),
                 ]
             };
-            let unchanged =
-                !missing && over.is_none() && document.sha256() == base.document.sha256();
+            let unchanged = unchanged && !missing && over.is_none();
+            // Made again: a new lineage id. Otherwise the key's own, if it has one.
+            let id = match missing {
+                true => Some(new_lineage_id().map_err(|err| EtcdError::Other {
+                    endpoints: self.endpoints.clone(),
+                    reason: format!("cannot make a lineage id: {err}"),
+                })?),
+                false => incarnation.id,
+            };
             let then = match unchanged {
                 true => vec![],
-                false => vec![TxnOp::put(
-                    self.key.as_str(),
-                    document.json().to_vec(),
-                    None,
-                )],
+                false => {
+                    let meta = Meta {
+                        lineage: id.map(|id| format!("{id:032x}")).unwrap_or_default(),
+                        key_created: if missing { 0 } else { create_revision },
+                        writer_uid: write.origin.uid,
+                        source: write.origin.source,
+                        unix_millis: unix_millis(),
+                    };
+                    let meta = serde_json::to_vec(&meta).map_err(|err| EtcdError::Other {
+                        endpoints: self.endpoints.clone(),
+                        reason: err.to_string(),
+                    })?;
+                    vec![
+                        TxnOp::put(self.key.as_str(), document.json().to_vec(), None),
+                        TxnOp::put(meta_key(&self.key), meta, None),
+                    ]
+                }
             };
+            let range = GetOptions::new().with_range(range_end(&self.key));
             let txn = Txn::new()
                 .when(compare)
                 .and_then(then)
-                .or_else(vec![TxnOp::get(self.key.as_str(), None)]);
+                .or_else(vec![TxnOp::get(self.key.as_str(), Some(range))]);
             let response = self
                 .kv_call(|mut kv| {
                     let txn = txn.clone();
@@ -936,9 +1050,7 @@ impl EtcdStore {
                     return Ok(base);
                 }
                 let Some(header) = header else {
-                    return Err(WriteError::Backend(
-                        "etcd committed the write but sent no revision".to_owned(),
-                    ));
+                    return Err(EtcdError::NoRevision.into());
                 };
                 let incarnation = Incarnation {
                     cluster_id: header.cluster_id(),
@@ -946,6 +1058,7 @@ impl EtcdStore {
                         true => header.revision(),
                         false => create_revision,
                     },
+                    id,
                 };
                 let revision = header.revision() as u64;
                 let lineage = incarnation.lineage();
@@ -957,72 +1070,86 @@ impl EtcdStore {
                 TxnOpResponse::Get(get) => Some(get),
                 _ => None,
             });
-            match latest.as_ref().and_then(|get| get.kvs().first()) {
-                Some(kv) => {
+            let kvs = latest.map(|get| get.kvs().to_vec()).unwrap_or_default();
+            match key_and_meta(&self.key, &kvs) {
+                (Some(kv), meta) => {
                     missing = false;
-                    base = self.publish_kv(kv, header);
+                    base = self.publish_kv(kv, meta, header);
                     // Older than what etcd holds: that was not published,
                     // not being a valid document.
                     over = (base.revision < kv.mod_revision() as u64)
                         .then(|| (kv.mod_revision(), kv.create_revision()));
                 }
-                None => {
+                (None, _) => {
                     missing = true;
                     over = None;
                 }
             }
         }
-        Err(WriteError::Backend(format!(
-            "the key {} kept changing under this write ({MAX_ATTEMPTS} attempts); nothing was changed",
-            self.key
-        )))
+        Err(EtcdError::KeptChanging {
+            key: self.key.clone(),
+            attempts: MAX_ATTEMPTS,
+        }
+        .into())
     }
 
     /// Reads the key now and publishes it if it is newer.
     async fn refresh(&self) -> Result<Arc<Published>, Failure> {
+        let range = GetOptions::new().with_range(range_end(&self.key));
         let read = self
-            .kv_call(|mut kv| async move { kv.get(self.key.as_str(), None).await })
+            .kv_call(|mut kv| {
+                let range = range.clone();
+                async move { kv.get(self.key.as_str(), Some(range)).await }
+            })
             .await?;
-        Ok(match read.kvs().first() {
-            Some(kv) => self.publish_kv(kv, read.header()),
-            None => self.current.load_full(),
+        Ok(match key_and_meta(&self.key, read.kvs()) {
+            (Some(kv), meta) => self.publish_kv(kv, meta, read.header()),
+            (None, _) => self.head.current_full(),
         })
     }
 
     fn write_error(&self, failure: Failure) -> WriteError {
-        let endpoints = &self.endpoints;
-        match failure {
-            Failure::Unreachable(reason) | Failure::Unsent(reason) => WriteError::Unavailable(format!(
-                "etcd at {endpoints} is out of reach ({reason}); nothing was changed"
-            )),
-            Failure::Unconfirmed(reason) => WriteError::Unavailable(format!(
-                "etcd at {endpoints} did not confirm the write ({reason}); it may still be committed: read the args to see"
-            )),
-            Failure::PermissionDenied(reason) | Failure::CreateDenied(reason) => WriteError::PermissionDenied(format!(
-                "etcd refused the write to {}: {reason}",
-                self.key
-            )),
-            Failure::Compacted => WriteError::Backend("etcd compacted the revision read".to_owned()),
-            Failure::TooLarge(reason) => WriteError::RefusedAsTooLarge(format!(
-                "etcd at {endpoints} refused the write as too large ({reason}): its --max-request-bytes is below this broker's --etcd-max-request-bytes {}; nothing was changed",
-                self.max_request_bytes
-            )),
-            Failure::Other(reason) => WriteError::Backend(format!("etcd at {endpoints}: {reason}")),
-        }
+        let endpoints = self.endpoints.clone();
+        WriteError::Etcd(match failure {
+            Failure::Unreachable(reason) | Failure::Unsent(reason) => {
+                EtcdError::Unreachable { endpoints, reason }
+            }
+            Failure::Unconfirmed(reason) => EtcdError::Unconfirmed { endpoints, reason },
+            Failure::PermissionDenied(reason) | Failure::CreateDenied(reason) => {
+                EtcdError::Denied {
+                    key: self.key.clone(),
+                    reason,
+                }
+            }
+            Failure::Compacted => EtcdError::Compacted,
+            Failure::TooLarge(reason) => EtcdError::RefusedAsTooLarge {
+                endpoints,
+                reason,
+                request_bytes: self.max_request_bytes,
+            },
+            Failure::NoKey => EtcdError::Missing {
+                key: self.key.clone(),
+            },
+            Failure::Other(reason) => EtcdError::Other { endpoints, reason },
+        })
     }
 
     /// A read (ListRevisions) that failed: as a write's, without saying
     /// what a write would have changed.
     fn read_error(&self, failure: Failure) -> WriteError {
-        let endpoints = &self.endpoints;
+        let endpoints = self.endpoints.clone();
         match failure {
             Failure::Unreachable(reason)
             | Failure::Unsent(reason)
             | Failure::Unconfirmed(reason) => {
-                WriteError::Unavailable(format!("etcd at {endpoints} is out of reach ({reason})"))
+                EtcdError::ReadUnreachable { endpoints, reason }.into()
             }
             Failure::PermissionDenied(reason) | Failure::CreateDenied(reason) => {
-                WriteError::PermissionDenied(format!("etcd refused to read {}: {reason}", self.key))
+                EtcdError::ReadDenied {
+                    key: self.key.clone(),
+                    reason,
+                }
+                .into()
             }
             other => self.write_error(other),
         }
@@ -1067,15 +1194,17 @@ impl EtcdStore {
     /// creation, a compaction, `--history` revisions, or revision `after`.
     async fn walk(&self, after: Option<u64>) -> Result<Vec<Retained>, Failure> {
         self.authenticate().await?;
-        let current = self.current.load_full();
-        let incarnation = *lock(&self.head);
+        let current = self.head.current_full();
+        let incarnation = *lock(&self.incarnation);
         let mut found = Vec::new();
         let mut at = current.revision as i64;
-        while found.len() < self.history && at >= incarnation.create_revision {
+        while found.len() < self.limits.history.max(1) && at >= incarnation.create_revision {
             if after.is_some_and(|after| at as u64 <= after) {
                 break;
             }
-            let options = GetOptions::new().with_revision(at);
+            let options = GetOptions::new()
+                .with_revision(at)
+                .with_range(range_end(&self.key));
             let read = match self
                 .kv_call(|mut kv| {
                     let options = options.clone();
@@ -1087,13 +1216,20 @@ impl EtcdStore {
                 Err(Failure::Compacted) => break,
                 Err(failure) => return Err(failure),
             };
-            let Some(kv) = read.kvs().first() else { break };
+            let (Some(kv), meta) = key_and_meta(&self.key, read.kvs()) else {
+                break;
+            };
             if kv.create_revision() != incarnation.create_revision {
                 break;
             }
+            // Written with this revision, by a broker (not another client).
+            let meta = meta
+                .filter(|m| m.mod_revision() == kv.mod_revision())
+                .and_then(Meta::parse);
             found.push(Retained {
                 revision: kv.mod_revision() as u64,
                 value: kv.value().to_vec(),
+                meta,
             });
             at = kv.mod_revision() - 1;
         }
@@ -1108,16 +1244,21 @@ impl EtcdStore {
             .into_iter()
             .map(|r| {
                 let document = Document::parse(&r.value);
+                // A revision another client (etcdctl) wrote has no meta record.
+                let (unix_millis, writer_uid, source) = match &r.meta {
+                    Some(meta) => (meta.unix_millis, meta.writer_uid, meta.source.as_str()),
+                    None => (0, None, "etcd"),
+                };
                 pb::Revision {
                     revision: r.revision,
-                    unix_millis: 0,
+                    unix_millis,
                     sha256: document
                         .as_ref()
                         .map(|d| d.sha256().to_owned())
                         .unwrap_or_default(),
                     size_bytes: r.value.len() as u64,
-                    writer_uid: None,
-                    source: "etcd".to_owned(),
+                    writer_uid,
+                    source: source.to_owned(),
                 }
             })
             .collect())
@@ -1126,7 +1267,7 @@ impl EtcdStore {
     /// The retained revisions after `revision`, oldest first; `None` if etcd
     /// no longer keeps all of them.
     pub async fn revisions_after(&self, revision: u64) -> Option<Vec<pb::Args>> {
-        let current = self.current.load_full();
+        let current = self.head.current_full();
         if revision >= current.revision {
             return Some(Vec::new());
         }
@@ -1151,12 +1292,12 @@ impl EtcdStore {
 struct Retained {
     revision: u64,
     value: Vec<u8>,
+    meta: Option<Meta>,
 }
-
-const NO_KEY: &str = "no key";
 
 struct First {
     kv: KeyValue,
+    meta: Option<KeyValue>,
     header: ResponseHeader,
 }
 
@@ -1172,25 +1313,39 @@ async fn read_or_seed(
         .kv_client()
         .max_decoding_message_size(MAX_DECODING_BYTES);
     let key = config.key.as_str();
-    let mut read = bounded(timeout, kv_client.get(key, None)).await?;
-    if let (Some(kv), Some(header)) = (read.take_kvs().into_iter().next(), read.take_header()) {
+    let range = GetOptions::new().with_range(range_end(key));
+    let read = bounded(timeout, kv_client.get(key, Some(range.clone()))).await?;
+    if let Some(first) = first(key, read) {
         if let Some(seed) = &config.seed {
             tracing::info!(
                 key,
-                revision = kv.mod_revision(),
+                revision = first.kv.mod_revision(),
                 args = %seed.path().display(),
                 "etcd already holds the key: the args file was not used"
             );
         }
-        return Ok(First { kv, header });
+        return Ok(first);
     }
     let Some(seed) = &config.seed else {
-        return Err(Failure::Other(NO_KEY.to_owned()));
+        return Err(Failure::NoKey);
     };
     let json = seed.document().json().to_vec();
+    let id = new_lineage_id()
+        .map_err(|err| Failure::Other(format!("cannot make a lineage id: {err}")))?;
+    let meta = Meta {
+        lineage: format!("{id:032x}"),
+        key_created: 0,
+        writer_uid: None,
+        source: Source::File,
+        unix_millis: unix_millis(),
+    };
+    let meta = serde_json::to_vec(&meta).map_err(|err| Failure::Other(err.to_string()))?;
     let txn = Txn::new()
         .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
-        .and_then(vec![TxnOp::put(key, json, None)])
+        .and_then(vec![
+            TxnOp::put(key, json, None),
+            TxnOp::put(meta_key(key), meta, None),
+        ])
         .or_else(vec![TxnOp::get(key, None)]);
     let response = bounded(timeout, kv_client.txn(txn))
         .await
@@ -1205,11 +1360,32 @@ async fn read_or_seed(
         tracing::info!(key, revision = header.revision(), args = %seed.path().display(), "created the key in etcd from the args file");
     }
     // Read back what is there now: ours, or the one another broker made first.
-    let mut read = bounded(timeout, kv_client.get(key, None)).await?;
-    match (read.take_kvs().into_iter().next(), read.take_header()) {
-        (Some(kv), Some(header)) => Ok(First { kv, header }),
-        _ => Err(Failure::Other(NO_KEY.to_owned())),
-    }
+    let read = bounded(timeout, kv_client.get(key, Some(range))).await?;
+    first(key, read).ok_or(Failure::NoKey)
+}
+
+/// The key and its meta record in a range read, if the key is there.
+fn first(key: &str, mut read: etcd_client::GetResponse) -> Option<First> {
+    let header = read.take_header()?;
+    let kvs = read.take_kvs();
+    let (kv, meta) = key_and_meta(key, &kvs);
+    Some(First {
+        kv: kv?.clone(),
+        meta: meta.cloned(),
+        header,
+    })
+}
+
+/// A lineage id for a key this broker makes: 128 random bits.
+fn new_lineage_id() -> std::io::Result<u128> {
+    let hex = super::file::lineage::random_id()?;
+    u128::from_str_radix(&hex, 16).map_err(std::io::Error::other)
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The reason to report of two failures in a row: a request cancelled or
@@ -1349,6 +1525,9 @@ struct Header {
     revision: u64,
     cluster_id: u64,
     create_revision: i64,
+    /// The lineage's random id, when the key has one (hex).
+    #[serde(default)]
+    lineage_id: Option<String>,
 }
 
 impl LastKnownGood {
@@ -1363,6 +1542,7 @@ impl LastKnownGood {
             revision: snapshot.revision,
             cluster_id: incarnation.cluster_id,
             create_revision: incarnation.create_revision,
+            lineage_id: incarnation.id.map(|id| format!("{id:032x}")),
         };
         let mut text = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
         text.push(b'\n');
@@ -1404,260 +1584,11 @@ impl LastKnownGood {
             incarnation: Incarnation {
                 cluster_id: header.cluster_id,
                 create_revision: header.create_revision,
+                id: header
+                    .lineage_id
+                    .and_then(|id| u128::from_str_radix(&id, 16).ok()),
             },
             document,
         })
-    }
-}
-
-/// How long another host keeps listing this host's followers after this
-/// broker stops renewing them (it died, or lost etcd).
-const FLEET_TTL_SECONDS: i64 = 10;
-
-/// How often each broker renews the lease of its shared list, and looks at
-/// the other hosts' leases: a lease renewed longer ago than
-/// [`crate::followers::REMOTE_FRESH_FOR`] marks that host's list stale.
-const FLEET_RENEW: Duration = Duration::from_secs(1);
-
-/// A follower as one host shares it with the others (`KEY/followers/HOST`).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SharedFollower {
-    name: String,
-    pid: u32,
-    uid: u32,
-    applied_revision: u64,
-    rejected_revision: u64,
-    rejected_reason: String,
-    connected_since_unix_millis: u64,
-    applied_after_micros: Option<u64>,
-}
-
-impl SharedFollower {
-    fn of(f: &pb::Follower) -> Self {
-        Self {
-            name: f.name.clone(),
-            pid: f.pid,
-            uid: f.uid,
-            applied_revision: f.applied_revision,
-            rejected_revision: f.rejected_revision,
-            rejected_reason: f.rejected_reason.clone(),
-            connected_since_unix_millis: f.connected_since_unix_millis,
-            applied_after_micros: f.applied_after_micros,
-        }
-    }
-
-    fn into_pb(self) -> pb::Follower {
-        pb::Follower {
-            name: self.name,
-            pid: self.pid,
-            uid: self.uid,
-            applied_revision: self.applied_revision,
-            rejected_revision: self.rejected_revision,
-            rejected_reason: self.rejected_reason,
-            connected_since_unix_millis: self.connected_since_unix_millis,
-            applied_after_micros: self.applied_after_micros,
-            host: String::new(),
-            as_of_unix_millis: 0,
-            stale: false,
-        }
-    }
-}
-
-impl EtcdStore {
-    /// Shares this broker's followers with the other hosts' brokers, and
-    /// theirs with it, through etcd: each host's list is at
-    /// `KEY/followers/HOST`, under a lease, so a host that dies drops out
-    /// of the others' lists (and waits) within [`FLEET_TTL_SECONDS`].
-    pub fn share_followers(self: &Arc<Self>, followers: Arc<Followers>, host: String) {
-        tokio::spawn(
-            self.clone()
-                .publish_followers(followers.clone(), host.clone()),
-        );
-        tokio::spawn(self.clone().watch_followers(followers, host));
-    }
-
-    fn fleet_prefix(&self) -> String {
-        format!("{}/followers/", self.key)
-    }
-
-    /// Puts this host's followers whenever they change, and keeps their lease.
-    async fn publish_followers(self: Arc<Self>, followers: Arc<Followers>, host: String) {
-        let key = format!("{}{host}", self.fleet_prefix());
-        let mut changes = followers.local_changes();
-        loop {
-            if let Err(failure) = self
-                .publish_followers_once(&followers, &key, &mut changes)
-                .await
-            {
-                tracing::debug!(
-                    reason = failure.reason(),
-                    "cannot share the followers; trying again"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    async fn publish_followers_once(
-        &self,
-        followers: &Followers,
-        key: &str,
-        changes: &mut watch::Receiver<u64>,
-    ) -> Result<(), Failure> {
-        let mut leases = self.client.lease_client();
-        let lease = self.call(leases.grant(FLEET_TTL_SECONDS, None)).await?.id();
-        let (mut keeper, mut renewed) = self.call(leases.keep_alive(lease)).await?;
-        let mut renew = tokio::time::interval(FLEET_RENEW);
-        changes.mark_changed();
-        loop {
-            tokio::select! {
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        return Ok(());
-                    }
-                    let list: Vec<SharedFollower> = followers
-                        .local(self.current.load().revision)
-                        .iter()
-                        .map(SharedFollower::of)
-                        .collect();
-                    let value = serde_json::to_vec(&list)
-                        .map_err(|err| Failure::Other(err.to_string()))?;
-                    let options = etcd_client::PutOptions::new().with_lease(lease);
-                    self.call(self.kv().put(key, value, Some(options))).await?;
-                }
-                _ = renew.tick() => {
-                    self.call(keeper.keep_alive()).await?;
-                    match self.call(renewed.message()).await? {
-                        Some(reply) if reply.ttl() > 0 => {}
-                        _ => return Err(Failure::Other("the lease expired".to_owned())),
-                    }
-                }
-            }
-        }
-    }
-
-    /// Follows the other hosts' lists, and how current each is.
-    async fn watch_followers(self: Arc<Self>, followers: Arc<Followers>, host: String) {
-        loop {
-            if let Err(failure) = self.watch_followers_once(&followers, &host).await {
-                tracing::debug!(
-                    reason = failure.reason(),
-                    "cannot follow the other hosts' followers; trying again"
-                );
-            }
-            // Kept, as stale, until they can be read again.
-            followers.remote_unconfirmed();
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    /// Asks etcd how long ago each other host renewed the lease its list is
-    /// under: a host that died, or lost etcd, stops renewing it.
-    async fn check_remote_leases(
-        &self,
-        followers: &Followers,
-        leases: &BTreeMap<String, i64>,
-    ) -> Result<(), Failure> {
-        let mut client = self.client.lease_client();
-        for host in followers.remote_hosts() {
-            let Some(&lease) = leases.get(&host) else {
-                continue;
-            };
-            let answer = self.call(client.time_to_live(lease, None)).await?;
-            // TTL -1: the lease expired; the list's deletion is on its way.
-            let age = (answer.ttl() > 0).then(|| {
-                Duration::from_secs(answer.granted_ttl().saturating_sub(answer.ttl()).max(0) as u64)
-            });
-            followers.confirm_remote(&host, age);
-        }
-        Ok(())
-    }
-
-    async fn watch_followers_once(&self, followers: &Followers, own: &str) -> Result<(), Failure> {
-        let prefix = self.fleet_prefix();
-        let read = self
-            .kv_call(|mut kv| {
-                let prefix = prefix.clone();
-                async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await?;
-        let Some(header) = read.header() else {
-            return Err(Failure::Other("etcd sent no response header".to_owned()));
-        };
-        followers.clear_remote();
-        let mut leases = BTreeMap::new();
-        for kv in read.kvs() {
-            self.take_remote(followers, own, kv, Some(kv.value()), &mut leases);
-        }
-        // Present is not current: a host killed moments ago is still there.
-        self.check_remote_leases(followers, &leases).await?;
-        let mut watch_client = self.client.watch_client();
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(header.revision() + 1);
-        let mut stream = self
-            .call(watch_client.watch(prefix.as_str(), Some(options)))
-            .await?;
-        let mut check = tokio::time::interval(FLEET_RENEW);
-        loop {
-            let message = tokio::select! {
-                message = stream.message() => message,
-                _ = check.tick() => {
-                    self.check_remote_leases(followers, &leases).await?;
-                    continue;
-                }
-            };
-            let Some(response) = message.map_err(Failure::of)? else {
-                return Err(Failure::Unreachable("the watch ended".to_owned()));
-            };
-            if response.canceled() {
-                return Err(Failure::Unreachable("the watch was cancelled".to_owned()));
-            }
-            for event in response.events() {
-                let Some(kv) = event.kv() else { continue };
-                let value = match event.event_type() {
-                    etcd_client::EventType::Put => Some(kv.value()),
-                    etcd_client::EventType::Delete => None,
-                };
-                self.take_remote(followers, own, kv, value, &mut leases);
-            }
-        }
-    }
-
-    /// Records another host's list (`None`: the host is gone) and the lease
-    /// it is under.
-    fn take_remote(
-        &self,
-        followers: &Followers,
-        own: &str,
-        kv: &etcd_client::KeyValue,
-        value: Option<&[u8]>,
-        leases: &mut BTreeMap<String, i64>,
-    ) {
-        let prefix = self.fleet_prefix();
-        let Some(host) = std::str::from_utf8(kv.key())
-            .ok()
-            .and_then(|k| k.strip_prefix(prefix.as_str()))
-        else {
-            return;
-        };
-        if host == own {
-            return;
-        }
-        let list = match value {
-            None => None,
-            Some(value) => match serde_json::from_slice::<Vec<SharedFollower>>(value) {
-                Ok(list) => Some(list.into_iter().map(SharedFollower::into_pb).collect()),
-                Err(err) => {
-                    tracing::warn!(host, error = %err, "ignoring another host's follower list");
-                    return;
-                }
-            },
-        };
-        match value {
-            Some(_) => leases.insert(host.to_owned(), kv.lease()),
-            None => leases.remove(host),
-        };
-        followers.set_remote(host, list);
     }
 }

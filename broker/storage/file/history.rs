@@ -1,0 +1,286 @@
+//! The retained revisions, in memory and on disk.
+//!
+//! Each revision is one record of the journal (see [`super::journal`]);
+//! the newest says which revision the args file's content is. Old entries
+//! are pruned by count (`--history`) and by total size (`--history-bytes`);
+//! the newest is always kept, and a compaction drops the pruned ones from
+//! the journal.
+use argsbroker::pb;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::collections::VecDeque;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// How a revision was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    File,
+    Set,
+    Patch,
+    Rollback,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::File => "file",
+            Source::Set => "set",
+            Source::Patch => "patch",
+            Source::Rollback => "rollback",
+        }
+    }
+}
+
+/// One retained revision: its facts and its compact JSON text.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub revision: u64,
+    pub unix_millis: u64,
+    pub sha256: String,
+    pub writer_uid: Option<u32>,
+    pub source: Source,
+    pub json: Bytes,
+}
+
+impl Entry {
+    pub fn to_pb(&self) -> pb::Revision {
+        pb::Revision {
+            revision: self.revision,
+            unix_millis: self.unix_millis,
+            sha256: self.sha256.clone(),
+            size_bytes: self.json.len() as u64,
+            writer_uid: self.writer_uid,
+            source: self.source.as_str().to_owned(),
+        }
+    }
+
+    /// The entry as a whole-document `Args` of `lineage`, for replaying a watch.
+    pub fn to_args(&self, lineage: &str) -> pb::Args {
+        pb::Args {
+            revision: self.revision,
+            json: self.json.clone(),
+            sha256: self.sha256.clone(),
+            not_modified: false,
+            lineage: lineage.to_owned(),
+        }
+    }
+}
+
+/// The on-disk form of an entry; the document is embedded as raw JSON.
+#[derive(Serialize, Deserialize)]
+struct Record<'a> {
+    revision: u64,
+    unix_millis: u64,
+    sha256: String,
+    writer_uid: Option<u32>,
+    source: Source,
+    #[serde(borrow)]
+    document: &'a RawValue,
+}
+
+/// A file that could not be written, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {}", path.display(), argsbroker::durable::reason(error))]
+pub struct SaveError {
+    pub path: PathBuf,
+    pub error: io::Error,
+}
+
+/// The retained revisions, in memory; the journal holds them on disk.
+pub struct History {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+impl History {
+    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
+        Self {
+            entries: VecDeque::new(),
+            bytes: 0,
+            max_entries: max_entries.max(1),
+            max_bytes,
+        }
+    }
+
+    pub fn newest(&self) -> Option<&Entry> {
+        self.entries.back()
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter()
+    }
+
+    pub fn get(&self, revision: u64) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.revision == revision)
+    }
+
+    pub fn oldest_revision(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.revision)
+    }
+
+    /// Bytes of the retained documents.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Keeps `entry` (already in the journal) as the newest; prunes the oldest.
+    /// Its revision is the newest + 1: the engine hands out revisions in order.
+    pub fn retain(&mut self, entry: Entry) {
+        self.bytes += entry.json.len();
+        self.entries.push_back(entry);
+        self.prune();
+    }
+
+    /// Drops the oldest entries beyond the count and size bounds; the
+    /// newest entry always stays.
+    fn prune(&mut self) {
+        while self.entries.len() > 1
+            && (self.entries.len() > self.max_entries || self.bytes > self.max_bytes)
+        {
+            let Some(old) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= old.json.len();
+        }
+    }
+}
+
+impl Entry {
+    /// The entry as a journal record: one JSON object, the document embedded.
+    pub fn encode(&self) -> io::Result<Vec<u8>> {
+        let document = std::str::from_utf8(&self.json).map_err(io::Error::other)?;
+        let record = Record {
+            revision: self.revision,
+            unix_millis: self.unix_millis,
+            sha256: self.sha256.clone(),
+            writer_uid: self.writer_uid,
+            source: self.source,
+            document: serde_json::from_str(document).map_err(io::Error::other)?,
+        };
+        serde_json::to_vec(&record).map_err(io::Error::other)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        let record: Record = serde_json::from_slice(bytes)?;
+        Ok(Self {
+            revision: record.revision,
+            unix_millis: record.unix_millis,
+            sha256: record.sha256,
+            writer_uid: record.writer_uid,
+            source: record.source,
+            json: Bytes::copy_from_slice(record.document.get().as_bytes()),
+        })
+    }
+}
+
+/// The entries of a state directory written before the journal (one file
+/// per revision, `history/<revision:020>.json`), oldest first, for moving
+/// them into the journal.
+pub fn read_legacy(dir: &Path) -> Result<Vec<Entry>, (PathBuf, String)> {
+    let items = match std::fs::read_dir(dir) {
+        Ok(items) => items,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err((dir.to_path_buf(), err.to_string())),
+    };
+    let mut found = Vec::new();
+    for item in items {
+        let path = item.map_err(|e| (dir.to_path_buf(), e.to_string()))?.path();
+        if let Some(revision) = entry_revision(&path) {
+            found.push((revision, path));
+        }
+    }
+    found.sort();
+    found
+        .into_iter()
+        .map(|(_, path)| {
+            let bytes = std::fs::read(&path).map_err(|e| (path.clone(), e.to_string()))?;
+            Entry::decode(&bytes).map_err(|e| (path, e.to_string()))
+        })
+        .collect()
+}
+
+/// `00000000000000000042.json` → 42; anything else is not an entry.
+fn entry_revision(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let digits = name.strip_suffix(".json")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(revision: u64, json: &str) -> Entry {
+        Entry {
+            revision,
+            unix_millis: 1,
+            sha256: format!("h{revision}"),
+            writer_uid: Some(1000),
+            source: Source::Patch,
+            json: Bytes::from(json.to_owned()),
+        }
+    }
+
+    #[test]
+    fn keeps_the_newest_by_count_and_size() {
+        let mut history = History::new(3, 1000);
+        for r in 1..=5 {
+            history.retain(entry(r, &format!(r#"{{"r":{r}}}"#)));
+        }
+        let revisions: Vec<u64> = history.entries().map(|e| e.revision).collect();
+        assert_eq!(revisions, [3, 4, 5]);
+        let mut small = History::new(10, 3);
+        small.retain(entry(1, r#"{"r":1}"#));
+        small.retain(entry(2, r#"{"r":2}"#));
+        assert_eq!(
+            small.entries().map(|e| e.revision).collect::<Vec<_>>(),
+            [2],
+            "the newest stays even over the size bound"
+        );
+    }
+
+    #[test]
+    fn a_record_decodes_to_the_entry_it_was_made_of() {
+        let e = entry(7, r#"{"a":[1,2.50]}"#);
+        let back = Entry::decode(&e.encode().unwrap()).unwrap();
+        assert_eq!(
+            (
+                back.revision,
+                back.unix_millis,
+                &back.sha256[..],
+                back.writer_uid,
+                back.source,
+                &back.json[..]
+            ),
+            (
+                7,
+                1,
+                "h7",
+                Some(1000),
+                Source::Patch,
+                &br#"{"a":[1,2.50]}"#[..]
+            )
+        );
+    }
+
+    #[test]
+    fn ignores_files_that_are_not_entries() {
+        assert_eq!(
+            entry_revision(Path::new("00000000000000000042.json")),
+            Some(42)
+        );
+        assert_eq!(entry_revision(Path::new("42.json")), None);
+        assert_eq!(
+            entry_revision(Path::new(".00000000000000000042.json.9.tmp")),
+            None
+        );
+    }
+}

@@ -1,0 +1,694 @@
+//! The file engine: one host, the args file an operator edits, and a state
+//! directory whose journal makes every revision durable.
+//!
+//! Every change (a write, or an outside edit of the args file taken on a
+//! reload or before a write) goes through one committer thread. It takes
+//! whatever has queued up as one group, plans each change on the one before,
+//! stages the new args file beside the old (so a full disk refuses before
+//! anything is committed), appends the group's records to the journal with
+//! one `fdatasync` (the commit), renames the staged file over the args file,
+//! publishes the newest revision and answers each writer. Writes that arrive
+//! while a group commits share the next group's fsync.
+//!
+//! The journal, not the args file, is what a restart trusts: an args file
+//! left behind by a crash between the commit and the rename is rewritten
+//! from it. The args file's content is compared with what the broker itself
+//! last wrote or read there: only a change someone else made becomes a
+//! `source=file` revision, and never over a newer acknowledged one.
+mod args_file;
+pub mod history;
+mod journal;
+pub mod lineage;
+
+use super::admit::{satisfies, Limits, Origin, Plan, Unsatisfied, Write};
+use super::error::WriteError;
+use super::published::{Head, Published};
+use crate::follow::Stamp;
+pub use args_file::ArgsFile;
+use args_file::{read_document, remove_leftover_temp_files};
+use argsbroker::document::{Document, DocumentError};
+use argsbroker::durable::{self, Keep};
+use argsbroker::pb;
+pub use history::SaveError;
+use history::{Entry, History, Source};
+use journal::{Journal, JournalError};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+
+/// At most this many changes share one fsync.
+const MAX_GROUP: usize = 256;
+
+/// Why the engine cannot open (or reload) the args file.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot read the args file {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("the args file {path} is a directory, not a file")]
+    IsDirectory { path: PathBuf },
+    #[error("the args file {path} is not a regular file (it is {kind})")]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error("the args file {path} is {size} bytes, over the limit of {max} (--max-args-bytes)")]
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        max: usize,
+    },
+    #[error("the args file {path} is {size} bytes as compact JSON, over the limit of {max} (--max-args-bytes)")]
+    TooLargeCompact {
+        path: PathBuf,
+        size: usize,
+        max: usize,
+    },
+    #[error("the args file {path}: {source}")]
+    Invalid {
+        path: PathBuf,
+        source: DocumentError,
+    },
+    #[error("the args file {path} {unsatisfied}")]
+    Schema {
+        path: PathBuf,
+        unsatisfied: Unsatisfied,
+    },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("the journal {path} holds a record that cannot be read ({message}); move the journal away to start a new lineage")]
+    Record { path: PathBuf, message: String },
+    #[error("the history entry {path} (from an older broker) cannot be read ({message}); move it away to continue without it")]
+    Legacy { path: PathBuf, message: String },
+    #[error(
+        "cannot create the state directory {path}: {source} (choose another with --state-dir)"
+    )]
+    StateDir { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Lineage(#[from] lineage::LineageError),
+    #[error(transparent)]
+    Save(#[from] SaveFailed),
+    #[error("the broker is stopping")]
+    Stopping,
+}
+
+/// A change that could not be made durable: nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error("could not save revision {revision}: {error}; nothing was changed")]
+pub struct SaveFailed {
+    pub revision: u64,
+    pub error: SaveError,
+}
+
+pub struct FileEngine {
+    shared: Arc<Shared>,
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+/// What the committer and the readers of the history share.
+struct Shared {
+    /// The id of this state's revisions (see `lineage`).
+    lineage: String,
+    args_path: PathBuf,
+    limits: Arc<Limits>,
+    head: Arc<Head>,
+    /// Touched by the committer, ListRevisions and watch replays; never by GetArgs.
+    history: std::sync::Mutex<History>,
+}
+
+enum Job {
+    Write(Write, oneshot::Sender<Result<Arc<Published>, WriteError>>),
+    /// SIGHUP or `--watch`: the args file, read even if its stamp is unchanged.
+    Reload(oneshot::Sender<Result<Option<Arc<Published>>, OpenError>>),
+}
+
+/// What the broker last wrote or read in the args file.
+#[derive(Debug)]
+struct FileSeen {
+    stamp: Option<Stamp>,
+    sha256: String,
+}
+
+impl FileEngine {
+    /// Opens the state in `state_dir` and gives the args file (read by
+    /// [`ArgsFile::read`]) its revision: the newest journal record's if the
+    /// content is the same, or if the file was left behind by a crash after
+    /// that record's commit (it is rewritten); the next one if someone
+    /// changed it while the broker was down.
+    pub fn open(
+        args: ArgsFile,
+        state_dir: &Path,
+        limits: Arc<Limits>,
+    ) -> Result<(Self, Arc<Head>), OpenError> {
+        let ArgsFile {
+            path: args_path,
+            mut document,
+            mut stamp,
+        } = args;
+        durable::create_private_dir(state_dir).map_err(|source| OpenError::StateDir {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        let lineage = lineage::load_or_create(state_dir)?;
+        let (mut journal, records) = Journal::open(&state_dir.join("journal"))?;
+        let mut entries = records
+            .iter()
+            .map(|r| Entry::decode(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| OpenError::Record {
+                path: journal.path().to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let legacy_dir = state_dir.join("history");
+        if entries.is_empty() {
+            entries = take_legacy_history(&legacy_dir, &mut journal)?;
+        }
+        let mut history = History::new(limits.history, limits.history_bytes);
+        for entry in entries {
+            history.retain(entry);
+        }
+        let mut revision = 1;
+        if let Some(newest) = history.newest() {
+            revision = newest.revision;
+            if newest.sha256 != document.sha256() {
+                if stamp.modified_millis() <= newest.unix_millis {
+                    // Older than the newest commit: a crash came between that
+                    // commit and the rename of its args file.
+                    let committed =
+                        Document::from_broker(newest.json.clone(), newest.sha256.clone()).map_err(
+                            |source| OpenError::Invalid {
+                                path: journal.path().to_path_buf(),
+                                source,
+                            },
+                        )?;
+                    tracing::warn!(
+                        args = %args_path.display(),
+                        revision,
+                        "the args file is older than the journal's last revision (the broker stopped between a commit and rewriting the file); rewriting it"
+                    );
+                    stamp =
+                        write_args_file(&args_path, &committed).map_err(|error| SaveFailed {
+                            revision,
+                            error: SaveError {
+                                path: args_path.clone(),
+                                error,
+                            },
+                        })?;
+                    document = committed;
+                } else {
+                    revision += 1;
+                }
+            }
+        }
+        if history.newest().map(|e| e.revision) != Some(revision) {
+            let entry = entry(
+                revision,
+                &document,
+                Origin {
+                    source: Source::File,
+                    uid: None,
+                },
+            );
+            append(&mut journal, std::slice::from_ref(&entry))
+                .map_err(|error| SaveFailed { revision, error })?;
+            history.retain(entry);
+        }
+        remove_leftover_temp_files(&args_path);
+        let seen = FileSeen {
+            stamp: Some(stamp),
+            sha256: document.sha256().to_owned(),
+        };
+        // As after every parse (see `Head::publish`).
+        argsbroker::sys::release_freed_memory();
+        let head = Arc::new(Head::new(Arc::new(Published::new(
+            revision, document, &lineage,
+        ))));
+        let shared = Arc::new(Shared {
+            lineage,
+            args_path,
+            limits,
+            head: head.clone(),
+            history: std::sync::Mutex::new(history),
+        });
+        let (jobs, queue) = mpsc::unbounded_channel();
+        let committer = Committer {
+            shared: shared.clone(),
+            journal,
+            seen,
+        };
+        std::thread::Builder::new()
+            .name("commit".to_owned())
+            .spawn(move || committer.run(queue))
+            .map_err(|error| SaveFailed {
+                revision,
+                error: SaveError {
+                    path: state_dir.to_path_buf(),
+                    error,
+                },
+            })?;
+        Ok((Self { shared, jobs }, head))
+    }
+
+    pub fn args_path(&self) -> &Path {
+        &self.shared.args_path
+    }
+
+    /// Commits `write` in the next group; the reply is its own revision
+    /// (or the current one, if it changes nothing).
+    pub async fn commit(&self, write: Write) -> Result<Arc<Published>, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::Write(write, reply))
+            .map_err(|_| WriteError::Stopping)?;
+        answer.await.map_err(|_| WriteError::Stopping)?
+    }
+
+    /// Re-reads the args file (SIGHUP, --watch), in turn with writes.
+    /// `Ok(None)` if it holds what the broker last wrote or read there (its
+    /// own write is never a new revision) or the current document; on error
+    /// nothing changes.
+    pub async fn reload(&self) -> Result<Option<Arc<Published>>, OpenError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::Reload(reply))
+            .map_err(|_| OpenError::Stopping)?;
+        answer.await.map_err(|_| OpenError::Stopping)?
+    }
+
+    pub fn current(&self) -> arc_swap::Guard<Arc<Published>> {
+        self.shared.head.current()
+    }
+
+    /// The document of a retained revision.
+    pub fn retained(&self, revision: u64) -> Result<Document, WriteError> {
+        let history = self.shared.history();
+        match history.get(revision) {
+            Some(entry) => Document::from_broker(entry.json.clone(), entry.sha256.clone())
+                .map_err(WriteError::Invalid),
+            None => Err(WriteError::NotRetained {
+                wanted: revision,
+                oldest: history.oldest_revision().unwrap_or_default(),
+                newest: history.newest().map_or(0, |e| e.revision),
+            }),
+        }
+    }
+
+    /// The retained revisions, oldest first.
+    pub fn revisions(&self) -> Vec<pb::Revision> {
+        self.shared.history().entries().map(Entry::to_pb).collect()
+    }
+
+    /// The retained revisions after `revision`, oldest first, or `None` if
+    /// some revision after it is no longer retained.
+    pub fn revisions_after(&self, revision: u64) -> Option<Vec<pb::Args>> {
+        let history = self.shared.history();
+        let oldest = history.oldest_revision()?;
+        if revision + 1 < oldest {
+            return None;
+        }
+        Some(
+            history
+                .entries()
+                .filter(|e| e.revision > revision)
+                .map(|e| e.to_args(&self.shared.lineage))
+                .collect(),
+        )
+    }
+}
+
+impl Shared {
+    fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        // A panic while holding this lock leaves whole entries behind; carry on.
+        argsbroker::lock(&self.history)
+    }
+}
+
+/// The one thread that changes the state.
+struct Committer {
+    shared: Arc<Shared>,
+    journal: Journal,
+    seen: FileSeen,
+}
+
+/// What one job of a group gets once the group is committed.
+enum Outcome {
+    /// The revision at this index of the group's chain.
+    At(usize),
+    /// The revision current when the group began.
+    Base,
+    Refused(WriteError),
+    /// A reload that found nothing new.
+    NothingNew,
+    ReloadFailed(OpenError),
+}
+
+/// One revision a group makes.
+struct Link {
+    entry: Entry,
+    document: Document,
+}
+
+impl Committer {
+    fn run(mut self, mut queue: mpsc::UnboundedReceiver<Job>) {
+        while let Some(first) = queue.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match queue.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(group);
+        }
+    }
+
+    fn commit_group(&mut self, group: Vec<Job>) {
+        let base = self.shared.head.current_full();
+        // What the file held before this group: back to it if the group fails,
+        // so an outside edit it took is taken again.
+        let seen_before = FileSeen {
+            stamp: self.seen.stamp,
+            sha256: self.seen.sha256.clone(),
+        };
+        let mut chain: Vec<Link> = Vec::new();
+        let mut outcomes = Vec::with_capacity(group.len());
+        // An outside edit not taken yet becomes a revision before any write,
+        // so a write neither loses it nor is lost to it.
+        let outside = self.take_outside_edit(&base.document, false);
+        // A reload in this group reports the edit taken here as its own.
+        let mut taken = None;
+        let outside = match outside {
+            Ok(Some(document)) => {
+                chain.push(link(base.revision + 1, document, FILE));
+                taken = Some(0);
+                None
+            }
+            Ok(None) => None,
+            Err(err) => Some(Arc::new(err)),
+        };
+        for job in &group {
+            let (tip_revision, tip) = match chain.last() {
+                Some(last) => (last.entry.revision, &last.document),
+                None => (base.revision, &base.document),
+            };
+            let at_tip = match chain.len() {
+                0 => Outcome::Base,
+                n => Outcome::At(n - 1),
+            };
+            let outcome = match job {
+                Job::Write(write, _) => {
+                    if let Some(err) = &outside {
+                        outcomes.push(Outcome::Refused(WriteError::OutsideEdit(
+                            err.clone(),
+                            tip_revision,
+                        )));
+                        continue;
+                    }
+                    match write.plan(tip_revision, tip, &self.shared.limits) {
+                        Ok(Plan::Unchanged) => at_tip,
+                        Ok(Plan::Next(document)) => {
+                            chain.push(link(tip_revision + 1, document, write.origin));
+                            Outcome::At(chain.len() - 1)
+                        }
+                        Err(err) => Outcome::Refused(err),
+                    }
+                }
+                Job::Reload(_) => match self.take_outside_edit(tip, true) {
+                    Ok(Some(document)) => {
+                        chain.push(link(tip_revision + 1, document, FILE));
+                        Outcome::At(chain.len() - 1)
+                    }
+                    Ok(None) => match taken.take() {
+                        Some(at) => Outcome::At(at),
+                        None => Outcome::NothingNew,
+                    },
+                    Err(err) => Outcome::ReloadFailed(err),
+                },
+            };
+            outcomes.push(outcome);
+        }
+        let committed = self.commit_chain(&chain);
+        if committed.is_err() {
+            self.seen = seen_before;
+        }
+        let snapshots: Vec<Arc<Published>> = match &committed {
+            Ok(()) => chain
+                .into_iter()
+                .map(|l| {
+                    Arc::new(Published::new(
+                        l.entry.revision,
+                        l.document,
+                        &self.shared.lineage,
+                    ))
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if let Some(newest) = snapshots.last() {
+            self.shared.head.publish(newest.clone());
+            for snapshot in &snapshots {
+                tracing::info!(revision = snapshot.revision, "new revision");
+            }
+        }
+        for (job, outcome) in group.into_iter().zip(outcomes) {
+            let given = |at: usize| match &committed {
+                Ok(()) => Ok(snapshots[at].clone()),
+                Err(failed) => Err(failed.copy()),
+            };
+            match (job, outcome) {
+                (Job::Write(_, reply), Outcome::At(at)) => {
+                    let _ = reply.send(given(at).map_err(WriteError::Save));
+                }
+                (Job::Write(_, reply), Outcome::Base) => {
+                    let _ = reply.send(Ok(base.clone()));
+                }
+                (Job::Write(_, reply), Outcome::Refused(err)) => {
+                    let _ = reply.send(Err(err));
+                }
+                (Job::Reload(reply), Outcome::At(at)) => {
+                    let _ = reply.send(given(at).map(Some).map_err(OpenError::Save));
+                }
+                (Job::Reload(reply), Outcome::ReloadFailed(err)) => {
+                    let _ = reply.send(Err(err));
+                }
+                (Job::Reload(reply), _) => {
+                    let _ = reply.send(Ok(None));
+                }
+                (Job::Write(_, reply), _) => {
+                    let _ = reply.send(Err(WriteError::Stopping));
+                }
+            }
+        }
+    }
+
+    /// Makes `chain` durable: stages the args file (when a write, not an
+    /// outside edit, is the newest), appends every record with one fsync,
+    /// then renames the staged file over the args file.
+    fn commit_chain(&mut self, chain: &[Link]) -> Result<(), SaveFailed> {
+        let Some(newest) = chain.last() else {
+            return Ok(());
+        };
+        let failed = |path: &Path, error| SaveFailed {
+            revision: chain[0].entry.revision,
+            error: SaveError {
+                path: path.to_path_buf(),
+                error,
+            },
+        };
+        let args_path = self.shared.args_path.clone();
+        let staged = match newest.entry.source {
+            Source::File => None,
+            _ => Some(
+                stage_args_file(&args_path, &newest.document).map_err(|e| failed(&args_path, e))?,
+            ),
+        };
+        let entries: Vec<Entry> = chain.iter().map(|l| l.entry.clone()).collect();
+        if let Err(error) = append(&mut self.journal, &entries) {
+            if let Some(staged) = staged {
+                staged.discard();
+            }
+            return Err(SaveFailed {
+                revision: chain[0].entry.revision,
+                error,
+            });
+        }
+        if let Some(staged) = staged {
+            match staged.publish() {
+                Ok(meta) => self.seen.stamp = Some(Stamp::of(&meta)),
+                // Committed all the same: the journal holds it, a restart
+                // rewrites the file, and so does the next write.
+                Err(err) => tracing::error!(
+                    args = %args_path.display(),
+                    revision = newest.entry.revision,
+                    %err,
+                    "cannot rename the new args file into place; it holds an older revision until the next write"
+                ),
+            }
+            self.seen.sha256 = newest.document.sha256().to_owned();
+        }
+        let mut history = self.shared.history();
+        for entry in entries {
+            history.retain(entry);
+        }
+        // The journal keeps pruned records until it is rewritten: when it
+        // is four times what is retained (and past 1 MiB).
+        let retained = history.bytes() as u64 + 256 * history.entries().count() as u64;
+        if self.journal.len() > (4 * retained).max(1 << 20) {
+            let records: Result<Vec<Vec<u8>>, io::Error> =
+                history.entries().map(Entry::encode).collect();
+            drop(history);
+            let rewritten =
+                records.and_then(|records| self.journal.rewrite(records.iter().map(Vec::as_slice)));
+            if let Err(err) = rewritten {
+                tracing::warn!(journal = %self.journal.path().display(), %err, "cannot compact the journal; it keeps growing until it can");
+            }
+        }
+        Ok(())
+    }
+
+    /// If the args file changed since the broker last wrote or read it, and
+    /// holds a document other than `tip`, returns it (to become a
+    /// `source=file` revision). A missing file is not a change: the next
+    /// write makes it again. Unless `always_read` (a reload, where a file that
+    /// cannot be read must be reported), an unchanged stamp skips reading.
+    fn take_outside_edit(
+        &mut self,
+        tip: &Document,
+        always_read: bool,
+    ) -> Result<Option<Document>, OpenError> {
+        let args_path = &self.shared.args_path;
+        let limits = &self.shared.limits;
+        let stamp = match std::fs::metadata(args_path) {
+            Ok(meta) => Stamp::of(&meta),
+            Err(err) if err.kind() == io::ErrorKind::NotFound && !always_read => return Ok(None),
+            Err(source) => {
+                return Err(OpenError::Read {
+                    path: args_path.clone(),
+                    source,
+                })
+            }
+        };
+        if self.seen.stamp == Some(stamp) && !always_read {
+            return Ok(None);
+        }
+        let (document, stamp) = read_document(args_path, limits.max_args_bytes)?;
+        if document.sha256() == self.seen.sha256 || document.sha256() == tip.sha256() {
+            self.seen = FileSeen {
+                stamp: Some(stamp),
+                sha256: document.sha256().to_owned(),
+            };
+            return Ok(None);
+        }
+        satisfies(limits.schema.as_deref(), &document).map_err(|unsatisfied| {
+            OpenError::Schema {
+                path: args_path.clone(),
+                unsatisfied,
+            }
+        })?;
+        tracing::info!(
+            args = %args_path.display(),
+            "the args file was changed by someone else; loading it as a new revision"
+        );
+        // What the file holds now is this edit: a later edit back to the
+        // broker's own last write is someone else's change too.
+        self.seen = FileSeen {
+            stamp: Some(stamp),
+            sha256: document.sha256().to_owned(),
+        };
+        Ok(Some(document))
+    }
+}
+
+impl SaveFailed {
+    /// The same failure, for another change of the same group.
+    fn copy(&self) -> Self {
+        let error = &self.error.error;
+        Self {
+            revision: self.revision,
+            error: SaveError {
+                path: self.error.path.clone(),
+                error: match error.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(error.kind(), error.to_string()),
+                },
+            },
+        }
+    }
+}
+
+const FILE: Origin = Origin {
+    source: Source::File,
+    uid: None,
+};
+
+fn link(revision: u64, document: Document, origin: Origin) -> Link {
+    Link {
+        entry: entry(revision, &document, origin),
+        document,
+    }
+}
+
+fn entry(revision: u64, document: &Document, origin: Origin) -> Entry {
+    let unix_millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Entry {
+        revision,
+        unix_millis,
+        sha256: document.sha256().to_owned(),
+        writer_uid: origin.uid,
+        source: origin.source,
+        json: document.json().clone(),
+    }
+}
+
+/// Appends `entries` to the journal with one fsync.
+fn append(journal: &mut Journal, entries: &[Entry]) -> Result<(), SaveError> {
+    let records = entries
+        .iter()
+        .map(Entry::encode)
+        .collect::<Result<Vec<_>, _>>();
+    records
+        .and_then(|records| journal.append(&records))
+        .map_err(|error| SaveError {
+            path: journal.path().to_path_buf(),
+            error,
+        })
+}
+
+/// The new args file beside the old, pretty-printed, with the old one's
+/// owner and mode. Through a symlink (a deploy's `args.json ->
+/// releases/v3/args.json`), the target is replaced in its own directory;
+/// the link stays.
+fn stage_args_file(args_path: &Path, document: &Document) -> io::Result<durable::Staged> {
+    let target = std::fs::canonicalize(args_path).unwrap_or_else(|_| args_path.to_path_buf());
+    let keep = std::fs::metadata(&target).ok().map(|m| Keep::of(&m));
+    let pretty = argsbroker::document::pretty(document.json());
+    durable::stage(&target, &pretty, keep)
+}
+
+/// Writes the args file now (at start, from the journal), returning its stamp.
+fn write_args_file(args_path: &Path, document: &Document) -> io::Result<Stamp> {
+    let meta = stage_args_file(args_path, document)?.publish()?;
+    durable::sync_dir(args_path)?;
+    Ok(Stamp::of(&meta))
+}
+
+/// The history an older broker kept (one file per revision in `dir`), moved
+/// into the journal: appended with one fsync, then the files removed.
+fn take_legacy_history(dir: &Path, journal: &mut Journal) -> Result<Vec<Entry>, OpenError> {
+    let entries =
+        history::read_legacy(dir).map_err(|(path, message)| OpenError::Legacy { path, message })?;
+    if entries.is_empty() {
+        return Ok(entries);
+    }
+    let revision = entries.last().map_or(0, |e| e.revision);
+    append(journal, &entries).map_err(|error| SaveFailed { revision, error })?;
+    if let Err(err) = std::fs::remove_dir_all(dir) {
+        tracing::warn!(dir = %dir.display(), %err, "moved the history into the journal, but cannot remove the old history directory");
+    }
+    tracing::info!(
+        revisions = entries.len(),
+        journal = %journal.path().display(),
+        "moved the history of an older broker into the journal"
+    );
+    Ok(entries)
+}
