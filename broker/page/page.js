@@ -25,9 +25,7 @@
   const short = (sha) => (sha || '').slice(0, 12);
   const badge = (state, text) => el('span', { class: 'badge state-' + state }, text || state.replace('_', ' '));
 
-  function seconds(millis) {
-    return (millis / 1000).toFixed(millis < 10000 ? 1 : 0) + ' s';
-  }
+  const seconds = (millis) => (millis / 1000).toFixed(1) + ' s';
 
   // What was last rendered, by section: a section is redrawn only when its
   // data changed, so an operator can select and copy text between polls.
