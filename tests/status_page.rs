@@ -4,7 +4,8 @@
 //! headless browser (Debian's `chromium`; tests/prerequisites installs it)
 //! showing the followers, their states and the history's diffs, with every
 //! name, reason and key that holds markup shown as text; and the page's
-//! canary section, rendered from the canary member's sample shape.
+//! canary section, rendered from the canary member's sample shape; and
+//! diffs without values when `--reader-uid` restricts reading.
 mod common;
 
 use common::*;
@@ -280,6 +281,36 @@ fn the_listener_serves_the_page_and_refuses_other_paths_and_methods() {
             "{method} {path}: {response}"
         );
     }
+}
+
+/// With `--reader-uid` (reading the args is restricted to some users), the
+/// page's diffs name the changed paths only: whoever reaches the HTTP
+/// address does not read values the socket would refuse them.
+#[test]
+fn with_readers_restricted_the_diffs_show_paths_without_values() {
+    let site = Site::new(ARGS);
+    let reader = NOBODY.to_string();
+    let broker =
+        site.start_broker_with(&["--metrics-listen", "127.0.0.1:0", "--reader-uid", &reader]);
+    let port = broker.metrics_port();
+    assert_eq!(site.patch(PATCH, Some(1)).expect("patch").revision, 2);
+    let answer = get(port, "/status.json");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let status: serde_json::Value = serde_json::from_str(&answer.body).expect("JSON");
+    assert_eq!(
+        status["history"][0]["diff"],
+        serde_json::json!({
+            "against": 1,
+            "changes": [
+                {"op": "changed", "path": "/port", "old": null, "new": null},
+                {"op": "added", "path": "/<b>", "new": null},
+                {"op": "removed", "path": "/name", "old": null},
+            ],
+            "omitted": 0,
+            "skipped": null,
+        })
+    );
+    assert!(!answer.body.contains("alert(1)"), "{}", answer.body);
 }
 
 /// Debian's Chromium, headless, with a profile of its own in `dir`.
