@@ -4,12 +4,14 @@ mod access;
 mod authority;
 mod connections;
 mod ctl;
+mod diff;
 #[cfg(feature = "etcd")]
 mod fleet_hosts;
 mod follow;
 mod followers;
 mod lockfile;
 mod metrics;
+mod page;
 mod parent;
 mod peer;
 mod reload;
@@ -123,7 +125,7 @@ struct ServeArgs {
     #[arg(long, value_name = "HOST:PORT", env = "ARGSBROKER_HTTP", value_parser = argsbroker::cmdline::host_port)]
     http: Option<std::net::SocketAddr>,
 
-    /// Serve Prometheus metrics (GET /metrics, OpenMetrics text) over HTTP on this address, e.g. 127.0.0.1:9881. Port 0 lets the kernel pick a free one, named by the log line `serving metrics on http://HOST:PORT/metrics`.
+    /// Serve Prometheus metrics (GET /metrics, OpenMetrics text) and the read-only status page (GET /, refreshed from GET /status.json) over HTTP on this address, e.g. 127.0.0.1:9881. Port 0 lets the kernel pick a free one, named by the log line `serving metrics on http://HOST:PORT/metrics`.
     #[arg(long, value_name = "HOST:PORT", env = "ARGSBROKER_METRICS_LISTEN", value_parser = argsbroker::cmdline::host_port)]
     metrics_listen: Option<std::net::SocketAddr>,
 

@@ -1,6 +1,7 @@
 //! `broker --metrics-listen HOST:PORT`: `GET /metrics`, the broker in
 //! Prometheus's terms (OpenMetrics text, by the `prometheus-client` crate,
-//! as the worker's own `/metrics`).
+//! as the worker's own `/metrics`), on the listener that also serves the
+//! status page (`GET /`, see [`crate::page`]).
 //!
 //! What the serving paths touch is kept to atomics: a write bumps one
 //! counter, a WatchArgs or Follow stream one gauge when it opens and when it
@@ -14,6 +15,7 @@
 //! follower connected at the scrape (remade at every scrape, so a follower
 //! that left is gone from the next one).
 use crate::followers::Followers;
+use crate::page::{self, Page};
 use crate::storage::Storage;
 use crate::storage::WriteError;
 use anyhow::Context;
@@ -377,12 +379,15 @@ struct Scraped {
     followers: Arc<Followers>,
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` completes, with the
-/// worker's protections (`bounds`: slow heads, idle connections, a cap).
+/// Serves `GET /metrics` and the status page ([`crate::page`]) on
+/// `listener` until `shutdown` completes, with the worker's protections
+/// (`bounds`: slow heads, idle connections, a cap). Any other path is a 404,
+/// any method but GET a 405, each with a one-line body.
 pub async fn serve(
     listener: std::net::TcpListener,
     bounds: argsbroker::http_serve::Bounds,
     metrics: Arc<Metrics>,
+    page: Arc<Page>,
     store: Storage,
     followers: Arc<Followers>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -394,13 +399,17 @@ pub async fn serve(
         .local_addr()
         .context("cannot use the --metrics-listen address")?;
     tracing::info!(listen = %local, "serving metrics on http://{local}/metrics");
+    tracing::info!(listen = %local, "serving the status page on http://{local}/");
     let app = Router::new()
         .route("/metrics", get(scrape))
         .with_state(Scraped {
             metrics,
             store,
             followers,
-        });
+        })
+        .merge(page::routes(page))
+        .fallback(page::not_found)
+        .method_not_allowed_fallback(page::method_not_allowed);
     argsbroker::http_serve::run(listener, app, bounds, shutdown).await;
     Ok(())
 }

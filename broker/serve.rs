@@ -274,6 +274,9 @@ impl ServeArgs {
             rebind: Some(Box::new(move || lock(&claim).rebind_if_deleted())),
             followers,
             metrics,
+            // Whoever reaches the HTTP address would read values the
+            // socket's policy keeps from them.
+            page_values: self.reader_uid.is_empty() && self.reader_gid.is_empty(),
         }
     }
 

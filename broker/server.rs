@@ -4,6 +4,7 @@ use crate::access::{AccessLayer, Policy};
 use crate::connections::{self, Limits};
 use crate::followers::Followers;
 use crate::metrics::{self, Metrics};
+use crate::page::Page;
 use crate::service::{self, ArgsService};
 use crate::storage::Storage;
 use argsbroker::pb;
@@ -38,9 +39,12 @@ pub struct Config {
     pub rebind: Option<connections::Rebind>,
     /// The Follow streams' followers (shared with the other hosts in etcd mode).
     pub followers: Arc<Followers>,
-    /// Where `GET /metrics` is served (`--metrics-listen`), already bound,
-    /// and the bounds its connections get.
+    /// Where `GET /metrics` and the status page are served
+    /// (`--metrics-listen`), already bound, and the bounds its connections get.
     pub metrics: Option<(std::net::TcpListener, argsbroker::http_serve::Bounds)>,
+    /// Whether the status page's diffs show values: not when reading the
+    /// args is restricted (`--reader-uid`, `--reader-gid`).
+    pub page_values: bool,
 }
 
 /// Serves `store` on `listener` until `shutdown` completes, then ends every
@@ -95,10 +99,16 @@ pub async fn run(
             let stopped = async move {
                 let _ = stopping.wait_for(|stopping| *stopping).await;
             };
+            let page = Arc::new(Page::new(
+                store.clone(),
+                followers.clone(),
+                config.page_values,
+            ));
             let serving = metrics::serve(
                 listener,
                 bounds,
                 metrics.clone(),
+                page,
                 store.clone(),
                 followers.clone(),
                 stopped,

@@ -132,6 +132,7 @@ pub async fn start_broker(dir: &Path, limits: Limits) -> Broker {
         rebind: None,
         followers: std::sync::Arc::new(crate::followers::Followers::new()),
         metrics: None,
+        page_values: true,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(async move {
