@@ -295,6 +295,7 @@ mod tests {
         methods.sort_by(|a, b| a.0.cmp(&b.0));
         use Access::*;
         let want = [
+            ("AbortCanary", Write),
             // A follower's reports are about itself: readers may follow.
             ("Follow", Read),
             ("GetArgs", Read),
@@ -302,6 +303,7 @@ mod tests {
             ("ListFollowers", Read),
             ("ListRevisions", Read),
             ("PatchArgs", Write),
+            ("PromoteCanary", Write),
             ("Rollback", Write),
             ("SetArgs", Write),
             ("WatchArgs", Read),

@@ -34,6 +34,8 @@ pub enum Command {
         expected_revision: Option<u64>,
         #[command(flatten)]
         wait: WaitArgs,
+        #[command(flatten)]
+        canary: CanaryArgs,
     },
     /// Apply an RFC 7386 JSON merge patch: '{"a": 1, "b": null}' sets a and removes b.
     Patch {
@@ -46,6 +48,8 @@ pub enum Command {
         expected_revision: Option<u64>,
         #[command(flatten)]
         wait: WaitArgs,
+        #[command(flatten)]
+        canary: CanaryArgs,
     },
     /// Print one line per revision, "REVISION<TAB>JSON", until interrupted.
     Watch {
@@ -68,6 +72,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make the running canary's candidate the revision every follower and reader gets (no new revision).
+    Promote {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Promote only if this is the candidate's revision.
+        #[arg(long, value_name = "N")]
+        candidate: Option<u64>,
+    },
+    /// Drop the running canary: a new revision with the stable document, which every follower moves forward to.
+    Abort {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Abort only if this is the candidate's revision.
+        #[arg(long, value_name = "N")]
+        candidate: Option<u64>,
+        /// Why, for the history ("aborted canary 12: REASON").
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        reason: String,
+    },
     /// Make a new revision with the content of an older, retained one.
     Rollback {
         #[command(flatten)]
@@ -79,6 +102,8 @@ pub enum Command {
         expected_revision: Option<u64>,
         #[command(flatten)]
         wait: WaitArgs,
+        #[command(flatten)]
+        canary: CanaryArgs,
     },
 }
 
@@ -91,6 +116,46 @@ pub struct WaitArgs {
     /// With --wait: if a follower rejects the new revision, write the previous content back.
     #[arg(long, requires = "wait")]
     rollback_on_reject: bool,
+}
+
+/// Writes that start a canary instead of changing what everyone gets.
+#[derive(Debug, clap::Args)]
+pub struct CanaryArgs {
+    /// Give the new revision only to the followers this selects: N (that many), P% (a stable share by name), name=GLOB, or with etcd host=NAME[,NAME...]; everyone else keeps the stable revision until `broker promote` or `broker abort`.
+    #[arg(long, value_name = "SELECTOR")]
+    canary: Option<String>,
+    /// With --canary: promote by itself once every selected follower applied it and none rejected it for this long (e.g. 30s, 5m); abort at the first rejection.
+    #[arg(long, value_name = "DURATION", requires = "canary", value_parser = humantime::parse_duration)]
+    bake: Option<std::time::Duration>,
+    /// While a canary runs: abort it first (a revision of its own) instead of being refused.
+    #[arg(long)]
+    force: bool,
+}
+
+impl CanaryArgs {
+    /// The request's canary, bake_ms and force.
+    fn fields(&self) -> (String, u32, bool) {
+        let bake_ms = self
+            .bake
+            .map_or(0, |b| b.as_millis().clamp(1, u128::from(u32::MAX)) as u32);
+        (self.canary.clone().unwrap_or_default(), bake_ms, self.force)
+    }
+
+    /// What to say after a write that started a canary.
+    fn said(&self, args: &pb::Args) -> Option<String> {
+        let selector = self.canary.as_ref()?;
+        Some(match self.bake {
+            None => format!(
+                "canary: revision {} goes to {selector} only; `broker promote` gives it to everyone, `broker abort` takes it back",
+                args.revision
+            ),
+            Some(bake) => format!(
+                "canary: revision {} goes to {selector} only; promoted by itself once every selected follower has applied it for {}, aborted at the first rejection",
+                args.revision,
+                humantime::format_duration(bake)
+            ),
+        })
+    }
 }
 
 impl WaitArgs {
@@ -196,41 +261,88 @@ pub async fn run(command: Command) -> Result<(), Failure> {
             file,
             expected_revision,
             wait,
+            canary,
         } => {
             let json = read_input(&file)?;
             let mut broker = client::connect(&socket.socket).await?;
             let (wait_applied_ms, rollback_on_reject) = wait.fields();
+            let (selector, bake_ms, force) = canary.fields();
             let args = broker
                 .set_args(pb::SetArgsRequest {
                     json,
                     expected_revision,
                     wait_applied_ms,
                     rollback_on_reject,
+                    canary: selector,
+                    bake_ms,
+                    force,
                 })
                 .await
                 .map_err(rpc_failure)?
                 .into_inner();
-            writeln!(out, "revision {}", args.revision).context("cannot write to stdout")?;
+            written(&mut out, &args, &canary)?;
         }
         Command::Patch {
             socket,
             merge_patch,
             expected_revision,
             wait,
+            canary,
         } => {
             let mut broker = client::connect(&socket.socket).await?;
             let (wait_applied_ms, rollback_on_reject) = wait.fields();
+            let (selector, bake_ms, force) = canary.fields();
             let args = broker
                 .patch_args(pb::PatchArgsRequest {
                     merge_patch,
                     expected_revision,
                     wait_applied_ms,
                     rollback_on_reject,
+                    canary: selector,
+                    bake_ms,
+                    force,
                 })
                 .await
                 .map_err(rpc_failure)?
                 .into_inner();
-            writeln!(out, "revision {}", args.revision).context("cannot write to stdout")?;
+            written(&mut out, &args, &canary)?;
+        }
+        Command::Promote { socket, candidate } => {
+            let mut broker = client::connect(&socket.socket).await?;
+            let args = broker
+                .promote_canary(pb::PromoteCanaryRequest {
+                    candidate_revision: candidate,
+                })
+                .await
+                .map_err(rpc_failure)?
+                .into_inner();
+            writeln!(
+                out,
+                "revision {} promoted: every follower and reader gets it",
+                args.revision
+            )
+            .context("cannot write to stdout")?;
+        }
+        Command::Abort {
+            socket,
+            candidate,
+            reason,
+        } => {
+            let mut broker = client::connect(&socket.socket).await?;
+            let args = broker
+                .abort_canary(pb::AbortCanaryRequest {
+                    candidate_revision: candidate,
+                    reason,
+                })
+                .await
+                .map_err(rpc_failure)?
+                .into_inner();
+            writeln!(
+                out,
+                "revision {}: the stable document again, for every follower",
+                args.revision
+            )
+            .context("cannot write to stdout")?;
         }
         Command::Watch {
             socket,
@@ -272,15 +384,15 @@ pub async fn run(command: Command) -> Result<(), Failure> {
                 .into_inner();
             writeln!(
                 out,
-                "{:>8}  {:<24}  {:<12}  {:>10}  {:>6}  SOURCE",
-                "REVISION", "TIME (UTC)", "SHA256", "BYTES", "UID"
+                "{:>8}  {:<24}  {:<12}  {:>10}  {:>6}  {:<8}  NOTE",
+                "REVISION", "TIME (UTC)", "SHA256", "BYTES", "UID", "SOURCE"
             )
             .context("cannot write to stdout")?;
             for r in list.revisions {
                 let uid = r.writer_uid.map_or("-".to_owned(), |u| u.to_string());
                 writeln!(
                     out,
-                    "{:>8}  {:<24}  {:<12}  {:>10}  {:>6}  {}",
+                    "{:>8}  {:<24}  {:<12}  {:>10}  {:>6}  {:<8}  {}",
                     r.revision,
                     // etcd keeps no time per revision.
                     match r.unix_millis {
@@ -290,7 +402,8 @@ pub async fn run(command: Command) -> Result<(), Failure> {
                     &r.sha256[..r.sha256.len().min(12)],
                     r.size_bytes,
                     uid,
-                    r.source
+                    r.source,
+                    r.note
                 )
                 .context("cannot write to stdout")?;
             }
@@ -318,21 +431,35 @@ pub async fn run(command: Command) -> Result<(), Failure> {
             revision,
             expected_revision,
             wait,
+            canary,
         } => {
             let mut broker = client::connect(&socket.socket).await?;
             let (wait_applied_ms, rollback_on_reject) = wait.fields();
+            let (selector, bake_ms, force) = canary.fields();
             let args = broker
                 .rollback(pb::RollbackRequest {
                     to_revision: revision,
                     expected_revision,
                     wait_applied_ms,
                     rollback_on_reject,
+                    canary: selector,
+                    bake_ms,
+                    force,
                 })
                 .await
                 .map_err(rpc_failure)?
                 .into_inner();
-            writeln!(out, "revision {}", args.revision).context("cannot write to stdout")?;
+            written(&mut out, &args, &canary)?;
         }
+    }
+    Ok(())
+}
+
+/// `revision N`, and for a canary what happens next.
+fn written(out: &mut impl Write, args: &pb::Args, canary: &CanaryArgs) -> anyhow::Result<()> {
+    writeln!(out, "revision {}", args.revision).context("cannot write to stdout")?;
+    if let Some(said) = canary.said(args) {
+        writeln!(out, "{said}").context("cannot write to stdout")?;
     }
     Ok(())
 }
@@ -369,6 +496,31 @@ fn status_lines(status: &pb::BrokerStatus, followers: &pb::ListFollowersResponse
         status.backend,
         followers.followers.len()
     );
+    if let Some(canary) = &status.canary {
+        let bake = match (canary.bake_ms, canary.bake_left_ms) {
+            (0, _) => "promote or abort by hand".to_owned(),
+            (ms, None) => format!(
+                "bake {}: waiting for every selected follower to apply it",
+                humantime::format_duration(std::time::Duration::from_millis(u64::from(ms)))
+            ),
+            (ms, Some(left)) => format!(
+                "bake {}: {} left",
+                humantime::format_duration(std::time::Duration::from_millis(u64::from(ms))),
+                micros(left * 1000)
+            ),
+        };
+        text.insert_str(
+            text.find('\n').unwrap_or(text.len()),
+            &format!(
+                "\ncanary: candidate revision {} sha256 {} to {} ({} selected), stable revision {}; {bake}",
+                canary.candidate_revision,
+                &canary.candidate_sha256[..canary.candidate_sha256.len().min(12)],
+                canary.selector,
+                canary.selected.len(),
+                canary.stable_revision
+            ),
+        );
+    }
     for f in &followers.followers {
         let rejected = match f.rejected_revision {
             0 => String::new(),
@@ -388,8 +540,12 @@ fn status_lines(status: &pb::BrokerStatus, followers: &pb::ListFollowersResponse
                 rfc3339_seconds(f.as_of_unix_millis)
             ),
         };
+        let canary = match f.canary {
+            true => " [canary]",
+            false => "",
+        };
         text.push_str(&format!(
-            "\n  {}{on} pid {} uid {} applied {}{after}{rejected} since {}{stale}",
+            "\n  {}{on}{canary} pid {} uid {} applied {}{after}{rejected} since {}{stale}",
             f.name,
             f.pid,
             f.uid,
@@ -428,6 +584,7 @@ fn status_json(status: &pb::BrokerStatus, followers: &pb::ListFollowersResponse)
                 // whether it can be trusted now.
                 "as_of": (!f.host.is_empty()).then(|| rfc3339(f.as_of_unix_millis)),
                 "stale": f.stale,
+                "canary": f.canary,
             })
         })
         .collect();
@@ -440,6 +597,16 @@ fn status_json(status: &pb::BrokerStatus, followers: &pb::ListFollowersResponse)
         "backend_error": status.backend_error,
         "backend_since_unix_millis": status.backend_since_unix_millis,
         "followers": followers,
+        "canary": status.canary.as_ref().map(|c| serde_json::json!({
+            "stable_revision": c.stable_revision,
+            "candidate_revision": c.candidate_revision,
+            "candidate_sha256": c.candidate_sha256,
+            "selector": c.selector,
+            "started_unix_millis": c.started_unix_millis,
+            "bake_ms": c.bake_ms,
+            "bake_left_ms": c.bake_left_ms,
+            "selected": c.selected,
+        })),
     })
     .to_string()
 }

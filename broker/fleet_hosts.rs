@@ -59,6 +59,7 @@ impl SharedFollower {
             host: String::new(),
             as_of_unix_millis: 0,
             stale: false,
+            canary: false,
         }
     }
 }
@@ -69,6 +70,7 @@ impl EtcdEngine {
     /// `KEY/followers/HOST`, under a lease, so a host that dies drops out
     /// of the others' lists (and waits) within [`FLEET_TTL_SECONDS`].
     pub fn share_followers(self: &Arc<Self>, followers: Arc<Followers>, host: String) {
+        followers.set_local_host(host.clone());
         tokio::spawn(
             self.clone()
                 .publish_followers(followers.clone(), host.clone()),

@@ -33,7 +33,12 @@ pub struct Followers {
     /// Where each report of a newer revision, published while the follower
     /// was connected, observes how long after its publication it came.
     apply_seconds: Histogram,
+    /// This host's name in the fleet (etcd mode), for canary selectors.
+    local_host: std::sync::OnceLock<String>,
 }
+
+/// Which followers a wait is for, by name and host (a canary's); all if none.
+pub type Only = dyn Fn(&str, &str) -> bool + Sync;
 
 /// The followers as a scrape counts them (see [`Followers::census`]).
 pub struct Census {
@@ -105,6 +110,17 @@ impl Follower {
 pub struct Registration {
     followers: Arc<Followers>,
     id: u64,
+}
+
+impl Registration {
+    /// The name the follower is listed under.
+    pub fn name(&self) -> String {
+        lock(&self.followers.state)
+            .followers
+            .get(&self.id)
+            .map(|f| f.name.clone())
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for Registration {
@@ -193,7 +209,34 @@ impl Followers {
             // revision in well under a millisecond to a few ms; seconds
             // mean trouble.
             apply_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            local_host: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Names this host in the fleet (etcd mode; "" on one host).
+    pub fn set_local_host(&self, host: String) {
+        let _ = self.local_host.set(host);
+    }
+
+    pub fn local_host(&self) -> &str {
+        self.local_host.get().map_or("", String::as_str)
+    }
+
+    /// Every follower's name and host (this host's followers under
+    /// [`Followers::local_host`]), for canary selectors.
+    pub fn identities(&self) -> Vec<(String, String)> {
+        let state = lock(&self.state);
+        let local = state
+            .followers
+            .values()
+            .map(|f| (f.name.clone(), self.local_host().to_owned()));
+        let remote = state.remote.iter().flat_map(|(host, remote)| {
+            remote
+                .followers
+                .iter()
+                .map(move |f| (f.name.clone(), host.clone()))
+        });
+        local.chain(remote).collect()
     }
 
     /// How long after its publication each follower applied a revision
@@ -315,6 +358,7 @@ impl Followers {
                 host: String::new(),
                 as_of_unix_millis: 0,
                 stale: false,
+                canary: false,
             })
             .collect()
     }
@@ -326,6 +370,11 @@ impl Followers {
 
     #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     /// A receiver told whenever this broker's own followers change.
+    /// Bumped on every report, arrival and departure, here or on another host.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     pub fn local_changes(&self) -> watch::Receiver<u64> {
         self.local_changed.subscribe()
     }
@@ -402,23 +451,34 @@ impl Followers {
     /// every host) has applied `revision`, for at most `timeout`; returns
     /// those that did not: rejected it, left, or still behind when the time
     /// was up. Followers that connect meanwhile are not waited for.
-    pub async fn wait_applied(&self, revision: u64, timeout: Duration) -> Lagging {
+    pub async fn wait_applied(
+        &self,
+        revision: u64,
+        timeout: Duration,
+        only: Option<&Only>,
+    ) -> Lagging {
         let mut changes = self.changed.subscribe();
+        let keep = |name: &str, host: &str| only.is_none_or(|only| only(name, host));
         let waiting: Vec<(Key, String)> = {
             let state = lock(&self.state);
             let local = state
                 .followers
                 .iter()
+                .filter(|(_, f)| keep(&f.name, self.local_host()))
                 .map(|(id, f)| (Key::Local(*id), f.who()));
             let remote = state.remote.iter().flat_map(|(host, remote)| {
-                remote.followers.iter().map(move |f| {
-                    let key = Key::Remote {
-                        host: host.clone(),
-                        name: f.name.clone(),
-                        pid: f.pid,
-                    };
-                    (key, remote_who(host, f))
-                })
+                remote
+                    .followers
+                    .iter()
+                    .filter(move |f| keep(&f.name, host))
+                    .map(move |f| {
+                        let key = Key::Remote {
+                            host: host.clone(),
+                            name: f.name.clone(),
+                            pid: f.pid,
+                        };
+                        (key, remote_who(host, f))
+                    })
             });
             local.chain(remote).collect()
         };

@@ -2,6 +2,8 @@
 //! with a subcommand, a command-line client of a running broker.
 mod access;
 mod authority;
+mod bake;
+mod canary;
 mod connections;
 mod ctl;
 mod diff;

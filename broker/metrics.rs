@@ -111,6 +111,12 @@ impl Outcome {
             WriteError::NotRetained { .. } => Self::NotFound,
             WriteError::OutsideEdit(..) => Self::OutsideEdit,
             WriteError::Save(_) | WriteError::Stopping => Self::Error,
+            WriteError::CanaryRunning { .. }
+            | WriteError::NoCanary
+            | WriteError::NotTheCandidate { .. } => Self::Conflict,
+            WriteError::CanaryUnchanged { .. } | WriteError::NoFollowerSelected { .. } => {
+                Self::Invalid
+            }
             #[cfg(feature = "etcd")]
             WriteError::Etcd(err) => {
                 use crate::storage::etcd::EtcdError as E;

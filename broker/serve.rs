@@ -54,6 +54,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         mode = format!("{:04o}", args.socket_mode),
         "serving"
     );
+    // A canary with a bake time is promoted or aborted by itself.
+    crate::bake::watch(store.clone(), followers.clone());
     // Shared with the accept loop, which binds the path again if the file is deleted.
     let claim = Arc::new(Mutex::new(claim));
     let config = args.server_config(&claim, followers, metrics);

@@ -9,11 +9,12 @@
 //! would make); anything else is encoded per call. GetArgs and WatchArgs are
 //! the hot paths, and this is why the service is routed here rather than by
 //! tonic's generated `ArgsBrokerServer`.
+use crate::canary::{Selector, Who};
 use crate::followers::Followers;
 use crate::metrics::{Metrics, Outcome, Write};
 use crate::peer::Peer;
-use crate::storage::Storage;
-use crate::storage::{Published, WriteError};
+use crate::storage::admit::{CanaryStart, EndCanary};
+use crate::storage::{Published, Storage, WriteError, WriteOptions};
 use argsbroker::frame::Frame;
 use argsbroker::pb;
 use argsbroker::pointer::PointerError;
@@ -25,7 +26,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::watch;
-use tokio_stream::wrappers::WatchStream;
 use tonic::codec::{Codec, Streaming};
 use tonic::codegen::http::{self, HeaderMap, HeaderValue};
 use tonic::server::NamedService;
@@ -47,6 +47,8 @@ enum Method {
     GetStatus,
     Follow,
     ListFollowers,
+    PromoteCanary,
+    AbortCanary,
 }
 
 impl Method {
@@ -65,6 +67,8 @@ impl Method {
             "GetStatus" => Self::GetStatus,
             "Follow" => Self::Follow,
             "ListFollowers" => Self::ListFollowers,
+            "PromoteCanary" => Self::PromoteCanary,
+            "AbortCanary" => Self::AbortCanary,
             _ => return None,
         })
     }
@@ -80,6 +84,8 @@ impl Method {
             Self::GetStatus => "GetStatus",
             Self::Follow => "Follow",
             Self::ListFollowers => "ListFollowers",
+            Self::PromoteCanary => "PromoteCanary",
+            Self::AbortCanary => "AbortCanary",
         }
     }
 
@@ -189,7 +195,7 @@ impl ArgsService {
                 let request: pb::WatchArgsRequest = self.decode(body, method).await?;
                 let watching = self.metrics.watching();
                 let updates =
-                    watch_args(store, self.shutdown.clone(), request.start_revision).await;
+                    watch_args(store, self.shutdown.clone(), request.start_revision, None).await;
                 Either::Right(Box::pin(updates.map(move |frame| {
                     let _counted = &watching;
                     frame
@@ -200,31 +206,51 @@ impl ArgsService {
                     self.refused(Write::SetArgs, self.decode(body, method).await)?;
                 let wait = Wait::of(request.wait_applied_ms, request.rollback_on_reject);
                 let before = store.current().revision;
-                let written = store
-                    .set(&request.json, request.expected_revision, uid)
-                    .await;
+                let options = self.options(
+                    request.expected_revision,
+                    uid,
+                    &request.canary,
+                    request.bake_ms,
+                    request.force,
+                )?;
+                let canary = options.canary.is_some();
+                let written = store.set_with(&request.json, options).await;
                 self.count(Write::SetArgs, &written);
-                one(self.settle(written, wait, before, uid).await?)
+                one(self.settle(written, wait, before, uid, canary).await?)
             }
             Method::PatchArgs => {
                 let request: pb::PatchArgsRequest =
                     self.refused(Write::PatchArgs, self.decode(body, method).await)?;
                 let wait = Wait::of(request.wait_applied_ms, request.rollback_on_reject);
                 let before = store.current().revision;
-                let written = store.patch(&request.merge_patch, request.expected_revision, uid);
-                let written = written.await;
+                let options = self.options(
+                    request.expected_revision,
+                    uid,
+                    &request.canary,
+                    request.bake_ms,
+                    request.force,
+                )?;
+                let canary = options.canary.is_some();
+                let written = store.patch_with(&request.merge_patch, options).await;
                 self.count(Write::PatchArgs, &written);
-                one(self.settle(written, wait, before, uid).await?)
+                one(self.settle(written, wait, before, uid, canary).await?)
             }
             Method::Rollback => {
                 let request: pb::RollbackRequest =
                     self.refused(Write::Rollback, self.decode(body, method).await)?;
                 let wait = Wait::of(request.wait_applied_ms, request.rollback_on_reject);
                 let before = store.current().revision;
-                let written = store.rollback(request.to_revision, request.expected_revision, uid);
-                let written = written.await;
+                let options = self.options(
+                    request.expected_revision,
+                    uid,
+                    &request.canary,
+                    request.bake_ms,
+                    request.force,
+                )?;
+                let canary = options.canary.is_some();
+                let written = store.rollback_with(request.to_revision, options).await;
                 self.count(Write::Rollback, &written);
-                one(self.settle(written, wait, before, uid).await?)
+                one(self.settle(written, wait, before, uid, canary).await?)
             }
             Method::Follow => {
                 let decoder = tonic_prost::ProstCodec::<(), pb::FollowRequest>::default().decoder();
@@ -245,7 +271,9 @@ impl ArgsService {
                         reports.report(&report);
                     }
                 });
-                let updates = watch_args(store, self.shutdown.clone(), None).await;
+                // A canary selects followers by name, and by host with etcd.
+                let who = (registration.name(), self.followers.local_host().to_owned());
+                let updates = watch_args(store, self.shutdown.clone(), None, Some(who)).await;
                 Either::Right(Box::pin(updates.map(move |frame| {
                     let _listed = (&registration, &watching);
                     frame
@@ -254,10 +282,44 @@ impl ArgsService {
             Method::ListFollowers => {
                 let _: pb::ListFollowersRequest = self.decode(body, method).await?;
                 let revision = store.current().revision;
+                let mut followers = self.followers.list(revision);
+                if let Some(canary) = store.canary() {
+                    let local = self.followers.local_host();
+                    for f in &mut followers {
+                        let host = if f.host.is_empty() { local } else { &f.host };
+                        f.canary = canary.selects(Who {
+                            name: &f.name,
+                            host,
+                        });
+                    }
+                }
                 one(Frame::message(&pb::ListFollowersResponse {
                     revision,
-                    followers: self.followers.list(revision),
+                    followers,
                 }))
+            }
+            Method::PromoteCanary => {
+                let request: pb::PromoteCanaryRequest = self.decode(body, method).await?;
+                let end = EndCanary {
+                    candidate: request.candidate_revision,
+                    uid,
+                    reason: String::new(),
+                };
+                one(store
+                    .promote(end)
+                    .await
+                    .map_err(write_status)?
+                    .frame
+                    .clone())
+            }
+            Method::AbortCanary => {
+                let request: pb::AbortCanaryRequest = self.decode(body, method).await?;
+                let end = EndCanary {
+                    candidate: request.candidate_revision,
+                    uid,
+                    reason: request.reason.trim().to_owned(),
+                };
+                one(store.abort(end).await.map_err(write_status)?.frame.clone())
             }
             Method::ListRevisions => {
                 let _: pb::ListRevisionsRequest = self.decode(body, method).await?;
@@ -266,7 +328,7 @@ impl ArgsService {
             }
             Method::GetStatus => {
                 let _: pb::GetStatusRequest = self.decode(body, method).await?;
-                one(Frame::message(&status(store)))
+                one(Frame::message(&status(store, &self.followers)))
             }
         })
     }
@@ -280,6 +342,7 @@ impl ArgsService {
         wait: Option<Wait>,
         before: u64,
         uid: Option<u32>,
+        canary: bool,
     ) -> Result<Frame, Status> {
         let written = written.map_err(write_status)?;
         let Some(wait) = wait else {
@@ -289,9 +352,14 @@ impl ArgsService {
             // Nothing changed: every follower already has it, or says so.
             return Ok(written.frame.clone());
         }
+        // A canary's start waits for the followers it selects only.
+        let running = self.store.canary().filter(|_| canary);
+        let selected =
+            running.map(|canary| move |name: &str, host: &str| canary.selects(Who { name, host }));
+        let only = selected.as_ref().map(|s| s as &crate::followers::Only);
         let lagging = self
             .followers
-            .wait_applied(written.revision, wait.timeout)
+            .wait_applied(written.revision, wait.timeout, only)
             .await;
         if lagging.is_empty() {
             return Ok(written.frame.clone());
@@ -311,7 +379,20 @@ impl ArgsService {
             written.revision,
             parts.join("; ")
         );
-        if wait.rollback_on_reject && !lagging.rejected.is_empty() {
+        if wait.rollback_on_reject && !lagging.rejected.is_empty() && canary {
+            let end = EndCanary {
+                candidate: Some(written.revision),
+                uid,
+                reason: format!("rejected: {}", lagging.rejected.join("; ")),
+            };
+            message.push_str(&match self.store.abort(end).await {
+                Ok(back) => format!(
+                    "; aborted: revision {} has the stable document again",
+                    back.revision
+                ),
+                Err(err) => format!("; not aborted: {err}"),
+            });
+        } else if wait.rollback_on_reject && !lagging.rejected.is_empty() {
             let rolled = self
                 .store
                 .rollback(before, Some(written.revision), uid)
@@ -333,6 +414,46 @@ impl ArgsService {
             status.metadata_mut().insert(COMMITTED_REVISION, value);
         }
         Err(status)
+    }
+
+    /// A write's options; with a canary, its selector parsed and (for `N`)
+    /// the followers chosen, refused if it selects no follower connected.
+    fn options(
+        &self,
+        expected: Option<u64>,
+        uid: Option<u32>,
+        canary: &str,
+        bake_ms: u32,
+        force: bool,
+    ) -> Result<WriteOptions, Status> {
+        let canary = match canary.trim() {
+            "" => None,
+            text => {
+                let selector =
+                    Selector::parse(text).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let followers = self.followers.identities();
+                let who = followers.iter().map(|(name, host)| Who { name, host });
+                let chosen = selector.choose(who.clone());
+                let matching = who.filter(|w| selector.selects(&chosen, *w)).count();
+                if matching == 0 {
+                    return Err(write_status(WriteError::NoFollowerSelected {
+                        selector: selector.text().to_owned(),
+                        followers: followers.len(),
+                    }));
+                }
+                Some(CanaryStart {
+                    selector,
+                    chosen,
+                    bake_ms,
+                })
+            }
+        };
+        Ok(WriteOptions {
+            expected,
+            uid,
+            canary,
+            force,
+        })
     }
 
     /// Counts a write's request that was refused before the store saw it.
@@ -461,9 +582,10 @@ pub async fn watch_args(
     store: &Storage,
     mut shutdown: watch::Receiver<bool>,
     start_revision: Option<u64>,
+    who: Option<(String, String)>,
 ) -> impl Stream<Item = Frame> + Send + 'static {
     // Subscribe before reading the history, so no revision falls between.
-    let updates = store.subscribe();
+    let updates = store.feed(who);
     let replay = match start_revision {
         Some(after) => store.revisions_after(after).await.unwrap_or_default(),
         None => Vec::new(),
@@ -471,7 +593,14 @@ pub async fn watch_args(
     let mut last_sent = replay
         .last()
         .map(|args| (args.revision, args.lineage.clone()));
-    let follow = WatchStream::new(updates).filter_map(move |snapshot| {
+    let snapshots = futures_util::stream::unfold((updates, true), |(mut feed, first)| async move {
+        if !first {
+            feed.changed().await.ok()?;
+        }
+        let snapshot = feed.current();
+        Some((snapshot, (feed, false)))
+    });
+    let follow = snapshots.filter_map(move |snapshot| {
         // A newer revision, or another lineage: with etcd, a key made again
         // or a cluster rebuilt starts its revisions over while watches run.
         let send = last_sent.as_ref().is_none_or(|(revision, lineage)| {
@@ -489,8 +618,8 @@ pub async fn watch_args(
         })
 }
 
-/// GetStatus: the current snapshot and the backend's state.
-fn status(store: &Storage) -> pb::BrokerStatus {
+/// GetStatus: the current snapshot, the backend's state and the canary.
+fn status(store: &Storage, followers: &Followers) -> pb::BrokerStatus {
     let current = store.current();
     let contact = store
         .contact()
@@ -507,6 +636,9 @@ fn status(store: &Storage) -> pb::BrokerStatus {
         backend_connected: contact.connected,
         backend_error: contact.reason,
         backend_since_unix_millis: since.as_millis() as u64,
+        canary: store
+            .canary()
+            .map(|canary| crate::bake::describe(&canary, followers)),
     }
 }
 
@@ -550,6 +682,11 @@ fn write_status(err: WriteError) -> Status {
             }
         }
         WriteError::Stopping => Status::unavailable(message),
+        WriteError::CanaryRunning { .. }
+        | WriteError::NoCanary
+        | WriteError::NotTheCandidate { .. }
+        | WriteError::CanaryUnchanged { .. }
+        | WriteError::NoFollowerSelected { .. } => Status::failed_precondition(message),
         WriteError::OutsideEdit(..) => {
             tracing::warn!(%message, "write refused");
             Status::failed_precondition(message)

@@ -80,7 +80,7 @@ impl Document {
         }
         // Serializing a `Value` cannot fail: its keys are strings.
         let json = Bytes::from(value.to_string());
-        let sha256 = hex(&Sha256::digest(&json));
+        let sha256 = sha256_hex(&json);
         Ok(Self {
             json,
             sha256,
@@ -399,6 +399,11 @@ fn syntax_message(e: &serde_json::Error) -> String {
         Some(i) => full[..i].to_owned(),
         None => full,
     }
+}
+
+/// Lowercase hex SHA-256 of `bytes`: a document's `sha256` of its compact text.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 fn hex(bytes: &[u8]) -> String {

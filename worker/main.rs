@@ -90,6 +90,13 @@ struct Cli {
     /// --wait`). The first revision must satisfy it, or the worker does not start.
     #[arg(long, value_name = "FILE", env = "ARGSBROKER_WORKER_SCHEMA")]
     schema: Option<PathBuf>,
+
+    /// The name the broker lists this worker under (`broker status`), and that a canary
+    /// selects it by (`--canary 25%` hashes it, `--canary name=GLOB` matches it): give each
+    /// worker its own, the same across restarts. Default: "worker HOST:PORT" (with "#INDEX"
+    /// under `broker --workers`, whose workers share one port).
+    #[arg(long, value_name = "NAME", env = "ARGSBROKER_WORKER_NAME")]
+    name: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -108,6 +115,7 @@ fn main() -> ExitCode {
         },
         threads: cli.threads,
         schema: cli.schema,
+        name: cli.name,
         http: http::Options {
             max_stale: cli.max_stale,
         },

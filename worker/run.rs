@@ -26,6 +26,8 @@ pub struct Config {
     pub http: http::Options,
     /// Revisions that do not satisfy it are rejected, not served.
     pub schema: Option<PathBuf>,
+    /// `--name`: how the broker lists (and a canary selects) this worker.
+    pub name: Option<String>,
 }
 
 /// Runs the worker to its end: 0 after a clean shutdown, 1 after an error
@@ -129,7 +131,14 @@ async fn hold_args(config: &Config, local: SocketAddr) -> anyhow::Result<Live<ht
         None => None,
     };
     let options = client::FollowOptions {
-        name: Some(format!("worker {local}")),
+        name: Some(
+            match (&config.name, std::env::var("ARGSBROKER_WORKER_INDEX")) {
+                (Some(name), _) => name.clone(),
+                // One of `broker --workers`: they share the port.
+                (None, Ok(index)) => format!("worker {local} #{index}"),
+                (None, Err(_)) => format!("worker {local}"),
+            },
+        ),
         validate,
     };
     let followed = client::follow_with(

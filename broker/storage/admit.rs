@@ -2,6 +2,7 @@
 //! the plan of a write: what it makes of the current document.
 use super::error::WriteError;
 use super::file::history::Source;
+use crate::canary::Selector;
 use argsbroker::document::{Document, DocumentError};
 use argsbroker::schema::{Schema, Violations};
 use std::path::PathBuf;
@@ -73,6 +74,26 @@ pub struct Write {
     pub change: Change,
     pub expected: Option<u64>,
     pub origin: Origin,
+    /// Start a canary with the result instead of giving it to everyone.
+    pub canary: Option<CanaryStart>,
+    /// Abort a running canary first, instead of being refused.
+    pub force: bool,
+}
+
+/// Promote or abort the running canary (if it is `candidate`, when given).
+pub struct EndCanary {
+    pub candidate: Option<u64>,
+    pub uid: Option<u32>,
+    /// Why, for an abort's history note.
+    pub reason: String,
+}
+
+/// A canary to start: whom it selects, and how long it bakes (0: by hand).
+pub struct CanaryStart {
+    pub selector: Selector,
+    /// For `N`: the followers chosen now.
+    pub chosen: Vec<String>,
+    pub bake_ms: u32,
 }
 
 /// What a write makes of its base.

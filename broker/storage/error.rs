@@ -48,4 +48,14 @@ pub enum WriteError {
     Etcd(#[from] EtcdError),
     #[error("the broker is stopping; nothing was changed")]
     Stopping,
+    #[error("a canary runs (candidate revision {candidate} to {selector}): promote or abort it first, or write with --force, which aborts it")]
+    CanaryRunning { candidate: u64, selector: String },
+    #[error("no canary runs")]
+    NoCanary,
+    #[error("revision {expected} is not the candidate (the candidate is revision {candidate})")]
+    NotTheCandidate { expected: u64, candidate: u64 },
+    #[error("the canary's document is the stable one (revision {stable}): nothing to try")]
+    CanaryUnchanged { stable: u64 },
+    #[error("--canary {selector} selects none of the {followers} followers connected; nothing was changed")]
+    NoFollowerSelected { selector: String, followers: usize },
 }

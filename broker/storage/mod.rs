@@ -16,16 +16,29 @@ pub mod etcd;
 pub mod file;
 mod published;
 
-use admit::{Change, Limits, Origin, Write};
+use admit::{CanaryStart, Change, EndCanary, Limits, Origin, Write};
 use argsbroker::document::Document;
 use argsbroker::pb;
 pub use error::WriteError;
 use file::history::Source;
 use file::FileEngine;
-pub use published::{Head, Published};
+pub use published::{Canary, Feed, Head, Published};
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::watch;
+
+/// How a write is to be made, beyond what it changes.
+#[derive(Default)]
+pub struct WriteOptions {
+    /// Compare-and-set: refused unless this is the current revision.
+    pub expected: Option<u64>,
+    /// The writer, for the history.
+    pub uid: Option<u32>,
+    /// Start a canary with the result.
+    pub canary: Option<CanaryStart>,
+    /// Abort a running canary first instead of being refused.
+    pub force: bool,
+}
 
 /// The engine that keeps the document.
 #[derive(Clone)]
@@ -100,6 +113,41 @@ impl Storage {
         self.head.subscribe()
     }
 
+    /// What a follower named `who` (name, host) gets, or (none) a plain watcher.
+    pub fn feed(&self, who: Option<(String, String)>) -> Feed {
+        self.head.feed(who)
+    }
+
+    /// The running canary, if any.
+    pub fn canary(&self) -> Option<Arc<Canary>> {
+        self.head.canary()
+    }
+
+    /// Sees every start and end of a canary.
+    pub fn canary_changes(&self) -> watch::Receiver<Option<Arc<Canary>>> {
+        self.head.canary_changes()
+    }
+
+    /// Makes the running canary's candidate the revision everyone gets.
+    pub async fn promote(&self, end: EndCanary) -> Result<Arc<Published>, WriteError> {
+        self.check_writable("the request is", 0)?;
+        match &self.engine {
+            Engine::File(engine) => engine.promote(end).await,
+            #[cfg(feature = "etcd")]
+            Engine::Etcd(_) => Err(WriteError::NoCanary),
+        }
+    }
+
+    /// Ends the running canary: the stable document again, as a new revision.
+    pub async fn abort(&self, end: EndCanary) -> Result<Arc<Published>, WriteError> {
+        self.check_writable("the request is", 0)?;
+        match &self.engine {
+            Engine::File(engine) => engine.abort(end).await,
+            #[cfg(feature = "etcd")]
+            Engine::Etcd(_) => Err(WriteError::NoCanary),
+        }
+    }
+
     pub fn max_args_bytes(&self) -> usize {
         self.limits.max_args_bytes
     }
@@ -123,29 +171,56 @@ impl Storage {
     }
 
     /// Replaces the document with `json`.
+    #[cfg(test)]
     pub async fn set(
         &self,
         json: &str,
         expected: Option<u64>,
         uid: Option<u32>,
     ) -> Result<Arc<Published>, WriteError> {
+        let options = WriteOptions {
+            expected,
+            uid,
+            ..WriteOptions::default()
+        };
+        self.set_with(json, options).await
+    }
+
+    pub async fn set_with(
+        &self,
+        json: &str,
+        options: WriteOptions,
+    ) -> Result<Arc<Published>, WriteError> {
         self.check_writable("the document is", json.len())?;
         let next = Document::parse(json.as_bytes()).map_err(WriteError::Invalid)?;
-        self.write(Change::Set(next), expected, Source::Set, uid)
-            .await
+        self.write(Change::Set(next), Source::Set, options).await
     }
 
     /// Applies an RFC 7386 merge patch to the document.
+    #[cfg(test)]
     pub async fn patch(
         &self,
         merge_patch: &str,
         expected: Option<u64>,
         uid: Option<u32>,
     ) -> Result<Arc<Published>, WriteError> {
+        let options = WriteOptions {
+            expected,
+            uid,
+            ..WriteOptions::default()
+        };
+        self.patch_with(merge_patch, options).await
+    }
+
+    pub async fn patch_with(
+        &self,
+        merge_patch: &str,
+        options: WriteOptions,
+    ) -> Result<Arc<Published>, WriteError> {
         self.check_writable("the patch is", merge_patch.len())?;
         let patch = argsbroker::document::parse_value(merge_patch.as_bytes())
             .map_err(WriteError::Invalid)?;
-        self.write(Change::Patch(patch), expected, Source::Patch, uid)
+        self.write(Change::Patch(patch), Source::Patch, options)
             .await
     }
 
@@ -156,27 +231,44 @@ impl Storage {
         expected: Option<u64>,
         uid: Option<u32>,
     ) -> Result<Arc<Published>, WriteError> {
+        let options = WriteOptions {
+            expected,
+            uid,
+            ..WriteOptions::default()
+        };
+        self.rollback_with(to_revision, options).await
+    }
+
+    pub async fn rollback_with(
+        &self,
+        to_revision: u64,
+        options: WriteOptions,
+    ) -> Result<Arc<Published>, WriteError> {
         self.check_writable("the request is", 0)?;
         let document = match &self.engine {
             Engine::File(engine) => engine.retained(to_revision)?,
             #[cfg(feature = "etcd")]
             Engine::Etcd(engine) => engine.retained(to_revision).await?,
         };
-        self.write(Change::Set(document), expected, Source::Rollback, uid)
+        self.write(Change::Set(document), Source::Rollback, options)
             .await
     }
 
     async fn write(
         &self,
         change: Change,
-        expected: Option<u64>,
         source: Source,
-        uid: Option<u32>,
+        options: WriteOptions,
     ) -> Result<Arc<Published>, WriteError> {
         let write = Write {
             change,
-            expected,
-            origin: Origin { source, uid },
+            expected: options.expected,
+            origin: Origin {
+                source,
+                uid: options.uid,
+            },
+            canary: options.canary,
+            force: options.force,
         };
         match &self.engine {
             Engine::File(engine) => engine.commit(write).await,

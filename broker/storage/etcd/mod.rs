@@ -1259,6 +1259,7 @@ impl EtcdEngine {
                     size_bytes: r.value.len() as u64,
                     writer_uid,
                     source: source.to_owned(),
+                    note: String::new(),
                 }
             })
             .collect())

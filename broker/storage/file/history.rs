@@ -5,6 +5,7 @@
 //! are pruned by count (`--history`) and by total size (`--history-bytes`);
 //! the newest is always kept, and a compaction drops the pruned ones from
 //! the journal.
+use crate::canary::CanaryRecord;
 use argsbroker::pb;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,11 @@ pub enum Source {
     Set,
     Patch,
     Rollback,
+    /// The stable document again, ending a canary.
+    Abort,
+    /// A canary's candidate made the revision everyone gets (a record of the
+    /// journal, merged into the candidate's entry: not a revision).
+    Promote,
 }
 
 impl Source {
@@ -30,8 +36,21 @@ impl Source {
             Source::Set => "set",
             Source::Patch => "patch",
             Source::Rollback => "rollback",
+            Source::Abort => "abort",
+            Source::Promote => "promote",
         }
     }
+}
+
+/// A canary's candidate: whom it was for, and the stable document it was
+/// tried beside (kept with it, so the journal alone restores the canary).
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub record: CanaryRecord,
+    pub stable_json: Bytes,
+    pub stable_sha256: String,
+    /// Made the revision everyone gets.
+    pub promoted: bool,
 }
 
 /// One retained revision: its facts and its compact JSON text.
@@ -43,6 +62,10 @@ pub struct Entry {
     pub writer_uid: Option<u32>,
     pub source: Source,
     pub json: Bytes,
+    /// For people: "canary to 3 followers (25%); promoted", "aborted canary 12: ...".
+    pub note: String,
+    /// Set on a canary's candidate.
+    pub candidate: Option<Candidate>,
 }
 
 impl Entry {
@@ -54,7 +77,14 @@ impl Entry {
             size_bytes: self.json.len() as u64,
             writer_uid: self.writer_uid,
             source: self.source.as_str().to_owned(),
+            note: self.note.clone(),
         }
+    }
+
+    /// A candidate not promoted (running, or aborted): never what a plain
+    /// reader got.
+    pub fn only_a_candidate(&self) -> bool {
+        self.candidate.as_ref().is_some_and(|c| !c.promoted)
     }
 
     /// The entry as a whole-document `Args` of `lineage`, for replaying a watch.
@@ -79,6 +109,14 @@ struct Record<'a> {
     source: Source,
     #[serde(borrow)]
     document: &'a RawValue,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    note: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    canary: Option<CanaryRecord>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    canary_stable: Option<&'a RawValue>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    promoted: bool,
 }
 
 /// A file that could not be written, and why.
@@ -129,8 +167,26 @@ impl History {
     }
 
     /// Keeps `entry` (already in the journal) as the newest; prunes the oldest.
-    /// Its revision is the newest + 1: the engine hands out revisions in order.
+    /// Its revision is the newest + 1: the engine hands out revisions in
+    /// order. A promotion is not a revision: it marks its candidate.
     pub fn retain(&mut self, entry: Entry) {
+        if entry.source == Source::Promote {
+            if let Some(candidate) = self
+                .entries
+                .iter_mut()
+                .rev()
+                .find(|e| e.revision == entry.revision)
+            {
+                if let Some(c) = &mut candidate.candidate {
+                    c.promoted = true;
+                }
+                candidate.note = match candidate.note.is_empty() {
+                    true => entry.note,
+                    false => format!("{}; {}", candidate.note, entry.note),
+                };
+            }
+            return;
+        }
         self.bytes += entry.json.len();
         self.entries.push_back(entry);
         self.prune();
@@ -154,6 +210,10 @@ impl Entry {
     /// The entry as a journal record: one JSON object, the document embedded.
     pub fn encode(&self) -> io::Result<Vec<u8>> {
         let document = std::str::from_utf8(&self.json).map_err(io::Error::other)?;
+        let stable = match &self.candidate {
+            Some(c) => Some(std::str::from_utf8(&c.stable_json).map_err(io::Error::other)?),
+            None => None,
+        };
         let record = Record {
             revision: self.revision,
             unix_millis: self.unix_millis,
@@ -161,12 +221,31 @@ impl Entry {
             writer_uid: self.writer_uid,
             source: self.source,
             document: serde_json::from_str(document).map_err(io::Error::other)?,
+            note: self.note.clone(),
+            canary: self.candidate.as_ref().map(|c| c.record.clone()),
+            canary_stable: match stable {
+                Some(text) => Some(serde_json::from_str(text).map_err(io::Error::other)?),
+                None => None,
+            },
+            promoted: self.candidate.as_ref().is_some_and(|c| c.promoted),
         };
         serde_json::to_vec(&record).map_err(io::Error::other)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         let record: Record = serde_json::from_slice(bytes)?;
+        let candidate = match (record.canary, record.canary_stable) {
+            (Some(canary), Some(stable)) => {
+                let stable_json = Bytes::copy_from_slice(stable.get().as_bytes());
+                Some(Candidate {
+                    stable_sha256: argsbroker::document::sha256_hex(&stable_json),
+                    stable_json,
+                    record: canary,
+                    promoted: record.promoted,
+                })
+            }
+            _ => None,
+        };
         Ok(Self {
             revision: record.revision,
             unix_millis: record.unix_millis,
@@ -174,6 +253,8 @@ impl Entry {
             writer_uid: record.writer_uid,
             source: record.source,
             json: Bytes::copy_from_slice(record.document.get().as_bytes()),
+            note: record.note,
+            candidate,
         })
     }
 }
@@ -226,6 +307,8 @@ mod tests {
             writer_uid: Some(1000),
             source: Source::Patch,
             json: Bytes::from(json.to_owned()),
+            note: String::new(),
+            candidate: None,
         }
     }
 

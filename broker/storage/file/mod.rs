@@ -20,9 +20,10 @@ pub mod history;
 mod journal;
 pub mod lineage;
 
-use super::admit::{satisfies, Limits, Origin, Plan, Unsatisfied, Write};
+use super::admit::{satisfies, EndCanary, Limits, Origin, Plan as PlanOf, Unsatisfied, Write};
 use super::error::WriteError;
-use super::published::{Head, Published};
+use super::published::{Canary, Head, Published};
+use crate::canary::CanaryRecord;
 use crate::follow::Stamp;
 pub use args_file::ArgsFile;
 use args_file::{read_document, remove_leftover_temp_files};
@@ -30,7 +31,7 @@ use argsbroker::document::{Document, DocumentError};
 use argsbroker::durable::{self, Keep};
 use argsbroker::pb;
 pub use history::SaveError;
-use history::{Entry, History, Source};
+use history::{Candidate, Entry, History, Source};
 use journal::{Journal, JournalError};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -114,10 +115,14 @@ struct Shared {
     history: std::sync::Mutex<History>,
 }
 
+type Reply = oneshot::Sender<Result<Arc<Published>, WriteError>>;
+
 enum Job {
-    Write(Write, oneshot::Sender<Result<Arc<Published>, WriteError>>),
+    Write(Box<Write>, Reply),
     /// SIGHUP or `--watch`: the args file, read even if its stamp is unchanged.
     Reload(oneshot::Sender<Result<Option<Arc<Published>>, OpenError>>),
+    Promote(EndCanary, Reply),
+    Abort(EndCanary, Reply),
 }
 
 /// What the broker last wrote or read in the args file.
@@ -165,51 +170,96 @@ impl FileEngine {
         for entry in entries {
             history.retain(entry);
         }
+        // What plain readers got last: the newest entry, or, while a canary
+        // runs, the stable document kept with its candidate.
+        let newest = history.newest().cloned();
+        let running = newest.clone().filter(Entry::only_a_candidate);
+        let stable = match (&newest, &running) {
+            (_, Some(candidate)) => candidate.candidate.as_ref().map(|c| {
+                (
+                    c.record.stable_revision,
+                    c.stable_json.clone(),
+                    c.stable_sha256.clone(),
+                )
+            }),
+            (Some(newest), None) => {
+                Some((newest.revision, newest.json.clone(), newest.sha256.clone()))
+            }
+            (None, None) => None,
+        };
         let mut revision = 1;
-        if let Some(newest) = history.newest() {
-            revision = newest.revision;
-            if newest.sha256 != document.sha256() {
-                if stamp.modified_millis() <= newest.unix_millis {
-                    // Older than the newest commit: a crash came between that
-                    // commit and the rename of its args file.
-                    let committed =
-                        Document::from_broker(newest.json.clone(), newest.sha256.clone()).map_err(
-                            |source| OpenError::Invalid {
+        let mut next = newest.as_ref().map_or(1, |e| e.revision + 1);
+        let mut canary = running.and_then(|entry| {
+            let record = entry.candidate.as_ref()?.record.clone();
+            let document = Document::from_broker(entry.json.clone(), entry.sha256.clone()).ok()?;
+            Some((entry.revision, document, record))
+        });
+        let mut appended = Vec::new();
+        match stable {
+            Some((stable_revision, json, sha256)) if sha256 == document.sha256() => {
+                revision = stable_revision;
+                drop(json);
+            }
+            Some((stable_revision, json, sha256))
+                if newest
+                    .as_ref()
+                    .is_some_and(|n| stamp.modified_millis() <= n.unix_millis) =>
+            {
+                // Older than the newest commit: a crash came between that
+                // commit and the rename of its args file.
+                revision = stable_revision;
+                let committed =
+                    Document::from_broker(json, sha256).map_err(|source| OpenError::Invalid {
+                        path: journal.path().to_path_buf(),
+                        source,
+                    })?;
+                tracing::warn!(
+                    args = %args_path.display(),
+                    revision,
+                    "the args file is older than the journal's last revision (the broker stopped between a commit and rewriting the file); rewriting it"
+                );
+                stamp = write_args_file(&args_path, &committed).map_err(|error| SaveFailed {
+                    revision,
+                    error: SaveError {
+                        path: args_path.clone(),
+                        error,
+                    },
+                })?;
+                document = committed;
+            }
+            Some((_, json, sha256)) => {
+                // Changed while the broker was down: the next revision, which
+                // ends a canary that was running.
+                if let Some((candidate, _, _)) = canary.take() {
+                    let mut abort = entry(
+                        next,
+                        &Document::from_broker(json, sha256).map_err(|source| {
+                            OpenError::Invalid {
                                 path: journal.path().to_path_buf(),
                                 source,
-                            },
-                        )?;
-                    tracing::warn!(
-                        args = %args_path.display(),
-                        revision,
-                        "the args file is older than the journal's last revision (the broker stopped between a commit and rewriting the file); rewriting it"
+                            }
+                        })?,
+                        Origin {
+                            source: Source::Abort,
+                            uid: None,
+                        },
                     );
-                    stamp =
-                        write_args_file(&args_path, &committed).map_err(|error| SaveFailed {
-                            revision,
-                            error: SaveError {
-                                path: args_path.clone(),
-                                error,
-                            },
-                        })?;
-                    document = committed;
-                } else {
-                    revision += 1;
+                    abort.note = format!(
+                        "aborted canary {candidate}: the args file was edited while the broker was down"
+                    );
+                    appended.push(abort);
+                    next += 1;
                 }
+                revision = next;
+                appended.push(entry(revision, &document, FILE));
             }
+            None => appended.push(entry(revision, &document, FILE)),
         }
-        if history.newest().map(|e| e.revision) != Some(revision) {
-            let entry = entry(
-                revision,
-                &document,
-                Origin {
-                    source: Source::File,
-                    uid: None,
-                },
-            );
-            append(&mut journal, std::slice::from_ref(&entry))
-                .map_err(|error| SaveFailed { revision, error })?;
-            history.retain(entry);
+        if !appended.is_empty() {
+            append(&mut journal, &appended).map_err(|error| SaveFailed { revision, error })?;
+            for entry in appended {
+                history.retain(entry);
+            }
         }
         remove_leftover_temp_files(&args_path);
         let seen = FileSeen {
@@ -221,6 +271,16 @@ impl FileEngine {
         let head = Arc::new(Head::new(Arc::new(Published::new(
             revision, document, &lineage,
         ))));
+        if let Some((candidate, document, record)) = canary {
+            tracing::info!(
+                candidate,
+                stable = revision,
+                selector = record.selector,
+                "a canary was running: it goes on"
+            );
+            let snapshot = Arc::new(Published::new(candidate, document, &lineage));
+            head.set_canary(Some(Arc::new(Canary::new(snapshot, record))));
+        }
         let shared = Arc::new(Shared {
             lineage,
             args_path,
@@ -256,7 +316,25 @@ impl FileEngine {
     pub async fn commit(&self, write: Write) -> Result<Arc<Published>, WriteError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job::Write(write, reply))
+            .send(Job::Write(Box::new(write), reply))
+            .map_err(|_| WriteError::Stopping)?;
+        answer.await.map_err(|_| WriteError::Stopping)?
+    }
+
+    /// Makes the running canary's candidate what everyone gets.
+    pub async fn promote(&self, end: EndCanary) -> Result<Arc<Published>, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::Promote(end, reply))
+            .map_err(|_| WriteError::Stopping)?;
+        answer.await.map_err(|_| WriteError::Stopping)?
+    }
+
+    /// Ends the running canary with the stable document, as a new revision.
+    pub async fn abort(&self, end: EndCanary) -> Result<Arc<Published>, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::Abort(end, reply))
             .map_err(|_| WriteError::Stopping)?;
         answer.await.map_err(|_| WriteError::Stopping)?
     }
@@ -307,7 +385,7 @@ impl FileEngine {
         Some(
             history
                 .entries()
-                .filter(|e| e.revision > revision)
+                .filter(|e| e.revision > revision && !e.only_a_candidate())
                 .map(|e| e.to_args(&self.shared.lineage))
                 .collect(),
         )
@@ -340,10 +418,67 @@ enum Outcome {
     ReloadFailed(OpenError),
 }
 
+/// What a revision of a group does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    /// Everyone gets it.
+    Stable,
+    /// It becomes the running canary's candidate.
+    Candidate,
+    /// The candidate becomes what everyone gets (the same revision).
+    Promote,
+}
+
 /// One revision a group makes.
 struct Link {
     entry: Entry,
     document: Document,
+    effect: Effect,
+}
+
+/// Where a group stands while it is planned: the stable revision, the
+/// candidate of a running canary, and the next revision number.
+struct Plan {
+    stable: (u64, Document),
+    candidate: Option<(u64, Document, CanaryRecord)>,
+    next: u64,
+}
+
+impl Plan {
+    /// Appends a revision that everyone gets.
+    fn stable(
+        &mut self,
+        chain: &mut Vec<Link>,
+        document: Document,
+        origin: Origin,
+        note: String,
+    ) -> usize {
+        let mut entry = entry(self.next, &document, origin);
+        entry.note = note;
+        self.stable = (self.next, document.clone());
+        self.candidate = None;
+        self.next += 1;
+        chain.push(Link {
+            entry,
+            document,
+            effect: Effect::Stable,
+        });
+        chain.len() - 1
+    }
+
+    /// Ends the running canary with the stable document again, as a new
+    /// revision (so no follower goes back to an older number).
+    fn abort(&mut self, chain: &mut Vec<Link>, uid: Option<u32>, why: &str) -> Option<usize> {
+        let (candidate, _, _) = self.candidate.as_ref()?;
+        let note = format!("aborted canary {candidate}: {why}");
+        tracing::warn!("{note}");
+        let stable = self.stable.1.clone();
+        let origin = Origin {
+            source: Source::Abort,
+            uid,
+        };
+        Some(self.stable(chain, stable, origin, note))
+    }
 }
 
 impl Committer {
@@ -361,7 +496,23 @@ impl Committer {
     }
 
     fn commit_group(&mut self, group: Vec<Job>) {
-        let base = self.shared.head.current_full();
+        let head = self.shared.head.clone();
+        let base = head.current_full();
+        let running = head.canary();
+        let mut plan = Plan {
+            stable: (base.revision, base.document.clone()),
+            candidate: running.as_ref().map(|c| {
+                (
+                    c.candidate.revision,
+                    c.candidate.document.clone(),
+                    c.record.clone(),
+                )
+            }),
+            next: base
+                .revision
+                .max(running.as_ref().map_or(0, |c| c.candidate.revision))
+                + 1,
+        };
         // What the file held before this group: back to it if the group fails,
         // so an outside edit it took is taken again.
         let seen_before = FileSeen {
@@ -371,56 +522,85 @@ impl Committer {
         let mut chain: Vec<Link> = Vec::new();
         let mut outcomes = Vec::with_capacity(group.len());
         // An outside edit not taken yet becomes a revision before any write,
-        // so a write neither loses it nor is lost to it.
+        // so a write neither loses it nor is lost to it. It ends a canary.
         let outside = self.take_outside_edit(&base.document, false);
         // A reload in this group reports the edit taken here as its own.
         let mut taken = None;
         let outside = match outside {
             Ok(Some(document)) => {
-                chain.push(link(base.revision + 1, document, FILE));
-                taken = Some(0);
+                plan.abort(&mut chain, None, "the args file was edited");
+                taken = Some(plan.stable(&mut chain, document, FILE, String::new()));
                 None
             }
             Ok(None) => None,
             Err(err) => Some(Arc::new(err)),
         };
         for job in &group {
-            let (tip_revision, tip) = match chain.last() {
-                Some(last) => (last.entry.revision, &last.document),
-                None => (base.revision, &base.document),
-            };
-            let at_tip = match chain.len() {
-                0 => Outcome::Base,
-                n => Outcome::At(n - 1),
+            // Where a plain write applies: the newest stable revision.
+            let at_stable = match chain.iter().rposition(|l| l.effect != Effect::Candidate) {
+                Some(at) => Outcome::At(at),
+                None => Outcome::Base,
             };
             let outcome = match job {
                 Job::Write(write, _) => {
                     if let Some(err) = &outside {
                         outcomes.push(Outcome::Refused(WriteError::OutsideEdit(
                             err.clone(),
-                            tip_revision,
+                            plan.stable.0,
                         )));
                         continue;
                     }
-                    match write.plan(tip_revision, tip, &self.shared.limits) {
-                        Ok(Plan::Unchanged) => at_tip,
-                        Ok(Plan::Next(document)) => {
-                            chain.push(link(tip_revision + 1, document, write.origin));
-                            Outcome::At(chain.len() - 1)
-                        }
-                        Err(err) => Outcome::Refused(err),
-                    }
+                    self.plan_write(write, &mut plan, &mut chain, at_stable)
                 }
-                Job::Reload(_) => match self.take_outside_edit(tip, true) {
+                Job::Reload(_) => match self.take_outside_edit(&plan.stable.1, true) {
                     Ok(Some(document)) => {
-                        chain.push(link(tip_revision + 1, document, FILE));
-                        Outcome::At(chain.len() - 1)
+                        plan.abort(&mut chain, None, "the args file was edited");
+                        Outcome::At(plan.stable(&mut chain, document, FILE, String::new()))
                     }
                     Ok(None) => match taken.take() {
                         Some(at) => Outcome::At(at),
                         None => Outcome::NothingNew,
                     },
                     Err(err) => Outcome::ReloadFailed(err),
+                },
+                Job::Promote(end, _) => match check_candidate(&plan, end) {
+                    Err(err) => Outcome::Refused(err),
+                    Ok(()) => {
+                        let Some((candidate, document, record)) = plan.candidate.take() else {
+                            outcomes.push(Outcome::Refused(WriteError::NoCanary));
+                            continue;
+                        };
+                        let mut entry = entry(
+                            candidate,
+                            &document,
+                            Origin {
+                                source: Source::Promote,
+                                uid: end.uid,
+                            },
+                        );
+                        entry.note = "promoted".to_owned();
+                        tracing::info!(candidate, selector = record.selector, "canary promoted");
+                        plan.stable = (candidate, document.clone());
+                        chain.push(Link {
+                            entry,
+                            document,
+                            effect: Effect::Promote,
+                        });
+                        Outcome::At(chain.len() - 1)
+                    }
+                },
+                Job::Abort(end, _) => match check_candidate(&plan, end) {
+                    Err(err) => Outcome::Refused(err),
+                    Ok(()) => {
+                        let why = match end.reason.as_str() {
+                            "" => "by hand",
+                            reason => reason,
+                        };
+                        match plan.abort(&mut chain, end.uid, why) {
+                            Some(at) => Outcome::At(at),
+                            None => Outcome::Refused(WriteError::NoCanary),
+                        }
+                    }
                 },
             };
             outcomes.push(outcome);
@@ -429,54 +609,150 @@ impl Committer {
         if committed.is_err() {
             self.seen = seen_before;
         }
-        let snapshots: Vec<Arc<Published>> = match &committed {
+        let lineage = &self.shared.lineage;
+        let snapshots: Vec<(Effect, Arc<Published>, Option<CanaryRecord>)> = match &committed {
             Ok(()) => chain
                 .into_iter()
                 .map(|l| {
-                    Arc::new(Published::new(
-                        l.entry.revision,
-                        l.document,
-                        &self.shared.lineage,
-                    ))
+                    let record = l.entry.candidate.map(|c| c.record);
+                    let snapshot = Published::new(l.entry.revision, l.document, lineage);
+                    (l.effect, Arc::new(snapshot), record)
                 })
                 .collect(),
             Err(_) => Vec::new(),
         };
-        if let Some(newest) = snapshots.last() {
-            self.shared.head.publish(newest.clone());
-            for snapshot in &snapshots {
-                tracing::info!(revision = snapshot.revision, "new revision");
+        // The stable revision first, then the canary: a selected follower
+        // gets the newer of the two, so neither step takes it back.
+        if let Some((_, stable, _)) = snapshots
+            .iter()
+            .rev()
+            .find(|(e, _, _)| *e != Effect::Candidate)
+        {
+            head.publish(stable.clone());
+        }
+        if !snapshots.is_empty() {
+            let canary = plan.candidate.as_ref().map(|(revision, _, record)| {
+                let candidate = snapshots
+                    .iter()
+                    .find(|(_, s, _)| s.revision == *revision)
+                    .map(|(_, s, _)| s.clone())
+                    .or_else(|| running.as_ref().map(|c| c.candidate.clone()));
+                (candidate, record.clone())
+            });
+            match canary {
+                Some((Some(candidate), record)) => {
+                    if running.as_ref().map(|c| c.candidate.revision) != Some(candidate.revision) {
+                        head.set_canary(Some(Arc::new(Canary::new(candidate, record))));
+                    }
+                }
+                _ => {
+                    if running.is_some() {
+                        head.set_canary(None);
+                    }
+                }
+            }
+            for (effect, snapshot, record) in &snapshots {
+                match (effect, record) {
+                    (Effect::Candidate, Some(record)) => tracing::info!(
+                        revision = snapshot.revision,
+                        selector = record.selector,
+                        "new revision, a canary's candidate"
+                    ),
+                    _ => tracing::info!(revision = snapshot.revision, "new revision"),
+                }
             }
         }
         for (job, outcome) in group.into_iter().zip(outcomes) {
             let given = |at: usize| match &committed {
-                Ok(()) => Ok(snapshots[at].clone()),
+                Ok(()) => Ok(snapshots[at].1.clone()),
                 Err(failed) => Err(failed.copy()),
             };
-            match (job, outcome) {
-                (Job::Write(_, reply), Outcome::At(at)) => {
-                    let _ = reply.send(given(at).map_err(WriteError::Save));
+            let reply = match job {
+                Job::Reload(reply) => {
+                    let _ = reply.send(match outcome {
+                        Outcome::At(at) => given(at).map(Some).map_err(OpenError::Save),
+                        Outcome::ReloadFailed(err) => Err(err),
+                        _ => Ok(None),
+                    });
+                    continue;
                 }
-                (Job::Write(_, reply), Outcome::Base) => {
-                    let _ = reply.send(Ok(base.clone()));
-                }
-                (Job::Write(_, reply), Outcome::Refused(err)) => {
-                    let _ = reply.send(Err(err));
-                }
-                (Job::Reload(reply), Outcome::At(at)) => {
-                    let _ = reply.send(given(at).map(Some).map_err(OpenError::Save));
-                }
-                (Job::Reload(reply), Outcome::ReloadFailed(err)) => {
-                    let _ = reply.send(Err(err));
-                }
-                (Job::Reload(reply), _) => {
-                    let _ = reply.send(Ok(None));
-                }
-                (Job::Write(_, reply), _) => {
-                    let _ = reply.send(Err(WriteError::Stopping));
-                }
+                Job::Write(_, reply) | Job::Promote(_, reply) | Job::Abort(_, reply) => reply,
+            };
+            let _ = reply.send(match outcome {
+                Outcome::At(at) => given(at).map_err(WriteError::Save),
+                Outcome::Base => Ok(base.clone()),
+                Outcome::Refused(err) => Err(err),
+                Outcome::NothingNew | Outcome::ReloadFailed(_) => Err(WriteError::Stopping),
+            });
+        }
+    }
+
+    /// Plans `write` on the group's stable revision.
+    fn plan_write(
+        &self,
+        write: &Write,
+        plan: &mut Plan,
+        chain: &mut Vec<Link>,
+        at_stable: Outcome,
+    ) -> Outcome {
+        if let Some((candidate, _, record)) = &plan.candidate {
+            if !write.force {
+                return Outcome::Refused(WriteError::CanaryRunning {
+                    candidate: *candidate,
+                    selector: record.selector.clone(),
+                });
             }
         }
+        let planned = write.plan(plan.stable.0, &plan.stable.1, &self.shared.limits);
+        let document = match planned {
+            Err(err) => return Outcome::Refused(err),
+            Ok(PlanOf::Unchanged) if write.canary.is_some() => {
+                return Outcome::Refused(WriteError::CanaryUnchanged {
+                    stable: plan.stable.0,
+                })
+            }
+            Ok(PlanOf::Unchanged) if plan.candidate.is_none() => return at_stable,
+            // Forced over a canary: the abort is the change, whatever the write.
+            Ok(PlanOf::Unchanged) => plan.stable.1.clone(),
+            Ok(PlanOf::Next(document)) => document,
+        };
+        if write.force {
+            plan.abort(chain, write.origin.uid, "replaced by a forced write");
+        }
+        let Some(start) = &write.canary else {
+            if document.sha256() == plan.stable.1.sha256() {
+                // Forced, and the same as the stable document: the abort is it.
+                return Outcome::At(chain.len() - 1);
+            }
+            return Outcome::At(plan.stable(chain, document, write.origin, String::new()));
+        };
+        let record = CanaryRecord {
+            selector: start.selector.text().to_owned(),
+            chosen: start.chosen.clone(),
+            stable_revision: plan.stable.0,
+            bake_ms: start.bake_ms,
+            started_unix_millis: unix_millis(),
+        };
+        let revision = plan.next;
+        let mut entry = entry(revision, &document, write.origin);
+        entry.note = match start.chosen.len() {
+            0 => format!("canary to {}", record.selector),
+            n => format!("canary to {n} followers ({})", record.selector),
+        };
+        entry.candidate = Some(Candidate {
+            record: record.clone(),
+            stable_json: plan.stable.1.json().clone(),
+            stable_sha256: plan.stable.1.sha256().to_owned(),
+            promoted: false,
+        });
+        plan.next += 1;
+        plan.candidate = Some((revision, document.clone(), record));
+        chain.push(Link {
+            entry,
+            document,
+            effect: Effect::Candidate,
+        });
+        Outcome::At(chain.len() - 1)
     }
 
     /// Makes `chain` durable: stages the args file (when a write, not an
@@ -494,11 +770,14 @@ impl Committer {
             },
         };
         let args_path = self.shared.args_path.clone();
-        let staged = match newest.entry.source {
-            Source::File => None,
-            _ => Some(
-                stage_args_file(&args_path, &newest.document).map_err(|e| failed(&args_path, e))?,
+        // The args file holds what plain readers get: the newest stable
+        // revision, unless that is an outside edit (already in the file).
+        let stable = chain.iter().rev().find(|l| l.effect != Effect::Candidate);
+        let staged = match stable {
+            Some(link) if link.entry.source != Source::File => Some(
+                stage_args_file(&args_path, &link.document).map_err(|e| failed(&args_path, e))?,
             ),
+            _ => None,
         };
         let entries: Vec<Entry> = chain.iter().map(|l| l.entry.clone()).collect();
         if let Err(error) = append(&mut self.journal, &entries) {
@@ -522,7 +801,9 @@ impl Committer {
                     "cannot rename the new args file into place; it holds an older revision until the next write"
                 ),
             }
-            self.seen.sha256 = newest.document.sha256().to_owned();
+            if let Some(link) = stable {
+                self.seen.sha256 = link.document.sha256().to_owned();
+            }
         }
         let mut history = self.shared.history();
         for entry in entries {
@@ -614,29 +895,41 @@ impl SaveFailed {
     }
 }
 
+/// Checks that a canary runs, and that it is `end.candidate` if given.
+fn check_candidate(plan: &Plan, end: &EndCanary) -> Result<(), WriteError> {
+    let Some((candidate, _, _)) = &plan.candidate else {
+        return Err(WriteError::NoCanary);
+    };
+    match end.candidate {
+        Some(expected) if expected != *candidate => Err(WriteError::NotTheCandidate {
+            expected,
+            candidate: *candidate,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 const FILE: Origin = Origin {
     source: Source::File,
     uid: None,
 };
 
-fn link(revision: u64, document: Document, origin: Origin) -> Link {
-    Link {
-        entry: entry(revision, &document, origin),
-        document,
-    }
-}
-
 fn entry(revision: u64, document: &Document, origin: Origin) -> Entry {
-    let unix_millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
     Entry {
         revision,
-        unix_millis,
+        unix_millis: unix_millis(),
         sha256: document.sha256().to_owned(),
         writer_uid: origin.uid,
         source: origin.source,
         json: document.json().clone(),
+        note: String::new(),
+        candidate: None,
     }
 }
 
