@@ -658,6 +658,8 @@ impl Committer {
                         selector = record.selector,
                         "new revision, a canary's candidate"
                     ),
+                    // Logged as "canary promoted": not a new revision.
+                    (Effect::Promote, _) => {}
                     _ => tracing::info!(revision = snapshot.revision, "new revision"),
                 }
             }
