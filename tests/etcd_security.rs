@@ -185,6 +185,17 @@ fn etcd_users_a_reader_serves_but_cannot_write_a_writer_can_and_bad_credentials_
     assert!(written.revision > first);
     assert_eq!(mod_revision(&cluster, root), written.revision);
     assert_eq!(value_in_etcd(&cluster, root), r#"{"a":1,"b":2}"#);
+    // Granted the key alone, not the record beside it: said once, and the
+    // writes go on with the key alone.
+    assert_eq!(
+        writer_broker
+            .log()
+            .matches("going on with the key alone")
+            .count(),
+        1,
+        "{}",
+        writer_broker.log()
+    );
     worker_serves(reader_port, r#"{"a":1,"b":2}"#);
     assert_eq!(reader.current().revision, written.revision);
 

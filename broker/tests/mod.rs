@@ -5,5 +5,6 @@
 //! that needs a process of its own (signals, exit codes, other users,
 //! kill -9) is tested by tests/*.rs against the real binaries.
 mod harness;
+mod pipeline;
 mod requests;
 mod store;

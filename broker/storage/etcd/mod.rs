@@ -325,6 +325,68 @@ fn range_end(key: &str) -> String {
     format!("{key}\x01")
 }
 
+/// Whether this broker's etcd user may read and write the meta record
+/// beside the key. A user granted the key alone (`etcdctl role
+/// grant-permission ROLE readwrite KEY`) may not: the broker then works
+/// with the key alone (no writer uids in the history; the lineage from the
+/// cluster id and the key's create revision), and says so once.
+struct MetaAccess {
+    read: AtomicBool,
+    write: AtomicBool,
+}
+
+impl MetaAccess {
+    fn new() -> Self {
+        Self {
+            read: AtomicBool::new(true),
+            write: AtomicBool::new(true),
+        }
+    }
+
+    fn reads(&self) -> bool {
+        self.read.load(Ordering::Relaxed)
+    }
+
+    fn writes(&self) -> bool {
+        self.write.load(Ordering::Relaxed)
+    }
+
+    /// A range read of `[KEY, KEY\x01)` if the meta record may be read.
+    fn range(&self, key: &str) -> Option<GetOptions> {
+        self.reads()
+            .then(|| GetOptions::new().with_range(range_end(key)))
+    }
+
+    /// Stops reading (`write` false) or writing the meta record after etcd
+    /// refused it; true if it was in use (so the request is worth again).
+    fn refused(&self, key: &str, write: bool, reason: &str) -> bool {
+        // Not a user without a name or with a wrong password: a user that
+        // may not touch what was asked (etcd's ErrPermissionDenied).
+        if !reason.contains("permission denied") {
+            return false;
+        }
+        let flag = if write { &self.write } else { &self.read };
+        let was = flag.swap(false, Ordering::Relaxed);
+        if was {
+            tracing::debug!(key, %reason, write, "etcd refused the record beside the key");
+        }
+        was
+    }
+
+    /// Says once, when the broker serves, that it works with the key alone.
+    fn tell(&self, key: &str) {
+        if self.reads() && self.writes() {
+            return;
+        }
+        tracing::warn!(
+            key,
+            "etcd does not let the broker's user {} the record beside the key ({}): going on with the key alone (no writer uids in the history; a lineage from the cluster id). Grant the user the key's range to keep them: etcdctl role grant-permission ROLE readwrite KEY --prefix=true",
+            if self.reads() { "write" } else { "read" },
+            meta_key(key).replace('\0', "\\0")
+        );
+    }
+}
+
 /// The key's and its meta record's entries among `kvs` (a range read, or a
 /// watch response's puts of one revision).
 fn key_and_meta<'a>(
@@ -354,6 +416,7 @@ pub struct EtcdEngine {
     head: Arc<Head>,
     /// Held while a snapshot is published; the current snapshot's key incarnation.
     incarnation: Mutex<Incarnation>,
+    meta: MetaAccess,
     contact: watch::Sender<Contact>,
     state_dir: PathBuf,
     /// `--etcd-user` and its password (the newest one etcd took, when a
@@ -399,6 +462,7 @@ impl EtcdEngine {
             None => Instant::now() + config.startup_timeout,
         };
         let authenticated = AtomicBool::new(false);
+        let meta = MetaAccess::new();
         // Why etcd was not reached, for the message if it never is.
         let mut why = String::new();
         let first = loop {
@@ -422,7 +486,7 @@ impl EtcdEngine {
                 }
                 Ok(()) => {}
             }
-            match read_or_seed(&client, &config, config.timeout).await {
+            match read_or_seed(&client, &config, &meta, config.timeout).await {
                 Ok(first) => break Ok(first),
                 Err(Failure::PermissionDenied(reason)) => {
                     return Err(StartError::Refused {
@@ -516,12 +580,14 @@ impl EtcdEngine {
             limits: config.limits,
             head: head.clone(),
             incarnation: Mutex::new(incarnation),
+            meta,
             contact: watch::Sender::new(contact),
             state_dir: config.state_dir,
             user: Mutex::new(config.user),
             authenticated,
         });
         tokio::spawn(store.clone().keep_last_known_good());
+        store.meta.tell(&store.key);
         tokio::spawn(store.clone().follow());
         Ok((store, head))
     }
@@ -745,15 +811,27 @@ impl EtcdEngine {
         .await
     }
 
+    /// The key, and its meta record if the user may read it.
+    async fn read_key(&self) -> Result<etcd_client::GetResponse, Failure> {
+        loop {
+            let range = self.meta.range(&self.key);
+            let read = self
+                .kv_call(|mut kv| {
+                    let range = range.clone();
+                    async move { kv.get(self.key.as_str(), range).await }
+                })
+                .await;
+            match read {
+                Err(Failure::PermissionDenied(reason))
+                    if self.meta.reads() && self.meta.refused(&self.key, false, &reason) => {}
+                read => return read,
+            }
+        }
+    }
+
     async fn follow_once(&self) -> Result<(), Failure> {
         self.authenticate().await?;
-        let range = GetOptions::new().with_range(range_end(&self.key));
-        let read = self
-            .kv_call(|mut kv| {
-                let range = range.clone();
-                async move { kv.get(self.key.as_str(), Some(range)).await }
-            })
-            .await?;
+        let read = self.read_key().await?;
         let Some(header) = read.header() else {
             return Err(Failure::Other("etcd sent no response header".to_owned()));
         };
@@ -764,9 +842,11 @@ impl EtcdEngine {
             }
             (None, _) => self.key_missing(),
         }
-        let options = WatchOptions::new()
-            .with_start_revision(start)
-            .with_range(range_end(&self.key));
+        let mut options = WatchOptions::new().with_start_revision(start);
+        let ranged = self.meta.reads();
+        if ranged {
+            options = options.with_range(range_end(&self.key));
+        }
         let mut watch_client = self
             .client
             .watch_client()
@@ -787,9 +867,14 @@ impl EtcdEngine {
                     );
                     return Err(Failure::Compacted);
                 }
+                let reason = response.cancel_reason();
+                if ranged && reason.contains("permission denied") {
+                    self.meta.refused(&self.key, false, reason);
+                    // Read again at once, the key alone (as after a compaction).
+                    return Err(Failure::Compacted);
+                }
                 return Err(Failure::Unreachable(format!(
-                    "etcd cancelled the watch: {}",
-                    response.cancel_reason()
+                    "etcd cancelled the watch: {reason}"
                 )));
             }
             let events = response.events();
@@ -1012,8 +1097,14 @@ impl EtcdEngine {
                 })?),
                 false => incarnation.id,
             };
+            let with_meta = self.meta.writes();
             let then = match unchanged {
                 true => vec![],
+                false if !with_meta => vec![TxnOp::put(
+                    self.key.as_str(),
+                    document.json().to_vec(),
+                    None,
+                )],
                 false => {
                     let meta = Meta {
                         lineage: id.map(|id| format!("{id:032x}")).unwrap_or_default(),
@@ -1032,18 +1123,31 @@ impl EtcdEngine {
                     ]
                 }
             };
-            let range = GetOptions::new().with_range(range_end(&self.key));
+            let ranged = self.meta.reads();
             let txn = Txn::new()
                 .when(compare)
                 .and_then(then)
-                .or_else(vec![TxnOp::get(self.key.as_str(), Some(range))]);
+                .or_else(vec![TxnOp::get(
+                    self.key.as_str(),
+                    self.meta.range(&self.key),
+                )]);
             let response = self
                 .kv_call(|mut kv| {
                     let txn = txn.clone();
                     async move { kv.txn(txn).await }
                 })
-                .await
-                .map_err(|f| self.write_error(f))?;
+                .await;
+            let response = match response {
+                // Refused (nothing was done): without the meta record, if
+                // that is what the user may not touch.
+                Err(Failure::PermissionDenied(reason))
+                    if (with_meta && self.meta.refused(&self.key, true, &reason))
+                        || (ranged && self.meta.refused(&self.key, false, &reason)) =>
+                {
+                    continue;
+                }
+                response => response.map_err(|f| self.write_error(f))?,
+            };
             let header = response.header();
             if response.succeeded() {
                 if unchanged {
@@ -1095,13 +1199,7 @@ impl EtcdEngine {
 
     /// Reads the key now and publishes it if it is newer.
     async fn refresh(&self) -> Result<Arc<Published>, Failure> {
-        let range = GetOptions::new().with_range(range_end(&self.key));
-        let read = self
-            .kv_call(|mut kv| {
-                let range = range.clone();
-                async move { kv.get(self.key.as_str(), Some(range)).await }
-            })
-            .await?;
+        let read = self.read_key().await?;
         Ok(match key_and_meta(&self.key, read.kvs()) {
             (Some(kv), meta) => self.publish_kv(kv, meta, read.header()),
             (None, _) => self.head.current_full(),
@@ -1202,9 +1300,10 @@ impl EtcdEngine {
             if after.is_some_and(|after| at as u64 <= after) {
                 break;
             }
-            let options = GetOptions::new()
-                .with_revision(at)
-                .with_range(range_end(&self.key));
+            let mut options = GetOptions::new().with_revision(at);
+            if self.meta.reads() {
+                options = options.with_range(range_end(&self.key));
+            }
             let read = match self
                 .kv_call(|mut kv| {
                     let options = options.clone();
@@ -1308,14 +1407,20 @@ struct First {
 async fn read_or_seed(
     client: &Client,
     config: &Config,
+    meta_access: &MetaAccess,
     timeout: Duration,
 ) -> Result<First, Failure> {
     let mut kv_client = client
         .kv_client()
         .max_decoding_message_size(MAX_DECODING_BYTES);
     let key = config.key.as_str();
-    let range = GetOptions::new().with_range(range_end(key));
-    let read = bounded(timeout, kv_client.get(key, Some(range.clone()))).await?;
+    let read = loop {
+        match bounded(timeout, kv_client.get(key, meta_access.range(key))).await {
+            Err(Failure::PermissionDenied(reason))
+                if meta_access.reads() && meta_access.refused(key, false, &reason) => {}
+            read => break read?,
+        }
+    };
     if let Some(first) = first(key, read) {
         if let Some(seed) = &config.seed {
             tracing::info!(
@@ -1341,19 +1446,23 @@ async fn read_or_seed(
         unix_millis: unix_millis(),
     };
     let meta = serde_json::to_vec(&meta).map_err(|err| Failure::Other(err.to_string()))?;
-    let txn = Txn::new()
-        .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
-        .and_then(vec![
-            TxnOp::put(key, json, None),
-            TxnOp::put(meta_key(key), meta, None),
-        ])
-        .or_else(vec![TxnOp::get(key, None)]);
-    let response = bounded(timeout, kv_client.txn(txn))
-        .await
-        .map_err(|failure| match failure {
-            Failure::PermissionDenied(reason) => Failure::CreateDenied(reason),
-            failure => failure,
-        })?;
+    let response = loop {
+        let mut then = vec![TxnOp::put(key, json.clone(), None)];
+        let with_meta = meta_access.writes();
+        if with_meta {
+            then.push(TxnOp::put(meta_key(key), meta.clone(), None));
+        }
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then(then)
+            .or_else(vec![TxnOp::get(key, None)]);
+        match bounded(timeout, kv_client.txn(txn)).await {
+            Err(Failure::PermissionDenied(reason))
+                if with_meta && meta_access.refused(key, true, &reason) => {}
+            Err(Failure::PermissionDenied(reason)) => return Err(Failure::CreateDenied(reason)),
+            response => break response?,
+        }
+    };
     let Some(header) = response.header().cloned() else {
         return Err(Failure::Other("etcd sent no response header".to_owned()));
     };
@@ -1361,7 +1470,7 @@ async fn read_or_seed(
         tracing::info!(key, revision = header.revision(), args = %seed.path().display(), "created the key in etcd from the args file");
     }
     // Read back what is there now: ours, or the one another broker made first.
-    let read = bounded(timeout, kv_client.get(key, Some(range))).await?;
+    let read = bounded(timeout, kv_client.get(key, meta_access.range(key))).await?;
     first(key, read).ok_or(Failure::NoKey)
 }
 
