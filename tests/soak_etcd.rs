@@ -443,8 +443,8 @@ fn etcd_fault_soak() {
 }
 
 /// What etcd holds at the key, read with etcdctl, as the broker would name
-/// it: revision (mod_revision), lineage (cluster id and create_revision),
-/// the compact JSON and its sha256.
+/// it: revision (mod_revision), lineage (the random id beside the key, or
+/// the cluster id and create_revision), the compact JSON and its sha256.
 fn etcd_holds(cluster: &Cluster) -> argsbroker::pb::Args {
     let limit = Duration::from_secs(10);
     let all = cluster.endpoints();
@@ -461,8 +461,12 @@ fn etcd_holds(cluster: &Cluster) -> argsbroker::pb::Args {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
+    // The key and the record a broker writes beside it (`KEY\0argsbroker`,
+    // inside the range [KEY, KEY\x01)), in key order.
+    let end = format!("{KEY}\x01");
     let meta: serde_json::Value =
-        serde_json::from_slice(&etcdctl(&["get", KEY, "-w", "json"])).expect("etcdctl's JSON");
+        serde_json::from_slice(&etcdctl(&["get", KEY, &end, "-w", "json"]))
+            .expect("etcdctl's JSON");
     let kv = &meta["kvs"][0];
     let (Some(cluster_id), Some(create), Some(revision)) = (
         meta["header"]["cluster_id"].as_u64(),
@@ -471,18 +475,31 @@ fn etcd_holds(cluster: &Cluster) -> argsbroker::pb::Args {
     ) else {
         panic!("etcdctl get {KEY}: no key: {meta}");
     };
-    let mut value = etcdctl(&["get", KEY, "--print-value-only"]);
-    assert_eq!(
-        value.pop(),
-        Some(b'\n'),
-        "etcdctl ends the value with a newline"
-    );
+    let values = etcdctl(&["get", KEY, &end, "--print-value-only"]);
+    let mut lines = values.split(|b| *b == b'\n');
+    let value = lines.next().unwrap_or_default().to_vec();
+    // The random lineage id, if the record was written for this key (made
+    // in the same transaction as the key, or naming its create revision).
+    let record: Option<serde_json::Value> = lines
+        .next()
+        .and_then(|line| serde_json::from_slice(line).ok());
+    let id = record.and_then(|record| {
+        let ours = match record["key_created"].as_u64() {
+            Some(0) => meta["kvs"][1]["mod_revision"].as_u64() == Some(create),
+            created => created == Some(create),
+        };
+        let id = record["lineage"].as_str()?.to_owned();
+        (ours && id.len() == 32).then_some(id)
+    });
     argsbroker::pb::Args {
         revision,
         sha256: sha256_hex(&value),
         json: value.into(),
         not_modified: false,
-        lineage: format!("etcd-{cluster_id:016x}-{create}"),
+        lineage: match id {
+            Some(id) => format!("etcd-{id}"),
+            None => format!("etcd-{cluster_id:016x}-{create}"),
+        },
     }
 }
 

@@ -713,7 +713,12 @@ pub fn check(
         if seen.source.as_deref() != Some("file") {
             continue;
         }
-        if (r.1 == 1 && seen.sha256 == start_sha256) || outside.contains(seen.sha256.as_str()) {
+        // The start file is its lineage's first revision: 1 on a file, the
+        // key's create revision in etcd (a broker seeds it from its --args).
+        let first = ledger.seen.keys().filter(|k| k.0 == r.0).map(|k| k.1).min();
+        if (Some(r.1) == first && seen.sha256 == start_sha256)
+            || outside.contains(seen.sha256.as_str())
+        {
             continue;
         }
         let recovered = restarts.iter().any(|restart| {
