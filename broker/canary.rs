@@ -165,6 +165,17 @@ pub struct CanaryRecord {
     pub started_unix_millis: u64,
 }
 
+impl CanaryRecord {
+    /// The history's note for the canary's start: "canary to 3 followers (3)",
+    /// "canary to 25%".
+    pub fn start_note(&self) -> String {
+        match self.chosen.len() {
+            0 => format!("canary to {}", self.selector),
+            n => format!("canary to {n} followers ({})", self.selector),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -125,7 +125,9 @@ impl Outcome {
                     E::Unreachable { .. } | E::Unconfirmed { .. } | E::ReadUnreachable { .. } => {
                         Self::Unavailable
                     }
-                    E::Denied { .. } | E::ReadDenied { .. } => Self::Denied,
+                    E::Denied { .. } | E::ReadDenied { .. } | E::CanaryNeedsRange { .. } => {
+                        Self::Denied
+                    }
                     E::Missing { .. } => Self::Missing,
                     E::Compacted | E::NoRevision | E::KeptChanging { .. } | E::Other { .. } => {
                         Self::Error

@@ -674,7 +674,9 @@ fn write_status(err: WriteError) -> Status {
                     tracing::warn!(%message, "write refused");
                     Status::permission_denied(message)
                 }
-                E::Missing { .. } => Status::failed_precondition(message),
+                E::Missing { .. } | E::CanaryNeedsRange { .. } => {
+                    Status::failed_precondition(message)
+                }
                 E::Compacted | E::NoRevision | E::KeptChanging { .. } | E::Other { .. } => {
                     tracing::error!(%message, "write failed");
                     Status::internal(message)

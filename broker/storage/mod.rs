@@ -134,7 +134,7 @@ impl Storage {
         match &self.engine {
             Engine::File(engine) => engine.promote(end).await,
             #[cfg(feature = "etcd")]
-            Engine::Etcd(_) => Err(WriteError::NoCanary),
+            Engine::Etcd(engine) => engine.promote(end).await,
         }
     }
 
@@ -144,7 +144,7 @@ impl Storage {
         match &self.engine {
             Engine::File(engine) => engine.abort(end).await,
             #[cfg(feature = "etcd")]
-            Engine::Etcd(_) => Err(WriteError::NoCanary),
+            Engine::Etcd(engine) => engine.abort(end).await,
         }
     }
 

@@ -10,17 +10,21 @@
 //! it reads again and goes on. The newest snapshot is kept in the state
 //! directory as the last-known-good copy, served when a broker starts while
 //! etcd is out of reach.
-use super::admit::{satisfies, Change, Limits, Plan, Write};
+mod canary;
+
+use super::admit::{satisfies, Change, EndCanary, Limits, Plan, Write};
 use super::file::history::Source;
 use super::file::ArgsFile;
-use super::{Contact, Head, Published, WriteError};
+use super::{Canary, Contact, Head, Published, WriteError};
+use crate::canary::CanaryRecord;
 use argsbroker::document::Document;
 use argsbroker::lock;
 use argsbroker::pb;
 use argsbroker::schema::Schema;
+use canary::{canary_key, Kept, Observed, Parts, Value, FORCED};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient, ResponseHeader,
-    TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -80,6 +84,8 @@ pub enum EtcdError {
     },
     #[error("etcd compacted the revision read")]
     Compacted,
+    #[error("a canary with etcd keeps its record beside the key {key}, which the broker's etcd user may not read or write; grant it the key's range: etcdctl role grant-permission ROLE readwrite {key} --prefix=true")]
+    CanaryNeedsRange { key: String },
     #[error("etcd committed the write but sent no revision")]
     NoRevision,
     #[error(
@@ -296,6 +302,13 @@ struct Meta {
     writer_uid: Option<u32>,
     source: Source,
     unix_millis: u64,
+    /// For people, in the history: "canary to 2 followers (2)", "aborted
+    /// canary 12: looks slow".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    note: String,
+    /// This revision started a canary (its candidate).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    canary: bool,
 }
 
 impl Meta {
@@ -387,22 +400,12 @@ impl MetaAccess {
     }
 }
 
-/// The key's and its meta record's entries among `kvs` (a range read, or a
-/// watch response's puts of one revision).
-fn key_and_meta<'a>(
-    key: &str,
-    kvs: impl IntoIterator<Item = &'a KeyValue>,
-) -> (Option<&'a KeyValue>, Option<&'a KeyValue>) {
-    let meta = meta_key(key);
-    let (mut found, mut found_meta) = (None, None);
-    for kv in kvs {
-        if kv.key() == key.as_bytes() {
-            found = Some(kv);
-        } else if kv.key() == meta.as_bytes() {
-            found_meta = Some(kv);
-        }
-    }
-    (found, found_meta)
+/// What a broker published last: the key incarnation of its snapshot, and
+/// the etcd revision of the state it showed (a read's, a watch event's or a
+/// write's), so that an older state seen later changes nothing.
+struct View {
+    incarnation: Incarnation,
+    at: i64,
 }
 
 pub struct EtcdEngine {
@@ -414,8 +417,8 @@ pub struct EtcdEngine {
     max_request_bytes: usize,
     limits: Arc<Limits>,
     head: Arc<Head>,
-    /// Held while a snapshot is published; the current snapshot's key incarnation.
-    incarnation: Mutex<Incarnation>,
+    /// Held while a snapshot is published: what was published last.
+    view: Mutex<View>,
     meta: MetaAccess,
     contact: watch::Sender<Contact>,
     state_dir: PathBuf,
@@ -523,22 +526,58 @@ impl EtcdEngine {
                 }
             }
         };
+        // A canary running in etcd: its candidate, and whom it is for.
+        let mut running = None;
+        let mut at = 0;
         let (snapshot, incarnation, contact) = match first {
-            Ok(First { kv, meta, header }) => {
+            Ok(First { parts, header }) => {
+                let Some(kv) = &parts.key else {
+                    return Err(StartError::NoKey {
+                        key: config.key.clone(),
+                        endpoints,
+                    });
+                };
+                let meta = parts.meta.as_ref();
                 let incarnation = Incarnation {
                     cluster_id: header.cluster_id(),
                     create_revision: kv.create_revision(),
-                    id: meta.as_ref().and_then(|m| Meta::parse(m)?.id_for(m, &kv)),
+                    id: meta.and_then(|m| Meta::parse(m)?.id_for(m, kv)),
+                };
+                at = header.revision();
+                let lineage = incarnation.lineage();
+                let max = config.limits.max_args_bytes;
+                let invalid = |revision, reason| StartError::InvalidValue {
+                    key: config.key.clone(),
+                    revision,
+                    reason,
                 };
                 let revision = kv.mod_revision() as u64;
-                let document = check_value(kv.value(), config.limits.max_args_bytes, schema)
-                    .map_err(|reason| StartError::InvalidValue {
-                        key: config.key.clone(),
-                        revision,
-                        reason,
-                    })?;
-                let snapshot = Published::new(revision, document, &incarnation.lineage());
-                (snapshot, incarnation, Contact::connected())
+                let stable = match parts.running() {
+                    Some(kept) => {
+                        let stable = kept.record.stable_revision;
+                        let document = check_value(kept.stable.get().as_bytes(), max, schema)
+                            .map_err(|reason| invalid(stable, reason))?;
+                        match check_value(kv.value(), max, schema) {
+                            Ok(candidate) => {
+                                let candidate = Published::new(revision, candidate, &lineage);
+                                running = Some((candidate, kept.record));
+                            }
+                            Err(reason) => tracing::error!(
+                                key = config.key,
+                                candidate = revision,
+                                %reason,
+                                "the canary's candidate in etcd is not a valid args document; every follower here keeps the stable revision"
+                            ),
+                        }
+                        Published::new(stable, document, &lineage)
+                    }
+                    None => {
+                        let document = check_value(kv.value(), max, schema)
+                            .map_err(|reason| invalid(revision, reason))?;
+                        Published::new(revision, document, &lineage)
+                    }
+                };
+                (stable, incarnation, Contact::connected())
             }
             Err(reason) => match saved {
                 Some(saved) => {
@@ -571,6 +610,15 @@ impl EtcdEngine {
             },
         };
         let head = Arc::new(Head::new(Arc::new(snapshot)));
+        if let Some((candidate, record)) = running {
+            tracing::info!(
+                candidate = candidate.revision,
+                stable = record.stable_revision,
+                selector = record.selector,
+                "a canary runs: its candidate goes to the followers it selects"
+            );
+            head.set_canary(Some(Arc::new(Canary::new(Arc::new(candidate), record))));
+        }
         let store = Arc::new(Self {
             client,
             key: config.key,
@@ -579,7 +627,7 @@ impl EtcdEngine {
             max_request_bytes: config.max_request_bytes,
             limits: config.limits,
             head: head.clone(),
-            incarnation: Mutex::new(incarnation),
+            view: Mutex::new(View { incarnation, at }),
             meta,
             contact: watch::Sender::new(contact),
             state_dir: config.state_dir,
@@ -618,63 +666,15 @@ impl EtcdEngine {
         self.max_request_bytes.saturating_sub(REQUEST_OVERHEAD)
     }
 
-    /// Publishes the key's value at `revision` if it is newer than the
-    /// current snapshot or of another incarnation of the key. Returns the
-    /// snapshot that is current afterwards.
-    fn publish<E>(
-        &self,
-        incarnation: Incarnation,
-        revision: u64,
-        document: impl FnOnce() -> Result<Document, E>,
-    ) -> Result<Arc<Published>, E> {
-        let head = lock(&self.incarnation);
-        let current = self.head.current_full();
-        if *head == incarnation && revision <= current.revision {
-            return Ok(current);
-        }
-        let snapshot = Published::new(revision, document()?, &incarnation.lineage());
-        Ok(self.install(head, incarnation, Arc::new(snapshot)))
-    }
-
-    /// Publishes `snapshot` (this broker's own write) if nothing newer has
-    /// been published meanwhile; either way the write's reply is `snapshot`,
-    /// its own revision and document.
-    fn publish_own(&self, incarnation: Incarnation, snapshot: Arc<Published>) -> Arc<Published> {
-        let head = lock(&self.incarnation);
-        if *head == incarnation && snapshot.revision <= self.head.current().revision {
-            return snapshot;
-        }
-        self.install(head, incarnation, snapshot)
-    }
-
-    fn install(
-        &self,
-        mut head: std::sync::MutexGuard<'_, Incarnation>,
-        incarnation: Incarnation,
-        snapshot: Arc<Published>,
-    ) -> Arc<Published> {
-        if *head != incarnation {
-            tracing::warn!(
-                key = self.key,
-                lineage = incarnation.lineage(),
-                revision = snapshot.revision,
-                "the key is new in etcd (made again, or etcd was rebuilt): a new lineage"
-            );
-        }
-        *head = incarnation;
-        self.head.publish(snapshot.clone());
-        snapshot
-    }
-
-    /// Publishes what etcd holds for the key, as `kv` with its meta record
-    /// if it has one (read under `header`).
-    fn publish_kv(
+    /// The key incarnation of `kv` with its meta record, if it has one
+    /// (read under `header`).
+    fn incarnation_of(
         &self,
         kv: &KeyValue,
         meta: Option<&KeyValue>,
         header: Option<&ResponseHeader>,
-    ) -> Arc<Published> {
-        let current = *lock(&self.incarnation);
+    ) -> Incarnation {
+        let current = lock(&self.view).incarnation;
         let cluster_id = header.map_or(current.cluster_id, |h| h.cluster_id());
         // A write by another client leaves the meta record as it was: the
         // same key keeps its id.
@@ -686,31 +686,10 @@ impl EtcdEngine {
                     .then_some(current.id)
                     .flatten()
             });
-        let incarnation = Incarnation {
+        Incarnation {
             cluster_id,
             create_revision: kv.create_revision(),
             id,
-        };
-        let revision = kv.mod_revision() as u64;
-        match self.publish(incarnation, revision, || {
-            check_value(
-                kv.value(),
-                self.limits.max_args_bytes,
-                self.limits.schema.as_deref(),
-            )
-        }) {
-            Ok(snapshot) => snapshot,
-            Err(err) => {
-                let current = self.head.current_full();
-                tracing::error!(
-                    key = self.key,
-                    revision,
-                    error = %err,
-                    serving = current.revision,
-                    "etcd holds a value that is not a valid args document; still serving the last valid one"
-                );
-                current
-            }
         }
     }
 
@@ -811,8 +790,8 @@ impl EtcdEngine {
         .await
     }
 
-    /// The key, and its meta record if the user may read it.
-    async fn read_key(&self) -> Result<etcd_client::GetResponse, Failure> {
+    /// The key's range (the key alone, if the user may read no more).
+    pub(super) async fn read_key(&self) -> Result<etcd_client::GetResponse, Failure> {
         loop {
             let range = self.meta.range(&self.key);
             let read = self
@@ -836,11 +815,13 @@ impl EtcdEngine {
             return Err(Failure::Other("etcd sent no response header".to_owned()));
         };
         let start = header.revision() + 1;
-        match key_and_meta(&self.key, read.kvs()) {
-            (Some(kv), meta) => {
-                self.publish_kv(kv, meta, Some(header));
+        // The range as of the newest revision taken, kept up to date by the watch.
+        let mut parts = Parts::of(&self.key, read.kvs());
+        match parts.key {
+            Some(_) => {
+                self.observe_parts(&parts, Some(header), header.revision());
             }
-            (None, _) => self.key_missing(),
+            None => self.key_missing(),
         }
         let mut options = WatchOptions::new().with_start_revision(start);
         let ranged = self.meta.reads();
@@ -877,23 +858,23 @@ impl EtcdEngine {
                     "etcd cancelled the watch: {reason}"
                 )));
             }
+            // One transaction's changes share a revision: each revision's
+            // together, then what the range holds at that revision.
             let events = response.events();
-            for event in events {
-                let Some(kv) = event.kv().filter(|kv| kv.key() == self.key.as_bytes()) else {
+            for changes in events.chunk_by(|a, b| revision_of(a) == revision_of(b)) {
+                let mut taken = false;
+                for event in changes {
+                    taken |= parts.take(&self.key, event);
+                }
+                let Some(at) = changes.first().and_then(revision_of) else {
                     continue;
                 };
-                match event.event_type() {
-                    etcd_client::EventType::Put => {
-                        // Its meta record, if the same transaction wrote one.
-                        let puts = events
-                            .iter()
-                            .filter(|e| e.event_type() == etcd_client::EventType::Put)
-                            .filter_map(|e| e.kv())
-                            .filter(|m| m.mod_revision() == kv.mod_revision());
-                        let (_, meta) = key_and_meta(&self.key, puts);
-                        self.publish_kv(kv, meta, response.header());
+                match &parts.key {
+                    _ if !taken => {}
+                    Some(_) => {
+                        self.observe_parts(&parts, response.header(), at);
                     }
-                    etcd_client::EventType::Delete => self.key_missing(),
+                    None => self.key_missing(),
                 }
             }
         }
@@ -990,8 +971,8 @@ impl EtcdEngine {
             updates.borrow_and_update();
             // Both under the lock that publishes them, so they agree.
             let (snapshot, incarnation) = {
-                let head = lock(&self.incarnation);
-                (self.head.current_full(), *head)
+                let view = lock(&self.view);
+                (self.head.current_full(), view.incarnation)
             };
             let dir = self.state_dir.clone();
             let key = self.key.clone();
@@ -1032,32 +1013,59 @@ impl EtcdEngine {
     }
 
     /// Commits `write` as one etcd transaction comparing the key's revision
-    /// with the base's. The base is this broker's own snapshot, so a write
-    /// is one round trip; on losing a race to another host, the write is
-    /// planned again on what won (unless it named the revision it expected:
-    /// then that is a conflict). A set makes the key again if it was deleted.
+    /// with the base's, and the canary record's with what this broker saw.
+    /// The base is this broker's own snapshot, so a write is one round trip;
+    /// on losing a race to another host, the write is planned again on what
+    /// won (unless it named the revision it expected: then that is a
+    /// conflict). A set makes the key again if it was deleted.
+    ///
+    /// While a canary runs, a write is refused unless forced: a forced
+    /// write ends the canary in its own transaction (the record goes, and
+    /// the write, planned on the stable document, is the next revision); a
+    /// forced canary start first aborts the running canary as a revision
+    /// of its own, then starts.
     pub async fn commit(&self, write: Write) -> Result<Arc<Published>, WriteError> {
         self.authenticate().await.map_err(|f| self.write_error(f))?;
-        let create = matches!(write.change, Change::Set(_))
-            && write.origin.source == super::file::history::Source::Set;
-        let mut base = self.head.current_full();
+        let create = matches!(write.change, Change::Set(_)) && write.origin.source == Source::Set;
+        let mut basis = self.basis();
         if let Some(expected) = write.expected {
-            if expected > base.revision {
+            if expected > basis.stable.revision {
                 // This host may be behind: see what etcd holds before refusing.
-                base = self.refresh().await.map_err(|f| self.write_error(f))?;
+                basis = self.read_basis().await.map_err(|f| self.write_error(f))?;
             }
         }
-        let mut missing = false;
-        // The mod and create revisions of a value etcd holds that is not a
-        // valid document (never served): the write replaces it, computed
-        // from the last valid one.
-        let mut over: Option<(i64, i64)> = None;
         for _ in 0..MAX_ATTEMPTS {
+            let running = basis.canary.clone();
+            if let Some(canary) = &running {
+                if !write.force {
+                    return Err(WriteError::CanaryRunning {
+                        candidate: canary.candidate.revision,
+                        selector: canary.record.selector.clone(),
+                    });
+                }
+                if write.canary.is_some() {
+                    // The abort first, as a revision of its own, so that a
+                    // follower the old canary selected and the new one does
+                    // not goes forward to the stable document.
+                    let end = EndCanary {
+                        candidate: Some(canary.candidate.revision),
+                        uid: write.origin.uid,
+                        reason: FORCED.to_owned(),
+                    };
+                    match self.end_canary(end, false).await {
+                        Ok(_) | Err(WriteError::NoCanary | WriteError::NotTheCandidate { .. }) => {}
+                        Err(err) => return Err(err),
+                    }
+                    basis = self.basis();
+                    continue;
+                }
+            }
+            let missing = basis.key.is_none();
             if missing {
                 if let Some(expected) = write.expected {
                     return Err(WriteError::Conflict {
                         expected,
-                        current: base.revision,
+                        current: basis.stable.revision,
                     });
                 }
                 if !create {
@@ -1067,28 +1075,44 @@ impl EtcdEngine {
                     .into());
                 }
             }
+            let stable = basis.stable.clone();
             let (document, unchanged) =
-                match write.plan(base.revision, &base.document, &self.limits)? {
+                match write.plan(stable.revision, &stable.document, &self.limits)? {
                     Plan::Next(document) => (document, false),
-                    Plan::Unchanged => (base.document.clone(), true),
+                    Plan::Unchanged => (stable.document.clone(), true),
                 };
+            if unchanged && write.canary.is_some() {
+                return Err(WriteError::CanaryUnchanged {
+                    stable: stable.revision,
+                });
+            }
             self.check_request_size("the result would be", document.json().len())?;
-            let incarnation = *lock(&self.incarnation);
-            let (mod_revision, create_revision) =
-                over.unwrap_or((base.revision as i64, incarnation.create_revision));
-            let compare = if missing {
-                vec![Compare::create_revision(
-                    self.key.as_str(),
-                    CompareOp::Equal,
-                    0,
-                )]
-            } else {
-                vec![
-                    Compare::mod_revision(self.key.as_str(), CompareOp::Equal, mod_revision),
-                    Compare::create_revision(self.key.as_str(), CompareOp::Equal, create_revision),
-                ]
-            };
-            let unchanged = unchanged && !missing && over.is_none();
+            let record = write.canary.as_ref().map(|start| CanaryRecord {
+                selector: start.selector.text().to_owned(),
+                chosen: start.chosen.clone(),
+                stable_revision: stable.revision,
+                bake_ms: start.bake_ms,
+                started_unix_millis: unix_millis(),
+            });
+            if record.is_some() && !(self.meta.reads() && self.meta.writes()) {
+                return Err(EtcdError::CanaryNeedsRange {
+                    key: self.key.clone(),
+                }
+                .into());
+            }
+            if record.is_some() {
+                // The record keeps the stable document: both in one request.
+                let both = document.json().len() + stable.document.json().len();
+                self.check_request_size("the candidate and the stable document are", both)?;
+            }
+            let incarnation = lock(&self.view).incarnation;
+            let create_revision = basis.key.map_or(0, |(_, created)| created);
+            // Nothing to write, if etcd holds the base as this broker has it
+            // (the compares confirm it).
+            let unchanged = unchanged
+                && running.is_none()
+                && !basis.stale
+                && basis.key.map(|(modified, _)| modified) == Some(stable.revision as i64);
             // Made again: a new lineage id. Otherwise the key's own, if it has one.
             let id = match missing {
                 true => Some(new_lineage_id().map_err(|err| EtcdError::Other {
@@ -1097,40 +1121,62 @@ impl EtcdEngine {
                 })?),
                 false => incarnation.id,
             };
+            let other = |err: serde_json::Error| EtcdError::Other {
+                endpoints: self.endpoints.clone(),
+                reason: err.to_string(),
+            };
             let with_meta = self.meta.writes();
             let then = match unchanged {
                 true => vec![],
+                // The key alone: no record beside it, and so no canary.
                 false if !with_meta => vec![TxnOp::put(
                     self.key.as_str(),
                     document.json().to_vec(),
                     None,
                 )],
                 false => {
+                    let (source, note) = match (&running, &record) {
+                        // Forced, and the same as the stable document: the abort is it.
+                        (Some(c), _) if document.sha256() == stable.document.sha256() => (
+                            Source::Abort,
+                            format!("aborted canary {}: {FORCED}", c.candidate.revision),
+                        ),
+                        (Some(c), _) => (
+                            write.origin.source,
+                            format!("aborted canary {}: {FORCED}", c.candidate.revision),
+                        ),
+                        (None, Some(record)) => (write.origin.source, record.start_note()),
+                        (None, None) => (write.origin.source, String::new()),
+                    };
                     let meta = Meta {
                         lineage: id.map(|id| format!("{id:032x}")).unwrap_or_default(),
                         key_created: if missing { 0 } else { create_revision },
                         writer_uid: write.origin.uid,
-                        source: write.origin.source,
+                        source,
                         unix_millis: unix_millis(),
+                        note,
+                        canary: record.is_some(),
                     };
-                    let meta = serde_json::to_vec(&meta).map_err(|err| EtcdError::Other {
-                        endpoints: self.endpoints.clone(),
-                        reason: err.to_string(),
-                    })?;
-                    vec![
+                    let meta = serde_json::to_vec(&meta).map_err(other)?;
+                    let mut ops = vec![
                         TxnOp::put(self.key.as_str(), document.json().to_vec(), None),
                         TxnOp::put(meta_key(&self.key), meta, None),
-                    ]
+                    ];
+                    if let Some(record) = &record {
+                        let kept = Kept::new(record.clone(), &stable.document).map_err(other)?;
+                        let kept = serde_json::to_vec(&kept).map_err(other)?;
+                        ops.push(TxnOp::put(canary_key(&self.key), kept, None));
+                    } else if running.is_some() || basis.stale {
+                        ops.push(TxnOp::delete(canary_key(&self.key), None));
+                    }
+                    ops
                 }
             };
             let ranged = self.meta.reads();
             let txn = Txn::new()
-                .when(compare)
+                .when(basis.compares(&self.key, ranged))
                 .and_then(then)
-                .or_else(vec![TxnOp::get(
-                    self.key.as_str(),
-                    self.meta.range(&self.key),
-                )]);
+                .or_else(vec![self.read_range()]);
             let response = self
                 .kv_call(|mut kv| {
                     let txn = txn.clone();
@@ -1138,8 +1184,8 @@ impl EtcdEngine {
                 })
                 .await;
             let response = match response {
-                // Refused (nothing was done): without the meta record, if
-                // that is what the user may not touch.
+                // Refused (nothing was done): without the record beside the
+                // key, if that is what the user may not touch.
                 Err(Failure::PermissionDenied(reason))
                     if (with_meta && self.meta.refused(&self.key, true, &reason))
                         || (ranged && self.meta.refused(&self.key, false, &reason)) =>
@@ -1148,47 +1194,54 @@ impl EtcdEngine {
                 }
                 response => response.map_err(|f| self.write_error(f))?,
             };
-            let header = response.header();
-            if response.succeeded() {
-                if unchanged {
-                    return Ok(base);
-                }
-                let Some(header) = header else {
-                    return Err(EtcdError::NoRevision.into());
-                };
-                let incarnation = Incarnation {
-                    cluster_id: header.cluster_id(),
-                    create_revision: match missing {
-                        true => header.revision(),
-                        false => create_revision,
-                    },
-                    id,
-                };
-                let revision = header.revision() as u64;
-                let lineage = incarnation.lineage();
-                let mine = Arc::new(Published::new(revision, document, &lineage));
-                return Ok(self.publish_own(incarnation, mine));
+            if !response.succeeded() {
+                // Another write won: take what etcd holds now, and go again.
+                basis = self.basis_after(&response);
+                continue;
             }
-            // Another write won: take what etcd holds now, and go again.
-            let latest = response.op_responses().into_iter().find_map(|op| match op {
-                TxnOpResponse::Get(get) => Some(get),
-                _ => None,
-            });
-            let kvs = latest.map(|get| get.kvs().to_vec()).unwrap_or_default();
-            match key_and_meta(&self.key, &kvs) {
-                (Some(kv), meta) => {
-                    missing = false;
-                    base = self.publish_kv(kv, meta, header);
-                    // Older than what etcd holds: that was not published,
-                    // not being a valid document.
-                    over = (base.revision < kv.mod_revision() as u64)
-                        .then(|| (kv.mod_revision(), kv.create_revision()));
-                }
-                (None, _) => {
-                    missing = true;
-                    over = None;
-                }
+            if unchanged {
+                return Ok(stable);
             }
+            let Some(header) = response.header() else {
+                return Err(EtcdError::NoRevision.into());
+            };
+            let incarnation = Incarnation {
+                cluster_id: header.cluster_id(),
+                create_revision: match missing {
+                    true => header.revision(),
+                    false => create_revision,
+                },
+                id,
+            };
+            let at = header.revision();
+            let revision = at as u64;
+            let mine = Arc::new(Published::new(
+                revision,
+                document.clone(),
+                &incarnation.lineage(),
+            ));
+            if running.is_some() {
+                tracing::warn!(
+                    "aborted canary {}: {FORCED}",
+                    running.as_ref().map_or(0, |c| c.candidate.revision)
+                );
+            }
+            let observed = match record {
+                Some(record) => Observed {
+                    incarnation,
+                    at,
+                    stable: (stable.revision, Value::Own(stable.document.clone())),
+                    candidate: Some((revision, Value::Own(document), record)),
+                },
+                None => Observed {
+                    incarnation,
+                    at,
+                    stable: (revision, Value::Own(document)),
+                    candidate: None,
+                },
+            };
+            self.observe(observed);
+            return Ok(mine);
         }
         Err(EtcdError::KeptChanging {
             key: self.key.clone(),
@@ -1197,13 +1250,14 @@ impl EtcdEngine {
         .into())
     }
 
-    /// Reads the key now and publishes it if it is newer.
-    async fn refresh(&self) -> Result<Arc<Published>, Failure> {
-        let read = self.read_key().await?;
-        Ok(match key_and_meta(&self.key, read.kvs()) {
-            (Some(kv), meta) => self.publish_kv(kv, meta, read.header()),
-            (None, _) => self.head.current_full(),
-        })
+    /// Makes the running canary's candidate the revision everyone gets.
+    pub async fn promote(&self, end: EndCanary) -> Result<Arc<Published>, WriteError> {
+        self.end_canary(end, true).await
+    }
+
+    /// Ends the running canary: the stable document again, as a new revision.
+    pub async fn abort(&self, end: EndCanary) -> Result<Arc<Published>, WriteError> {
+        self.end_canary(end, false).await
     }
 
     fn write_error(&self, failure: Failure) -> WriteError {
@@ -1293,9 +1347,16 @@ impl EtcdEngine {
     async fn walk(&self, after: Option<u64>) -> Result<Vec<Retained>, Failure> {
         self.authenticate().await?;
         let current = self.head.current_full();
-        let incarnation = *lock(&self.incarnation);
+        let (incarnation, seen) = {
+            let view = lock(&self.view);
+            (view.incarnation, view.at)
+        };
         let mut found = Vec::new();
-        let mut at = current.revision as i64;
+        // From the state this broker shows: a running canary's candidate is
+        // newer than the stable revision, and a promotion is newer than both.
+        let candidate = self.head.canary().map_or(0, |c| c.candidate.revision);
+        let mut at = (current.revision.max(candidate) as i64).max(seen);
+        let mut newest = true;
         while found.len() < self.limits.history.max(1) && at >= incarnation.create_revision {
             if after.is_some_and(|after| at as u64 <= after) {
                 break;
@@ -1315,22 +1376,37 @@ impl EtcdEngine {
                 Err(Failure::Compacted) => break,
                 Err(failure) => return Err(failure),
             };
-            let (Some(kv), meta) = key_and_meta(&self.key, read.kvs()) else {
+            let parts = Parts::of(&self.key, read.kvs());
+            let Some(kv) = &parts.key else {
                 break;
             };
             if kv.create_revision() != incarnation.create_revision {
                 break;
             }
             // Written with this revision, by a broker (not another client).
-            let meta = meta
+            let meta = parts
+                .meta
+                .as_ref()
                 .filter(|m| m.mod_revision() == kv.mod_revision())
                 .and_then(Meta::parse);
+            // A canary's candidate: its record is there as long as the
+            // canary runs. Read at the revision before the next one, a
+            // record still there was ended by that revision (an abort, or
+            // a forced write); gone, the candidate was promoted.
+            let canary = match (parts.running().is_some(), &meta) {
+                (true, _) if newest => Some(Candidate::Running),
+                (true, _) => Some(Candidate::Aborted),
+                (false, Some(meta)) if meta.canary => Some(Candidate::Promoted),
+                _ => None,
+            };
             found.push(Retained {
                 revision: kv.mod_revision() as u64,
                 value: kv.value().to_vec(),
                 meta,
+                canary,
             });
             at = kv.mod_revision() - 1;
+            newest = false;
         }
         found.reverse();
         Ok(found)
@@ -1344,9 +1420,19 @@ impl EtcdEngine {
             .map(|r| {
                 let document = Document::parse(&r.value);
                 // A revision another client (etcdctl) wrote has no meta record.
-                let (unix_millis, writer_uid, source) = match &r.meta {
-                    Some(meta) => (meta.unix_millis, meta.writer_uid, meta.source.as_str()),
-                    None => (0, None, "etcd"),
+                let (unix_millis, writer_uid, source, note) = match &r.meta {
+                    Some(meta) => (
+                        meta.unix_millis,
+                        meta.writer_uid,
+                        meta.source.as_str(),
+                        meta.note.as_str(),
+                    ),
+                    None => (0, None, "etcd", ""),
+                };
+                let note = match r.canary {
+                    Some(Candidate::Promoted) if note.is_empty() => "promoted".to_owned(),
+                    Some(Candidate::Promoted) => format!("{note}; promoted"),
+                    _ => note.to_owned(),
                 };
                 pb::Revision {
                     revision: r.revision,
@@ -1358,7 +1444,7 @@ impl EtcdEngine {
                     size_bytes: r.value.len() as u64,
                     writer_uid,
                     source: source.to_owned(),
-                    note: String::new(),
+                    note,
                 }
             })
             .collect())
@@ -1374,7 +1460,11 @@ impl EtcdEngine {
         let walked = self.walk(Some(revision)).await.ok()?;
         let lineage = &current.reply.lineage;
         let mut replay = Vec::with_capacity(walked.len());
-        for r in walked {
+        // A candidate not promoted was never what a plain reader got.
+        let given = walked
+            .into_iter()
+            .filter(|r| !matches!(r.canary, Some(Candidate::Running | Candidate::Aborted)));
+        for r in given {
             let document = Document::parse(&r.value).ok()?;
             replay.push(pb::Args {
                 revision: r.revision,
@@ -1388,16 +1478,32 @@ impl EtcdEngine {
     }
 }
 
+/// The etcd revision of a watch event (a delete's is the deletion's).
+fn revision_of(event: &etcd_client::Event) -> Option<i64> {
+    event.kv().map(KeyValue::mod_revision)
+}
+
 /// One retained revision of the key.
 struct Retained {
     revision: u64,
     value: Vec<u8>,
     meta: Option<Meta>,
+    /// Set on a canary's candidate.
+    canary: Option<Candidate>,
+}
+
+/// What became of a canary's candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Candidate {
+    Running,
+    Promoted,
+    /// Aborted, or replaced by a forced write.
+    Aborted,
 }
 
 struct First {
-    kv: KeyValue,
-    meta: Option<KeyValue>,
+    /// The key (always there), its meta and canary records.
+    parts: Parts,
     header: ResponseHeader,
 }
 
@@ -1425,7 +1531,7 @@ async fn read_or_seed(
         if let Some(seed) = &config.seed {
             tracing::info!(
                 key,
-                revision = first.kv.mod_revision(),
+                revision = first.parts.key.as_ref().map_or(0, KeyValue::mod_revision),
                 args = %seed.path().display(),
                 "etcd already holds the key: the args file was not used"
             );
@@ -1444,6 +1550,8 @@ async fn read_or_seed(
         writer_uid: None,
         source: Source::File,
         unix_millis: unix_millis(),
+        note: String::new(),
+        canary: false,
     };
     let meta = serde_json::to_vec(&meta).map_err(|err| Failure::Other(err.to_string()))?;
     let response = loop {
@@ -1474,16 +1582,12 @@ async fn read_or_seed(
     first(key, read).ok_or(Failure::NoKey)
 }
 
-/// The key and its meta record in a range read, if the key is there.
+/// The key and its meta and canary records in a range read, if the key is there.
 fn first(key: &str, mut read: etcd_client::GetResponse) -> Option<First> {
     let header = read.take_header()?;
-    let kvs = read.take_kvs();
-    let (kv, meta) = key_and_meta(key, &kvs);
-    Some(First {
-        kv: kv?.clone(),
-        meta: meta.cloned(),
-        header,
-    })
+    let parts = Parts::of(key, read.kvs());
+    parts.key.as_ref()?;
+    Some(First { parts, header })
 }
 
 /// A lineage id for a key this broker makes: 128 random bits.

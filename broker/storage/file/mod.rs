@@ -737,10 +737,7 @@ impl Committer {
         };
         let revision = plan.next;
         let mut entry = entry(revision, &document, write.origin);
-        entry.note = match start.chosen.len() {
-            0 => format!("canary to {}", record.selector),
-            n => format!("canary to {n} followers ({})", record.selector),
-        };
+        entry.note = record.start_note();
         entry.candidate = Some(Candidate {
             record: record.clone(),
             stable_json: plan.stable.1.json().clone(),
