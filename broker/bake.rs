@@ -19,10 +19,12 @@ struct Standing {
     all_applied: bool,
 }
 
-fn standing(canary: &Canary, followers: &Followers, stable: u64) -> Standing {
+/// The connected followers `canary` selects, as ListFollowers has them
+/// (`current`: the revision their lag is counted from).
+pub fn selected(canary: &Canary, followers: &Followers, current: u64) -> Vec<pb::Follower> {
     let local = followers.local_host();
-    let selected: Vec<pb::Follower> = followers
-        .list(stable)
+    followers
+        .list(current)
         .into_iter()
         .filter(|f| {
             let host = if f.host.is_empty() { local } else { &f.host };
@@ -31,7 +33,11 @@ fn standing(canary: &Canary, followers: &Followers, stable: u64) -> Standing {
                 host,
             })
         })
-        .collect();
+        .collect()
+}
+
+fn standing(canary: &Canary, followers: &Followers, stable: u64) -> Standing {
+    let selected = selected(canary, followers, stable);
     let candidate = canary.candidate.revision;
     let rejected = selected
         .iter()

@@ -164,10 +164,28 @@ struct InfoLabels {
     backend: String,
 }
 
+/// The candidate a bake clock runs for (one series at most: remade at every scrape).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CandidateLabels {
+    candidate: u64,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FollowerLabels {
     name: String,
     pid: u32,
+}
+
+/// The running canary (all 0 while none runs; see [`Metrics::new`]).
+#[derive(Default)]
+struct CanaryGauges {
+    running: Gauge,
+    candidate: Gauge<u64, AtomicU64>,
+    stable: Gauge<u64, AtomicU64>,
+    selected: Gauge,
+    applied: Gauge,
+    rejected: Gauge,
+    bake_left: Family<CandidateLabels, Gauge<f64, AtomicU64>>,
 }
 
 /// The broker's metrics, registered once, shared by the service (which
@@ -184,6 +202,7 @@ pub struct Metrics {
     applied: Family<FollowerLabels, Gauge<u64, AtomicU64>>,
     backend_connected: Gauge,
     backend_disconnects: Counter,
+    canary: CanaryGauges,
     /// One scrape at a time: the gauges are set, then encoded, together.
     scrape: Mutex<()>,
 }
@@ -263,6 +282,43 @@ impl Metrics {
             "Times the backend went out of reach (etcd; a start without it counts once)",
             backend_disconnects.clone(),
         );
+        let canary = CanaryGauges::default();
+        registry.register(
+            "canary_running",
+            "1 while a canary runs (a candidate revision goes to the followers its selector picks), else 0",
+            canary.running.clone(),
+        );
+        registry.register(
+            "canary_candidate_revision",
+            "The running canary's candidate revision (0 while none runs)",
+            canary.candidate.clone(),
+        );
+        registry.register(
+            "canary_stable_revision",
+            "The revision every follower outside the running canary and every plain reader gets (0 while none runs)",
+            canary.stable.clone(),
+        );
+        registry.register(
+            "canary_selected_followers",
+            "Connected followers the running canary selects",
+            canary.selected.clone(),
+        );
+        registry.register(
+            "canary_selected_applied",
+            "Selected followers that report having applied the candidate",
+            canary.applied.clone(),
+        );
+        registry.register(
+            "canary_selected_rejected",
+            "Selected followers that report having rejected the candidate",
+            canary.rejected.clone(),
+        );
+        // Only while a bake clock runs: a 0 would say "promoting now".
+        registry.register(
+            "canary_bake_seconds_left",
+            "With --bake, while every selected follower has applied the candidate: seconds until the broker promotes it (absent otherwise)",
+            canary.bake_left.clone(),
+        );
         // The results every broker can give, made now so that they show
         // (as 0) before the first of them.
         for write in Write::ALL {
@@ -290,6 +346,7 @@ impl Metrics {
             applied,
             backend_connected,
             backend_disconnects,
+            canary,
             scrape: Mutex::new(()),
         }
     }
@@ -349,9 +406,46 @@ impl Metrics {
         if disconnects > counted {
             self.backend_disconnects.inc_by(disconnects - counted);
         }
+        self.canary.set(store, followers);
         let mut out = String::new();
         text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+impl CanaryGauges {
+    /// As the running canary (if any) and its selected followers are now.
+    fn set(&self, store: &Storage, followers: &Followers) {
+        self.bake_left.clear();
+        let Some(canary) = store.canary() else {
+            for gauge in [&self.running, &self.selected, &self.applied, &self.rejected] {
+                gauge.set(0);
+            }
+            self.candidate.set(0);
+            self.stable.set(0);
+            return;
+        };
+        let candidate = canary.candidate.revision;
+        let selected = crate::bake::selected(&canary, followers, canary.record.stable_revision);
+        let applied = selected
+            .iter()
+            .filter(|f| f.applied_revision >= candidate)
+            .count();
+        let rejected = selected
+            .iter()
+            .filter(|f| f.applied_revision < candidate && f.rejected_revision >= candidate)
+            .count();
+        self.running.set(1);
+        self.candidate.set(candidate);
+        self.stable.set(canary.record.stable_revision);
+        self.selected.set(selected.len() as i64);
+        self.applied.set(applied as i64);
+        self.rejected.set(rejected as i64);
+        if let Some(left) = crate::bake::describe(&canary, followers).bake_left_ms {
+            self.bake_left
+                .get_or_create(&CandidateLabels { candidate })
+                .set(left as f64 / 1000.0);
+        }
     }
 }
 

@@ -4,8 +4,10 @@
 //! refreshes itself every second from `GET /status.json`, which
 //! [`Page::status`] gathers in one place: the revision served, the
 //! followers (as ListFollowers has them, with their lag and readiness),
-//! the canary (`null` while none runs) and the history (as ListRevisions
-//! has it, newest first) with each revision's diff against the one before.
+//! the canary (`null` while none runs: its candidate, and each follower it
+//! selects with its state, [`Roster`] remembering the ones that left) and
+//! the history (as ListRevisions has it, newest first, with each revision's
+//! note) with each revision's diff against the one before.
 //!
 //! Nothing here writes: writes stay on the Unix socket, behind its
 //! peer-credential policy. When that policy restricts who may read the args
@@ -61,9 +63,6 @@ pub struct Status<'a> {
 /// A canary rollout in progress, as the page shows it: the candidate beside
 /// the stable revision, which followers it goes to, and how far it got.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-// Built by the canary rollouts (issue 20) once they exist; until then the
-// page's rendering of it is tested with this shape.
-#[cfg_attr(not(test), allow(dead_code))]
 pub struct Canary {
     pub stable_revision: u64,
     pub candidate_revision: u64,
@@ -71,15 +70,19 @@ pub struct Canary {
     pub selector: String,
     /// When it started, in milliseconds since the Unix epoch.
     pub started_unix_millis: u64,
+    /// `--bake`, in milliseconds; 0 without (promoted or aborted by hand).
+    pub bake_ms: u32,
     /// With `--bake`: how long until the broker promotes it by itself, in
-    /// milliseconds (0: due now); `None` without `--bake`.
+    /// milliseconds (0: due now); `None` without `--bake`, or while a
+    /// selected follower has not applied the candidate (the bake clock runs
+    /// only while every one has).
     pub bake_millis_left: Option<u64>,
-    /// The selected followers.
+    /// The selected followers: those connected now, then those that left
+    /// since the canary started (`gone`).
     pub followers: Vec<CanaryFollower>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[cfg_attr(not(test), allow(dead_code))]
 pub struct CanaryFollower {
     pub name: String,
     /// Empty for this broker's own followers (etcd: the other host's name).
@@ -92,16 +95,125 @@ pub struct CanaryFollower {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-#[cfg_attr(not(test), allow(dead_code))]
 pub enum CanaryState {
     /// It serves the candidate.
     Applied,
     /// It rejected the candidate (`reason` says why).
     Rejected,
-    /// It has not reported the candidate yet, or its readiness failed.
+    /// It has not reported the candidate yet (nor rejected it).
     NotReady,
-    /// Its Follow stream ended after it was selected.
+    /// Its Follow stream ended after it was selected, and no follower of
+    /// its name (and host) is connected now.
     Gone,
+}
+
+impl CanaryFollower {
+    /// A connected follower the canary of `candidate` selects.
+    fn of(f: &pb::Follower, candidate: u64) -> Self {
+        let (state, reason) = if f.applied_revision >= candidate {
+            (CanaryState::Applied, String::new())
+        } else if f.rejected_revision >= candidate {
+            (CanaryState::Rejected, f.rejected_reason.clone())
+        } else {
+            (CanaryState::NotReady, String::new())
+        };
+        Self {
+            name: f.name.clone(),
+            host: f.host.clone(),
+            pid: f.pid,
+            state,
+            reason,
+        }
+    }
+}
+
+/// The followers a canary selected, as last seen: what makes a follower
+/// that left `gone` rather than forgotten. Kept for one candidate at a
+/// time, noted whenever the followers or the canary change (see
+/// [`Page::new`]) and at every `/status.json`.
+#[derive(Debug, Default)]
+pub struct Roster {
+    /// The (lineage, candidate revision) the roster is for.
+    canary: Option<(String, u64)>,
+    /// By (host, name): the last row seen of each.
+    seen: std::collections::BTreeMap<(String, String), CanaryFollower>,
+}
+
+impl Roster {
+    /// The canary's rows now: `connected` (the selected followers connected
+    /// now, each with its state), then every one seen before whose name (and
+    /// host) is no longer connected, as `gone`.
+    pub fn note(
+        &mut self,
+        lineage: &str,
+        candidate: u64,
+        connected: &[pb::Follower],
+    ) -> Vec<CanaryFollower> {
+        if self.canary.as_ref().map(|(l, c)| (l.as_str(), *c)) != Some((lineage, candidate)) {
+            self.canary = Some((lineage.to_owned(), candidate));
+            self.seen.clear();
+        }
+        let mut rows: Vec<CanaryFollower> = connected
+            .iter()
+            .map(|f| CanaryFollower::of(f, candidate))
+            .collect();
+        let here: std::collections::BTreeSet<(String, String)> = rows
+            .iter()
+            .map(|r| (r.host.clone(), r.name.clone()))
+            .collect();
+        for row in &rows {
+            self.seen
+                .insert((row.host.clone(), row.name.clone()), row.clone());
+        }
+        rows.extend(
+            self.seen
+                .iter()
+                .filter(|(key, _)| !here.contains(*key))
+                .map(|(_, last)| CanaryFollower {
+                    state: CanaryState::Gone,
+                    reason: String::new(),
+                    ..last.clone()
+                }),
+        );
+        rows
+    }
+
+    /// Forgets the canary (none runs).
+    pub fn clear(&mut self) {
+        self.canary = None;
+        self.seen.clear();
+    }
+}
+
+/// The running canary as the page shows it, its rows noted in `roster`;
+/// `None` (and the roster cleared) while none runs.
+fn canary_now(
+    store: &Storage,
+    followers: &Followers,
+    roster: &std::sync::Mutex<Roster>,
+) -> Option<Canary> {
+    let mut roster = argsbroker::lock(roster);
+    let Some(canary) = store.canary() else {
+        roster.clear();
+        return None;
+    };
+    let stable = canary.record.stable_revision;
+    let selected = crate::bake::selected(&canary, followers, stable);
+    let described = crate::bake::describe(&canary, followers);
+    let rows = roster.note(
+        &canary.candidate.reply.lineage,
+        canary.candidate.revision,
+        &selected,
+    );
+    Some(Canary {
+        stable_revision: stable,
+        candidate_revision: canary.candidate.revision,
+        selector: canary.record.selector.clone(),
+        started_unix_millis: canary.record.started_unix_millis,
+        bake_ms: canary.record.bake_ms,
+        bake_millis_left: described.bake_left_ms,
+        followers: rows,
+    })
 }
 
 /// A follower as ListFollowers has it, with what the page reads off it.
@@ -128,6 +240,8 @@ pub struct FollowerRow {
     /// It serves the current revision and its report can be trusted: what
     /// a write's `--wait` counts as applied.
     pub ready: bool,
+    /// Selected by the running canary: it gets the candidate.
+    pub canary: bool,
 }
 
 impl FollowerRow {
@@ -156,6 +270,7 @@ impl FollowerRow {
             applied_after_micros: f.applied_after_micros,
             as_of_unix_millis: f.as_of_unix_millis,
             stale: f.stale,
+            canary: f.canary,
         }
     }
 }
@@ -170,6 +285,8 @@ struct HistoryRow<'a> {
     writer_uid: Option<u32>,
     size_bytes: u64,
     sha256: &'a str,
+    /// What happened to it (`canary to 2 followers (2); promoted`), or "".
+    note: &'a str,
     diff: Option<&'a Diff>,
 }
 
@@ -183,24 +300,40 @@ pub struct Page {
     /// in etcd mode): concurrent requests wait for one rebuild instead of
     /// each doing it.
     history: tokio::sync::Mutex<HistoryCache>,
+    /// The running canary's selected followers, as last seen.
+    roster: Arc<std::sync::Mutex<Roster>>,
 }
 
 #[derive(Default)]
 struct HistoryCache {
-    /// The (lineage, current revision) it was built at.
-    at: Option<(String, u64)>,
+    /// The (lineage, current revision, candidate revision or 0) it was
+    /// built at: a canary's start, promotion or abort changes the history.
+    at: Option<(String, u64, u64)>,
     json: Option<Arc<RawValue>>,
     /// Diffs already computed, by (against, revision), for this lineage.
     diffs: HashMap<(u64, u64), Diff>,
 }
 
 impl Page {
+    /// Inside a tokio runtime, it also notes the canary's selected
+    /// followers whenever the followers or the canary change (for the
+    /// broker's life), so that one that comes and goes between two loads of
+    /// the page is still shown as `gone`.
     pub fn new(store: Storage, followers: Arc<Followers>, values: bool) -> Self {
+        let roster = Arc::new(std::sync::Mutex::new(Roster::default()));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(note_canaries(
+                store.clone(),
+                followers.clone(),
+                roster.clone(),
+            ));
+        }
         Self {
             store,
             followers,
             values,
             history: tokio::sync::Mutex::default(),
+            roster,
         }
     }
 
@@ -215,11 +348,23 @@ impl Page {
             }
             None => (true, String::new()),
         };
+        let canary = canary_now(&self.store, &self.followers, &self.roster);
+        let running = self.store.canary();
+        let local = self.followers.local_host();
         let followers = self
             .followers
             .list(current.revision)
             .into_iter()
-            .map(|f| FollowerRow::new(f, current.revision))
+            .map(|mut f| {
+                if let Some(running) = &running {
+                    let host = if f.host.is_empty() { local } else { &f.host };
+                    f.canary = running.selects(crate::canary::Who {
+                        name: &f.name,
+                        host,
+                    });
+                }
+                FollowerRow::new(f, current.revision)
+            })
             .collect();
         serde_json::to_string(&Status {
             revision: current.revision,
@@ -228,8 +373,7 @@ impl Page {
             backend: self.store.describe(),
             backend_connected,
             backend_error,
-            // The canary's state plugs in here once canaries exist.
-            canary: None,
+            canary,
             followers,
             history: &history,
             history_error,
@@ -240,7 +384,8 @@ impl Page {
     /// revision or lineage changed; each diff is computed once.
     async fn history(&self, current: &Published) -> (Arc<RawValue>, Option<String>) {
         let mut cache = self.history.lock().await;
-        let at = (current.reply.lineage.clone(), current.revision);
+        let candidate = self.store.canary().map_or(0, |c| c.candidate.revision);
+        let at = (current.reply.lineage.clone(), current.revision, candidate);
         if let (Some(json), true) = (&cache.json, cache.at.as_ref() == Some(&at)) {
             return (json.clone(), None);
         }
@@ -251,7 +396,7 @@ impl Page {
         // The revisions shown, and the one before the oldest of them (to diff it).
         let from = revisions.len().saturating_sub(HISTORY_SHOWN + 1);
         let revisions = &revisions[from..];
-        let documents: HashMap<u64, Bytes> = match revisions.first() {
+        let mut documents: HashMap<u64, Bytes> = match revisions.first() {
             Some(first) => self
                 .store
                 .revisions_after(first.revision.saturating_sub(1))
@@ -262,10 +407,17 @@ impl Page {
                 .collect(),
             None => HashMap::new(),
         };
+        // A running canary's candidate is newer than what plain readers
+        // follow (revisions_after): its document is the canary's own.
+        if let Some(canary) = self.store.canary() {
+            documents
+                .entry(canary.candidate.revision)
+                .or_insert_with(|| canary.candidate.reply.json.clone());
+        }
         if cache
             .at
             .as_ref()
-            .is_none_or(|(lineage, _)| *lineage != at.0)
+            .is_none_or(|(lineage, _, _)| *lineage != at.0)
         {
             cache.diffs.clear();
         }
@@ -312,6 +464,7 @@ impl Page {
                 writer_uid: r.writer_uid,
                 size_bytes: r.size_bytes,
                 sha256: &r.sha256,
+                note: &r.note,
                 diff: before
                     .get(&r.revision)
                     .and_then(|against| cache.diffs.get(&(*against, r.revision))),
@@ -324,6 +477,24 @@ impl Page {
         cache.at = Some(at);
         cache.json = Some(json.clone());
         (json, None)
+    }
+}
+
+/// Notes the running canary's selected followers at every change of the
+/// followers or of the canary, until the broker stops.
+async fn note_canaries(
+    store: Storage,
+    followers: Arc<Followers>,
+    roster: Arc<std::sync::Mutex<Roster>>,
+) {
+    let mut canaries = store.canary_changes();
+    let mut changes = followers.changes();
+    loop {
+        let _ = canary_now(&store, &followers, &roster);
+        tokio::select! {
+            changed = canaries.changed() => if changed.is_err() { return },
+            changed = changes.changed() => if changed.is_err() { return },
+        }
     }
 }
 
@@ -455,6 +626,7 @@ mod tests {
             candidate_revision: 5,
             selector: "25%".to_owned(),
             started_unix_millis: 1_700_000_000_000,
+            bake_ms: 30_000,
             bake_millis_left: Some(12_500),
             followers: vec![
                 CanaryFollower {

@@ -204,7 +204,11 @@ pub type Validate = Arc<dyn Fn(&Snapshot) -> Result<(), String> + Send + Sync>;
 /// How a follower presents itself to the broker, and what it accepts.
 #[derive(Clone, Default)]
 pub struct FollowOptions {
-    /// Shown in `broker status` (the broker adds the pid and uid); default:
+    /// Shown in `broker status` (the broker adds the pid and uid), and what
+    /// a canary selects this follower by (`--canary 25%` hashes it,
+    /// `name=GLOB` matches it): give each process its own, the same across
+    /// restarts. A selected follower gets the canary's candidate like any
+    /// newer revision ([`Live::revision`] says which it serves). Default:
     /// this program's name.
     pub name: Option<String>,
     /// Run on each new revision before it is served; a rejected revision

@@ -446,3 +446,59 @@ fn bad_selectors_and_no_match_are_refused_with_one_line() {
     assert_eq!(code, 2, "{err}");
     assert_eq!(site.current().revision, 1);
 }
+
+/// The Rust library's followers (`argsbroker::client::follow_with`, named)
+/// follow a canary as the worker does: the selected one's `Live` serves the
+/// candidate, the other's the stable revision, until the canary is promoted
+/// over gRPC (`PatchArgs { canary }`, `PromoteCanary`).
+#[test]
+fn library_followers_serve_what_their_selection_says() {
+    let site = Site::new(r#"{"v": 1}"#);
+    let _broker = site.start_broker();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let follow = |name: &str| {
+        let options = argsbroker::client::FollowOptions {
+            name: Some(name.to_owned()),
+            validate: None,
+        };
+        runtime
+            .block_on(argsbroker::client::follow_with(
+                site.socket(),
+                PATIENCE,
+                options,
+                |snapshot| snapshot,
+            ))
+            .expect("follow the broker")
+    };
+    let api = follow("api-1");
+    let batch = follow("batch");
+    eventually("both followers listed", || {
+        (status_json(&site)["followers"].as_array()?.len() == 2).then_some(())
+    });
+    let request = argsbroker::pb::PatchArgsRequest {
+        merge_patch: r#"{"v": 2}"#.to_owned(),
+        canary: "name=api-*".to_owned(),
+        ..Default::default()
+    };
+    let candidate =
+        call(&site.socket(), async |mut c| c.patch_args(request).await).expect("a canary start");
+    assert_eq!(candidate.revision, 2);
+    assert_eq!(runtime.block_on(api.revision_at_least(2)), 2);
+    assert_eq!(api.load().document.json().as_ref(), br#"{"v":2}"#);
+    assert_eq!(batch.revision(), 1);
+    assert_eq!(selected(&site), ["api-1"]);
+    // A plain write is refused while it runs.
+    let refused = site.patch(r#"{"v": 3}"#, None).expect_err("refused");
+    assert_eq!(refused.0, tonic::Code::FailedPrecondition);
+
+    let promoted = call(&site.socket(), async |mut c| {
+        c.promote_canary(argsbroker::pb::PromoteCanaryRequest {
+            candidate_revision: Some(2),
+        })
+        .await
+    })
+    .expect("promote");
+    assert_eq!(promoted.revision, 2);
+    assert_eq!(runtime.block_on(batch.revision_at_least(2)), 2);
+    assert_eq!(batch.load().document.json().as_ref(), br#"{"v":2}"#);
+}

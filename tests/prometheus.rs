@@ -390,3 +390,116 @@ fn the_metrics_listener_caps_its_connections() {
     let response = read_response(&mut fourth);
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
 }
+
+/// `broker SUBCOMMAND --socket SOCKET ARGS...`, to its end.
+fn broker_cli(site: &Site, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(BROKER);
+    cmd.arg(args[0])
+        .arg("--socket")
+        .arg(site.socket())
+        .args(&args[1..]);
+    run(&mut cmd)
+}
+
+/// The canary's gauges: 0 while none runs; during one, the candidate and
+/// stable revisions and how its selected followers stand (one applied the
+/// candidate, one rejected it); the bake clock's series only while it runs.
+#[test]
+fn the_canary_gauges_follow_a_canary_from_start_to_abort_and_a_bake() {
+    let site = Site::new(r#"{"v": 1}"#);
+    let schema = site.path("strict.json");
+    std::fs::write(&schema, r#"{"properties": {"v": {"maximum": 1}}}"#).unwrap();
+    let broker = site.start_broker_with(&["--metrics-listen", "127.0.0.1:0"]);
+    let metrics = broker.metrics_port();
+    let none = [
+        "argsbroker_broker_canary_running 0".to_owned(),
+        "argsbroker_broker_canary_candidate_revision 0".to_owned(),
+        "argsbroker_broker_canary_stable_revision 0".to_owned(),
+        "argsbroker_broker_canary_selected_followers 0".to_owned(),
+        "argsbroker_broker_canary_selected_applied 0".to_owned(),
+        "argsbroker_broker_canary_selected_rejected 0".to_owned(),
+    ];
+    let no_bake_series = |lines: &[String]| {
+        !lines
+            .iter()
+            .any(|l| l.starts_with("argsbroker_broker_canary_bake_seconds_left{"))
+    };
+    let lines = scrape(metrics);
+    for line in &none {
+        assert!(
+            lines.contains(line),
+            "no {line:?} in:\n{}",
+            lines.join("\n")
+        );
+    }
+    assert!(no_bake_series(&lines), "{lines:?}");
+
+    let named = |name: &str, extra: &[&str]| {
+        let mut cmd = site.worker_cmd(ANY_PORT, false);
+        cmd.arg("--name").arg(name).args(extra);
+        site.spawn_worker(cmd)
+    };
+    let _plain = named("canary-plain", &[]);
+    let _strict = named("canary-strict", &["--schema", schema.to_str().unwrap()]);
+    let _other = named("other", &[]);
+    scrape_until(metrics, &["argsbroker_broker_followers 3".to_owned()]);
+
+    let (code, _, err) = broker_cli(
+        &site,
+        &["patch", "--canary", "name=canary-*", r#"{"v": 2}"#],
+    );
+    assert_eq!(code, 0, "{err}");
+    let lines = scrape_until(
+        metrics,
+        &[
+            "argsbroker_broker_canary_running 1".to_owned(),
+            "argsbroker_broker_canary_candidate_revision 2".to_owned(),
+            "argsbroker_broker_canary_stable_revision 1".to_owned(),
+            "argsbroker_broker_canary_selected_followers 2".to_owned(),
+            "argsbroker_broker_canary_selected_applied 1".to_owned(),
+            "argsbroker_broker_canary_selected_rejected 1".to_owned(),
+            // Plain readers and the unselected follower keep revision 1.
+            "argsbroker_broker_revision 1".to_owned(),
+        ],
+    );
+    assert!(no_bake_series(&lines), "without --bake: {lines:?}");
+
+    let (code, _, err) = broker_cli(&site, &["abort"]);
+    assert_eq!(code, 0, "{err}");
+    let mut ended = none.to_vec();
+    ended.push("argsbroker_broker_revision 3".to_owned());
+    scrape_until(metrics, &ended);
+
+    // With --bake, once the one selected follower applied the candidate:
+    // the seconds left, labelled with the candidate.
+    let (code, _, err) = broker_cli(
+        &site,
+        &[
+            "patch",
+            "--canary",
+            "name=canary-plain",
+            "--bake",
+            "1h",
+            r#"{"v": 0}"#,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let lines = scrape_until(
+        metrics,
+        &[
+            "argsbroker_broker_canary_candidate_revision 4".to_owned(),
+            "argsbroker_broker_canary_selected_applied 1".to_owned(),
+        ],
+    );
+    let left: f64 = eventually("the bake clock's series", || {
+        let lines = scrape(metrics);
+        let line = lines
+            .iter()
+            .find(|l| {
+                l.starts_with(r#"argsbroker_broker_canary_bake_seconds_left{candidate="4"} "#)
+            })?
+            .clone();
+        line.rsplit(' ').next()?.parse().ok()
+    });
+    assert!(left > 0.0 && left <= 3600.0, "{left} in {lines:?}");
+}

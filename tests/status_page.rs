@@ -4,11 +4,14 @@
 //! headless browser (Debian's `chromium`; tests/prerequisites installs it)
 //! showing the followers, their states and the history's diffs, with every
 //! name, reason and key that holds markup shown as text; and the page's
-//! canary section, rendered from the canary member's sample shape; and
+//! canary section, rendered from the canary member's sample shape and from
+//! a real canary (its followers applied, rejected with the reason, not
+//! ready, gone; selected followers marked in the followers table); and
 //! diffs without values when `--reader-uid` restricts reading.
 mod common;
 
 use common::*;
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -159,6 +162,7 @@ fn status_json_has_the_followers_their_states_and_the_history_with_its_diff() {
                 "lag": 0,
                 "state": "applied",
                 "ready": true,
+                "canary": false,
             },
             {
                 "name": format!("worker 127.0.0.1:{}", fleet.strict.http_port()),
@@ -175,6 +179,7 @@ fn status_json_has_the_followers_their_states_and_the_history_with_its_diff() {
                 "lag": 1,
                 "state": "rejected",
                 "ready": false,
+                "canary": false,
             },
         ],
         "history": [
@@ -185,6 +190,7 @@ fn status_json_has_the_followers_their_states_and_the_history_with_its_diff() {
                 "writer_uid": uid(),
                 "size_bytes": r#"{"port":"<script>alert(1)</script>","<b>":true}"#.len(),
                 "sha256": current.sha256,
+                "note": "",
                 "diff": {
                     "against": 1,
                     "changes": [
@@ -203,6 +209,7 @@ fn status_json_has_the_followers_their_states_and_the_history_with_its_diff() {
                 "writer_uid": null,
                 "size_bytes": r#"{"port":8080,"name":"a"}"#.len(),
                 "sha256": first.sha256,
+                "note": "",
                 "diff": null,
             },
         ],
@@ -578,4 +585,224 @@ fn the_page_in_chromium_renders_a_running_canary() {
     }
     assert_eq!(dom.matches("<script").count(), 1, "{dom}");
     screenshot(dir.path(), &url, "status-page-canary.png");
+}
+
+/// A follower that names itself, says it serves revision `applied` and
+/// then never reports again (a follower still busy with the candidate),
+/// for as long as it is held.
+struct SilentFollower {
+    _stream: tonic::Streaming<argsbroker::pb::Args>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Drop for SilentFollower {
+    fn drop(&mut self) {
+        // Closes its connection, so the broker sees it leave.
+        let runtime = std::mem::replace(
+            &mut self.runtime,
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("a runtime"),
+        );
+        runtime.shutdown_background();
+    }
+}
+
+fn silent_follower(socket: &Path, name: &str, applied: u64, lineage: &str) -> SilentFollower {
+    use tokio_stream::StreamExt;
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let hello = argsbroker::pb::FollowRequest {
+        name: name.to_owned(),
+        applied_revision: applied,
+        applied_lineage: lineage.to_owned(),
+        ..Default::default()
+    };
+    let stream = runtime.block_on(async {
+        let mut broker = argsbroker::client::connect(socket).await.expect("connect");
+        let reports = tokio_stream::iter([hello]).chain(tokio_stream::pending());
+        broker.follow(reports).await.expect("Follow").into_inner()
+    });
+    SilentFollower {
+        _stream: stream,
+        runtime,
+    }
+}
+
+/// A real canary (`broker patch --canary name=canary-*`) over five
+/// followers: one applies the candidate, one rejects it (`--schema`, with
+/// the reason), one never reports it (not ready), one leaves after applying
+/// it (gone), and `other` is not selected. `/status.json` has each with its
+/// state, marks the selected followers, and the history notes the canary;
+/// Chromium shows the same, and a screenshot is taken.
+#[test]
+fn a_real_canary_in_status_json_and_in_chromium_with_each_followers_state() {
+    let site = Site::new(ARGS);
+    let schema = site.path("worker.schema.json");
+    std::fs::write(&schema, SCHEMA).expect("write the schema");
+    let broker = site.start_broker_with(&["--metrics-listen", "127.0.0.1:0"]);
+    let port = broker.metrics_port();
+    let named = |name: &str, extra: &[&str]| {
+        let mut cmd = site.worker_cmd(ANY_PORT, false);
+        cmd.arg("--name").arg(name).args(extra);
+        site.spawn_worker(cmd)
+    };
+    let applied = named("canary-applied", &[]);
+    let strict = named("canary-rejected", &["--schema", schema.to_str().unwrap()]);
+    let mut leaving = named("canary-gone", &[]);
+    let other = named("other", &[]);
+    let lineage = site.current().lineage;
+    let _silent = silent_follower(&site.socket(), "canary-slow", 1, &lineage);
+    let status = || {
+        let answer = get(port, "/status.json");
+        assert_eq!(answer.status, 200, "{answer:?}");
+        serde_json::from_str::<serde_json::Value>(&answer.body).expect("status.json is JSON")
+    };
+    eventually("the five followers listed", || {
+        (status()["followers"].as_array()?.len() == 5).then_some(())
+    });
+
+    let mut cli = Command::new(BROKER);
+    cli.args(["patch", "--socket"])
+        .arg(site.socket())
+        .args(["--canary", "name=canary-*", PATCH]);
+    let (code, _, err) = run(&mut cli);
+    assert_eq!(code, 0, "{err}");
+    let states = |status: &serde_json::Value| -> Option<Vec<(String, String)>> {
+        let mut states: Vec<(String, String)> = status["canary"]["followers"]
+            .as_array()?
+            .iter()
+            .map(|f| {
+                let name = f["name"].as_str().unwrap_or_default().to_owned();
+                (name, f["state"].as_str().unwrap_or_default().to_owned())
+            })
+            .collect();
+        states.sort();
+        Some(states)
+    };
+    let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+    eventually("the gone-to-be follower to apply the candidate", || {
+        let states = states(&status())?;
+        states
+            .contains(&pair("canary-gone", "applied"))
+            .then_some(())
+    });
+    assert!(leaving.stop().success());
+    let wanted = vec![
+        pair("canary-applied", "applied"),
+        pair("canary-gone", "gone"),
+        pair("canary-rejected", "rejected"),
+        pair("canary-slow", "not_ready"),
+    ];
+    let status = eventually("every selected follower's state", || {
+        let status = status();
+        (states(&status)? == wanted).then_some(status)
+    });
+
+    let reason = format!(
+        "the document does not satisfy the schema {}: /port: \"<script>alert(1)</script>\" is not of type \"integer\"",
+        schema.display()
+    );
+    let canary = &status["canary"];
+    assert_eq!(
+        (
+            &canary["stable_revision"],
+            &canary["candidate_revision"],
+            &canary["selector"],
+            &canary["bake_ms"],
+            &canary["bake_millis_left"],
+        ),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(2),
+            &serde_json::json!("name=canary-*"),
+            &serde_json::json!(0),
+            &serde_json::Value::Null,
+        )
+    );
+    let row = |name: &str| {
+        canary["followers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        row("canary-rejected"),
+        serde_json::json!({"name": "canary-rejected", "host": "", "pid": strict.pid(), "state": "rejected", "reason": reason})
+    );
+    assert_eq!(row("canary-applied")["pid"], applied.pid());
+    assert_eq!(row("canary-gone")["pid"], leaving.pid());
+    assert_eq!(row("canary-slow")["pid"], std::process::id());
+    // The followers table marks the selected ones; `other` keeps revision 1.
+    let marked: BTreeMap<String, (bool, u64)> = status["followers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let name = f["name"].as_str().unwrap().to_owned();
+            let mark = (f["canary"] == true, f["applied_revision"].as_u64().unwrap());
+            (name, mark)
+        })
+        .collect();
+    assert_eq!(
+        marked,
+        BTreeMap::from([
+            ("canary-applied".to_owned(), (true, 2)),
+            ("canary-rejected".to_owned(), (true, 1)),
+            ("canary-slow".to_owned(), (true, 1)),
+            ("other".to_owned(), (false, 1)),
+        ])
+    );
+    assert_eq!(status["revision"], 1, "the stable revision");
+    assert_eq!(status["history"][0]["revision"], 2);
+    assert_eq!(status["history"][0]["note"], "canary to name=canary-*");
+    // The candidate's diff against the stable revision.
+    assert_eq!(status["history"][0]["diff"]["against"], 1);
+    assert_eq!(status["history"][0]["diff"]["changes"][0]["path"], "/port");
+
+    let dir = site.dir.path();
+    let url = format!("http://127.0.0.1:{port}/");
+    let dom = rendered(dir, &url);
+    let escaped_reason = reason.replace('<', "&lt;").replace('>', "&gt;");
+    for wanted in [
+        r#"<section id="canary">"#.to_owned(),
+        concat!(
+            r#"<p id="canary-summary">candidate <strong id="candidate-revision">2</strong> over stable <strong>1</strong>"#,
+            r#" · selector <code>name=canary-*</code> · <span id="canary-progress">1 of 4 selected followers applied it</span>"#,
+            r#" · <span id="canary-bake">no bake time: promote or abort by hand</span> · started "#
+        )
+        .to_owned(),
+        format!(
+            r#"<tr data-state="applied"><td>canary-applied</td><td>(this broker)</td><td class="num">{}</td><td><span class="badge state-applied">applied</span></td><td></td></tr>"#,
+            applied.pid()
+        ),
+        format!(
+            r#"<tr data-state="rejected"><td>canary-rejected</td><td>(this broker)</td><td class="num">{}</td><td><span class="badge state-rejected">rejected</span></td><td>{escaped_reason}</td></tr>"#,
+            strict.pid()
+        ),
+        format!(
+            r#"<tr data-state="not_ready"><td>canary-slow</td><td>(this broker)</td><td class="num">{}</td><td><span class="badge state-not_ready">not ready</span></td><td></td></tr>"#,
+            std::process::id()
+        ),
+        format!(
+            r#"<tr data-state="gone"><td>canary-gone</td><td>(this broker)</td><td class="num">{}</td><td><span class="badge state-gone">gone</span></td><td></td></tr>"#,
+            leaving.pid()
+        ),
+        // In the followers table: a canary badge on the selected ones only.
+        format!(
+            r#"<tr data-state="applied"><td>canary-applied <span class="badge state-canary">canary</span></td><td>(this broker)</td><td class="num">{}</td>"#,
+            applied.pid()
+        ),
+        format!(
+            r#"<tr data-state="applied"><td>other</td><td>(this broker)</td><td class="num">{}</td>"#,
+            other.pid()
+        ),
+        r#"<span class="note">canary to name=canary-*</span>"#.to_owned(),
+    ] {
+        assert!(dom.contains(&wanted), "no {wanted}\nin the page:\n{dom}");
+    }
+    assert_eq!(dom.matches("<script").count(), 1, "{dom}");
+    screenshot(dir, &url, "status-page-real-canary.png");
 }

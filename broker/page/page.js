@@ -59,9 +59,9 @@
     box.hidden = false;
     const selected = canary.followers.length;
     const applied = canary.followers.filter((f) => f.state === 'applied').length;
-    const bake = canary.bake_millis_left === null
-      ? 'no bake time: promote or abort by hand'
-      : 'bake time left ' + seconds(canary.bake_millis_left);
+    let bake = 'no bake time: promote or abort by hand';
+    if (canary.bake_millis_left !== null) bake = 'bake time left ' + seconds(canary.bake_millis_left);
+    else if (canary.bake_ms) bake = 'bake time ' + seconds(canary.bake_ms) + ', from when every selected follower applied it';
     byId('canary-summary').replaceChildren(
       'candidate ', el('strong', { id: 'candidate-revision' }, canary.candidate_revision),
       ' over stable ', el('strong', {}, canary.stable_revision),
@@ -90,7 +90,7 @@
         : '';
       const stale = f.stale ? ' (as of ' + time(f.as_of_unix_millis) + ')' : '';
       return el('tr', { 'data-state': f.state },
-        el('td', {}, f.name),
+        el('td', {}, f.name, f.canary ? ' ' : null, f.canary ? badge('canary', 'canary') : null),
         el('td', {}, f.host || '(this broker)'),
         el('td', { class: 'num' }, f.pid),
         el('td', { class: 'num' }, f.uid),
@@ -131,7 +131,8 @@
       el('p', { class: 'quiet' },
         time(r.unix_millis), ' · ', r.source,
         ' · writer uid ', r.writer_uid === null ? '-' : r.writer_uid,
-        ' · ', r.size_bytes, ' bytes · sha256 ', el('code', {}, short(r.sha256))),
+        ' · ', r.size_bytes, ' bytes · sha256 ', el('code', {}, short(r.sha256)),
+        r.note ? ' · ' : null, r.note ? el('span', { class: 'note' }, r.note) : null),
       renderDiff(r.diff))));
   }
 

@@ -53,12 +53,50 @@ export function getArgs(client, pointer = '', timeoutMs = 5000) {
   });
 }
 
-/** PatchArgs with an RFC 7386 merge patch (an object or JSON text); resolves to the new snapshot. */
-export function patchArgs(client, mergePatch, timeoutMs = 5000) {
-  const merge_patch = typeof mergePatch === 'string' ? mergePatch : JSON.stringify(mergePatch);
+// One unary call, as a promise.
+function unary(client, method, request, timeoutMs) {
   return new Promise((resolve, reject) => {
-    client.PatchArgs({ merge_patch }, { deadline: Date.now() + timeoutMs }, (err, reply) => (err ? reject(err) : resolve(reply)));
+    client[method](request, { deadline: Date.now() + timeoutMs }, (err, reply) => (err ? reject(err) : resolve(reply)));
   });
+}
+
+// A write's canary fields: `canary` (a selector: 2, '25%', 'name=GLOB'),
+// `bakeMs` (only with a canary) and `force`.
+function canaryFields({ canary, bakeMs, force } = {}) {
+  const selector = canary === undefined || canary === null ? '' : String(canary);
+  if (bakeMs !== undefined && bakeMs !== null && !selector) throw new TypeError('bakeMs needs canary: it is how long a canary runs before the broker promotes it');
+  return { canary: selector, bake_ms: bakeMs || 0, force: Boolean(force) };
+}
+
+/**
+ * PatchArgs with an RFC 7386 merge patch (an object or JSON text); resolves to the new snapshot.
+ * `options.canary` (2, '25%', 'name=GLOB') starts a canary instead: the result goes only to the
+ * followers the selector picks (by their names) until promoteCanary or abortCanary, and is what
+ * this resolves to; `options.bakeMs`: the broker promotes it by itself once every selected
+ * follower has applied it for that long; `options.force`: abort a running canary first instead
+ * of being refused (FAILED_PRECONDITION, which a plain write gets while a canary runs).
+ */
+export function patchArgs(client, mergePatch, timeoutMs = 5000, options = {}) {
+  const merge_patch = typeof mergePatch === 'string' ? mergePatch : JSON.stringify(mergePatch);
+  return unary(client, 'PatchArgs', { merge_patch, ...canaryFields(options) }, timeoutMs);
+}
+
+/** SetArgs: replaces the whole document (an object or JSON text); `options` as for patchArgs. */
+export function setArgs(client, document, timeoutMs = 5000, options = {}) {
+  const json = typeof document === 'string' ? document : JSON.stringify(document);
+  return unary(client, 'SetArgs', { json, ...canaryFields(options) }, timeoutMs);
+}
+
+/** PromoteCanary: the running canary's candidate goes to everyone, as the same revision (the reply). */
+export function promoteCanary(client, { candidateRevision } = {}, timeoutMs = 5000) {
+  const request = candidateRevision === undefined ? {} : { candidate_revision: String(candidateRevision) };
+  return unary(client, 'PromoteCanary', request, timeoutMs);
+}
+
+/** AbortCanary: a new revision (the reply) with the stable document, for every follower; `reason` goes into the history. */
+export function abortCanary(client, { reason = '', candidateRevision } = {}, timeoutMs = 5000) {
+  const request = { reason, ...(candidateRevision === undefined ? {} : { candidate_revision: String(candidateRevision) }) };
+  return unary(client, 'AbortCanary', request, timeoutMs);
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import grpc from '@grpc/grpc-js';
 import protoLoader from '@grpc/proto-loader';
-import { connect, follow, getArgs, patchArgs, verdict, waitForBroker } from '../worker.js';
+import { abortCanary, connect, follow, getArgs, patchArgs, promoteCanary, setArgs, verdict, waitForBroker } from '../worker.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(here, '../../..');
@@ -249,5 +249,58 @@ test('a broker without Follow (UNIMPLEMENTED) is followed with WatchArgs', async
   } finally {
     live.close();
     server.forceShutdown();
+  }
+});
+
+test('a canary goes to the followers it selects by name; promote gives it to all, abort takes it back', async () => {
+  const broker = startBroker(tempDir(), { args: '{"v": 1}' });
+  await brokerReady(broker);
+  // Followers in this process, and a worker.js named by ARGSBROKER_NAME.
+  const api = await follow(broker.socket, 5000, { name: 'api-1' });
+  const batch = await follow(broker.socket, 5000, { name: 'batch' });
+  const worker = start(process.execPath, [WORKER], { env: { ...process.env, ARGSBROKER_SOCKET: broker.socket, PORT: '0', ARGSBROKER_NAME: 'api-2' } });
+  const client = connect(broker.socket);
+  try {
+    await eventually('three followers listed', async () => (await brokerStatus(broker.socket)).followers.length === 3);
+    assert.throws(() => patchArgs(client, { v: 2 }, 5000, { bakeMs: 1000 }), /bakeMs needs canary/);
+    const candidate = await patchArgs(client, { v: 2 }, 5000, { canary: 'name=api-*' });
+    assert.equal(candidate.revision, '2');
+    const status = await brokerStatus(broker.socket);
+    const selected = (s) => s.followers.filter((f) => f.canary).map((f) => f.name).sort();
+    assert.deepEqual(selected(status), ['api-1', 'api-2']);
+    assert.equal(status.canary.candidate_revision, 2);
+    await eventually('api-1 on the candidate', () => api.current.revision === '2');
+    await eventually('the api-2 worker to report the candidate', async () => (await brokerStatus(broker.socket)).followers.find((f) => f.name === 'api-2').applied_revision === 2);
+    // The unselected follower and plain reads keep the stable revision.
+    assert.equal(batch.current.revision, '1');
+    assert.equal((await getArgs(client)).revision, '1');
+    // A plain write while it runs is refused, naming it.
+    await assert.rejects(setArgs(client, { v: 3 }), (err) => err.code === grpc.status.FAILED_PRECONDITION && /^a canary runs \(candidate revision 2 to name=api-\*\)/.test(err.details));
+
+    const promoted = await promoteCanary(client, { candidateRevision: 2 });
+    assert.equal(promoted.revision, '2');
+    await eventually('batch on the promoted revision', () => batch.current.revision === '2');
+    assert.equal(batch.current.json, '{"v":2}');
+    await assert.rejects(promoteCanary(client), (err) => err.code === grpc.status.FAILED_PRECONDITION && err.details === 'no canary runs');
+
+    await setArgs(client, { v: 3 }, 5000, { canary: 'name=api-1' });
+    await eventually('api-1 on the second candidate', () => api.current.revision === '3');
+    const aborted = await abortCanary(client, { reason: 'node says no' });
+    assert.equal(aborted.revision, '4');
+    for (const live of [api, batch]) {
+      await eventually('every follower on the abort', () => live.current.revision === '4');
+      assert.equal(live.current.json, '{"v":2}');
+    }
+    // force replaces a running canary (5): aborted (6), then the write (7).
+    assert.equal((await patchArgs(client, { v: 5 }, 5000, { canary: 'name=api-1', bakeMs: 3600000 })).revision, '5');
+    const forced = await patchArgs(client, { v: 6 }, 5000, { force: true });
+    assert.equal(forced.revision, '7');
+    await eventually('batch on the forced write', () => batch.current.revision === '7');
+  } finally {
+    client.close();
+    api.close();
+    batch.close();
+    await stopChild(worker);
+    await stopChild(broker);
   }
 });

@@ -347,3 +347,29 @@ def test_snippet_without_fastapi(tmp_path):
         assert (after.revision, after.json) == (8, '{"arg1":"x"}')
     finally:
         broker.stop()
+
+
+def echoing(code: str) -> str:
+    """``code`` with every expression statement that is not a call (a tuple,
+    an attribute) printing its repr, as a REPL would echo it."""
+
+    class Echo(ast.NodeTransformer):
+        def visit_Expr(self, node: ast.Expr) -> ast.stmt:
+            if isinstance(node.value, ast.Call):
+                return node
+            return ast.Expr(ast.Call(ast.Name("print", ast.Load()), [ast.Call(ast.Name("repr", ast.Load()), [node.value], [])], []))
+
+    return ast.unparse(ast.fix_missing_locations(Echo().visit(ast.parse(code))))
+
+
+def test_snippet_canary(tmp_path):
+    """The canary walkthrough, as a script: two of four named followers get
+    the candidate while the others and plain reads keep revision 1; promote;
+    a baked canary aborted; each echoed line is what its comment says."""
+    (tmp_path / "canary.py").write_text(echoing(snippet("canary")))
+    script = subprocess.run([sys.executable, "canary.py"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "TMPDIR": str(tmp_path)})
+    # The broker's warning, through the argsbroker.broker logger (Python's
+    # last-resort handler prints it, logging being unconfigured here).
+    assert (script.returncode, script.stderr) == (0, "aborted canary 3: p99 latency up\n"), script
+    assert script.stdout == "(2, 1, {'model': 'a'})\n(4, {'model': 'b'})\n"

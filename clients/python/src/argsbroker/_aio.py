@@ -13,10 +13,14 @@ from ._client import (
     CHANNEL_OPTIONS,
     DEFAULT_TIMEOUT,
     Backoff,
+    Selector,
     Snapshot,
+    abort_request,
     gave_up,
     log,
     patch_request,
+    promote_request,
+    rollback_request,
     set_request,
     socket_from_env,
     stub,
@@ -51,24 +55,77 @@ class AsyncClient:
         return (await self.snapshot(pointer, timeout)).value
 
     async def set(
-        self, document: Any, expected_revision: Optional[int] = None, timeout: Optional[float] = 10.0
+        self,
+        document: Any,
+        expected_revision: Optional[int] = None,
+        timeout: Optional[float] = 10.0,
+        *,
+        canary: Selector = None,
+        bake: Optional[float] = None,
+        force: bool = False,
     ) -> Snapshot[Any]:
-        """Replaces the whole document (a dict, or JSON text)."""
-        request = set_request(document, expected_revision)
+        """Replaces the whole document (a dict, or JSON text); ``canary``,
+        ``bake`` and ``force`` as for ``Client.patch``."""
+        request = set_request(document, expected_revision, canary, bake, force)
         try:
             return Snapshot.from_message(await self._stub.SetArgs(request, timeout=timeout))
         except grpc.RpcError as err:
             raise translate(err, self.socket_path, "SetArgs") from None
 
     async def patch(
-        self, merge_patch: Any, expected_revision: Optional[int] = None, timeout: Optional[float] = 10.0
+        self,
+        merge_patch: Any,
+        expected_revision: Optional[int] = None,
+        timeout: Optional[float] = 10.0,
+        *,
+        canary: Selector = None,
+        bake: Optional[float] = None,
+        force: bool = False,
     ) -> Snapshot[Any]:
-        """Applies an RFC 7386 merge patch (a dict, or JSON text): None removes a key."""
-        request = patch_request(merge_patch, expected_revision)
+        """Applies an RFC 7386 merge patch (a dict, or JSON text): None removes a
+        key; ``canary``, ``bake`` and ``force`` as for ``Client.patch``."""
+        request = patch_request(merge_patch, expected_revision, canary, bake, force)
         try:
             return Snapshot.from_message(await self._stub.PatchArgs(request, timeout=timeout))
         except grpc.RpcError as err:
             raise translate(err, self.socket_path, "PatchArgs") from None
+
+    async def rollback(
+        self,
+        to_revision: int,
+        expected_revision: Optional[int] = None,
+        timeout: Optional[float] = 10.0,
+        *,
+        canary: Selector = None,
+        bake: Optional[float] = None,
+        force: bool = False,
+    ) -> Snapshot[Any]:
+        """A new revision with the content of retained revision ``to_revision``."""
+        request = rollback_request(to_revision, expected_revision, canary, bake, force)
+        try:
+            return Snapshot.from_message(await self._stub.Rollback(request, timeout=timeout))
+        except grpc.RpcError as err:
+            raise translate(err, self.socket_path, "Rollback") from None
+
+    async def promote(
+        self, candidate_revision: Optional[int] = None, timeout: Optional[float] = 10.0
+    ) -> Snapshot[Any]:
+        """Gives the running canary's candidate to everyone (``Client.promote``)."""
+        request = promote_request(candidate_revision)
+        try:
+            return Snapshot.from_message(await self._stub.PromoteCanary(request, timeout=timeout))
+        except grpc.RpcError as err:
+            raise translate(err, self.socket_path, "PromoteCanary") from None
+
+    async def abort(
+        self, reason: str = "", candidate_revision: Optional[int] = None, timeout: Optional[float] = 10.0
+    ) -> Snapshot[Any]:
+        """Drops the running canary (``Client.abort``)."""
+        request = abort_request(reason, candidate_revision)
+        try:
+            return Snapshot.from_message(await self._stub.AbortCanary(request, timeout=timeout))
+        except grpc.RpcError as err:
+            raise translate(err, self.socket_path, "AbortCanary") from None
 
     async def close(self) -> None:
         await self._channel.close()

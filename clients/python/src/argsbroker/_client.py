@@ -9,7 +9,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Callable, Generic, Optional, TypeVar, Union
+from typing import Any, Callable, Dict, Generic, Optional, TypeVar, Union
 
 import grpc
 
@@ -132,11 +132,29 @@ def translate(err: grpc.RpcError, socket_path: str, what: str) -> BrokerError | 
             return InvalidPointer(details)
         return ArgsRejected(details, details)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
-        return RevisionConflict(details)
+        return RevisionConflict(details, _current_revision(err))
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return BrokerUnavailable(f"cannot connect to the broker at {socket_path}: {details}")
     name = code.name if code is not None else "error"
     return BrokerError(f"the broker at {socket_path} answered {what} with {name}: {details}")
+
+
+#: Set by the broker on a revision conflict (and only then): its current revision.
+CONFLICT_METADATA = "argsbroker-current-revision"
+
+
+def _current_revision(err: grpc.RpcError) -> Optional[int]:
+    """The revision a conflict's trailers name; None on any other refusal
+    (a canary running, none running, read-only...)."""
+    # (key, value) pairs: namedtuples from grpc, a Metadata from grpc.aio.
+    trailers: Any = err.trailing_metadata() if callable(getattr(err, "trailing_metadata", None)) else None
+    for key, value in trailers or ():
+        if key == CONFLICT_METADATA:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return None
+    return None
 
 
 class Backoff:
@@ -218,25 +236,95 @@ class Client:
         return self.snapshot(pointer, timeout).value
 
     def set(
-        self, document: Any, expected_revision: Optional[int] = None, timeout: Optional[float] = 10.0
+        self,
+        document: Any,
+        expected_revision: Optional[int] = None,
+        timeout: Optional[float] = 10.0,
+        *,
+        canary: Selector = None,
+        bake: Optional[float] = None,
+        force: bool = False,
     ) -> Snapshot[Any]:
-        """Replaces the whole document (a dict, or JSON text). Returns the new snapshot."""
-        request = set_request(document, expected_revision)
+        """Replaces the whole document (a dict, or JSON text). Returns the new snapshot.
+
+        With ``canary`` (a selector: ``2``, ``"25%"``, ``"name=api-*"``) the
+        result is a candidate that only the selected followers get; see
+        ``patch``."""
+        request = set_request(document, expected_revision, canary, bake, force)
         try:
             return Snapshot.from_message(self._stub.SetArgs(request, timeout=timeout))
         except grpc.RpcError as err:
             raise translate(err, self.socket_path, "SetArgs") from None
 
     def patch(
-        self, merge_patch: Any, expected_revision: Optional[int] = None, timeout: Optional[float] = 10.0
+        self,
+        merge_patch: Any,
+        expected_revision: Optional[int] = None,
+        timeout: Optional[float] = 10.0,
+        *,
+        canary: Selector = None,
+        bake: Optional[float] = None,
+        force: bool = False,
     ) -> Snapshot[Any]:
         """Applies an RFC 7386 merge patch (a dict, or JSON text): None removes a key.
-        Returns the new snapshot."""
-        request = patch_request(merge_patch, expected_revision)
+        Returns the new snapshot.
+
+        ``canary``: start a canary instead: the result (the candidate, a new
+        revision, which is returned) goes only to the followers the selector
+        picks (``2``: that many; ``"25%"``: a stable share by a hash of their
+        names; ``"name=GLOB"``), while every other follower and every plain
+        read keeps the stable revision, until ``promote()`` or ``abort()``.
+        ``bake`` (seconds): the broker promotes it by itself once every
+        selected follower has applied it for that long, and aborts it at the
+        first rejection. ``force``: while a canary runs, abort it first
+        instead of being refused (RevisionConflict, naming the canary)."""
+        request = patch_request(merge_patch, expected_revision, canary, bake, force)
         try:
             return Snapshot.from_message(self._stub.PatchArgs(request, timeout=timeout))
         except grpc.RpcError as err:
             raise translate(err, self.socket_path, "PatchArgs") from None
+
+    def rollback(
+        self,
+        to_revision: int,
+        expected_revision: Optional[int] = None,
+        timeout: Optional[float] = 10.0,
+        *,
+        canary: Selector = None,
+        bake: Optional[float] = None,
+        force: bool = False,
+    ) -> Snapshot[Any]:
+        """Makes a new revision with the content of retained revision
+        ``to_revision`` (ArgsNotFound if it is not retained). ``canary``,
+        ``bake`` and ``force`` as for ``patch``."""
+        request = rollback_request(to_revision, expected_revision, canary, bake, force)
+        try:
+            return Snapshot.from_message(self._stub.Rollback(request, timeout=timeout))
+        except grpc.RpcError as err:
+            raise translate(err, self.socket_path, "Rollback") from None
+
+    def promote(self, candidate_revision: Optional[int] = None, timeout: Optional[float] = 10.0) -> Snapshot[Any]:
+        """Ends the running canary by giving its candidate to every follower and
+        reader, as the same revision (returned). RevisionConflict if no canary
+        runs, or ``candidate_revision`` is given and is not its candidate."""
+        request = promote_request(candidate_revision)
+        try:
+            return Snapshot.from_message(self._stub.PromoteCanary(request, timeout=timeout))
+        except grpc.RpcError as err:
+            raise translate(err, self.socket_path, "PromoteCanary") from None
+
+    def abort(
+        self, reason: str = "", candidate_revision: Optional[int] = None, timeout: Optional[float] = 10.0
+    ) -> Snapshot[Any]:
+        """Drops the running canary: a new revision (returned) with the stable
+        document, which every follower moves forward to. ``reason`` goes into
+        the history (``aborted canary 12: REASON``). RevisionConflict as for
+        ``promote``."""
+        request = abort_request(reason, candidate_revision)
+        try:
+            return Snapshot.from_message(self._stub.AbortCanary(request, timeout=timeout))
+        except grpc.RpcError as err:
+            raise translate(err, self.socket_path, "AbortCanary") from None
 
     def close(self) -> None:
         self._channel.close()
@@ -248,19 +336,84 @@ class Client:
         self.close()
 
 
-def set_request(document: Any, expected_revision: Optional[int]) -> args_pb2.SetArgsRequest:
+#: A canary selector: a count (``2`` or ``"2"``), a share (``"25%"``),
+#: ``"name=GLOB"`` or, with etcd, ``"host=NAME[,NAME...]"``; None: no canary.
+Selector = Union[str, int, None]
+
+#: The longest bake the broker takes (its bake_ms is a uint32).
+_MAX_BAKE_MS = 2**32 - 1
+
+
+def _canary_fields(canary: Selector, bake: Optional[float], force: bool) -> Dict[str, Any]:
+    """A write's canary, bake_ms and force fields, checked as the CLI checks
+    them (``bake`` only with ``canary``)."""
+    if isinstance(canary, bool) or not isinstance(canary, (str, int, type(None))):
+        raise TypeError(f"canary must be a selector (2, '25%', 'name=GLOB') or None, not {type(canary).__name__}")
+    selector = "" if canary is None else str(canary)
+    fields: Dict[str, Any] = {"canary": selector, "force": bool(force)}
+    if bake is not None:
+        if not selector:
+            raise ValueError("bake= needs canary=: it is how long a canary's followers run it before it is promoted")
+        bake_ms = round(float(bake) * 1000)
+        if not 0 < bake_ms <= _MAX_BAKE_MS:
+            raise ValueError(f"bake must be more than 0 and at most {_MAX_BAKE_MS // 1000} seconds, not {bake!r}")
+        fields["bake_ms"] = bake_ms
+    return fields
+
+
+def set_request(
+    document: Any,
+    expected_revision: Optional[int],
+    canary: Selector = None,
+    bake: Optional[float] = None,
+    force: bool = False,
+) -> args_pb2.SetArgsRequest:
     """The SetArgs request of the sync and async clients."""
-    request = args_pb2.SetArgsRequest(json=_encode_exact(document))
+    request = args_pb2.SetArgsRequest(json=_encode_exact(document), **_canary_fields(canary, bake, force))
     if expected_revision is not None:
         request.expected_revision = expected_revision
     return request
 
 
-def patch_request(merge_patch: Any, expected_revision: Optional[int]) -> args_pb2.PatchArgsRequest:
+def patch_request(
+    merge_patch: Any,
+    expected_revision: Optional[int],
+    canary: Selector = None,
+    bake: Optional[float] = None,
+    force: bool = False,
+) -> args_pb2.PatchArgsRequest:
     """The PatchArgs request of the sync and async clients."""
-    request = args_pb2.PatchArgsRequest(merge_patch=_encode_exact(merge_patch))
+    request = args_pb2.PatchArgsRequest(merge_patch=_encode_exact(merge_patch), **_canary_fields(canary, bake, force))
     if expected_revision is not None:
         request.expected_revision = expected_revision
+    return request
+
+
+def rollback_request(
+    to_revision: int,
+    expected_revision: Optional[int],
+    canary: Selector = None,
+    bake: Optional[float] = None,
+    force: bool = False,
+) -> args_pb2.RollbackRequest:
+    """The Rollback request of the sync and async clients."""
+    request = args_pb2.RollbackRequest(to_revision=to_revision, **_canary_fields(canary, bake, force))
+    if expected_revision is not None:
+        request.expected_revision = expected_revision
+    return request
+
+
+def promote_request(candidate_revision: Optional[int]) -> args_pb2.PromoteCanaryRequest:
+    request = args_pb2.PromoteCanaryRequest()
+    if candidate_revision is not None:
+        request.candidate_revision = candidate_revision
+    return request
+
+
+def abort_request(reason: str, candidate_revision: Optional[int]) -> args_pb2.AbortCanaryRequest:
+    request = args_pb2.AbortCanaryRequest(reason=reason)
+    if candidate_revision is not None:
+        request.candidate_revision = candidate_revision
     return request
 
 

@@ -6,6 +6,7 @@ broker's own, as the Rust CLI prints them."""
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 
 class Error(Exception):
@@ -39,9 +40,19 @@ class ArgsNotFound(BrokerError, LookupError):
 
 
 class RevisionConflict(BrokerError):
-    """A write's expected_revision was not the broker's current revision."""
+    """The broker refused a write or a canary's end because of its state
+    (gRPC FAILED_PRECONDITION): a write's expected_revision was not the
+    current revision (``current_revision`` then says which is), or a canary
+    runs (a plain write, or a second canary, without ``force=``), or none
+    runs (``promote()``, ``abort()``), or a canary selects no follower."""
 
     __module__ = "argsbroker"
+
+    def __init__(self, message: str, current_revision: Optional[int] = None) -> None:
+        super().__init__(message)
+        #: On an expected_revision mismatch: the broker's current revision;
+        #: None for the other refusals.
+        self.current_revision = current_revision
 
 
 class InvalidPointer(Error, ValueError):

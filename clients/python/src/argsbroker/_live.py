@@ -42,9 +42,19 @@ _FIRST_MESSAGE_LIMIT = 5.0
 Validate = Callable[[Snapshot[Any]], Any]
 
 
+#: Names a follower when the program does not (``follow(name=)``): set it
+#: per worker process (e.g. ``api-3``) so that a canary selects workers by
+#: names that survive their restarts.
+NAME_VARIABLE = "ARGSBROKER_NAME"
+
+
 def default_name() -> str:
-    """How a follower names itself unless told: this program's file name
-    (``app.py``, ``uvicorn``; the package for ``python -m pkg``), else "python"."""
+    """How a follower names itself unless told: $ARGSBROKER_NAME, else this
+    program's file name (``app.py``, ``uvicorn``; the package for ``python
+    -m pkg``), else "python"."""
+    named = os.environ.get(NAME_VARIABLE)
+    if named:
+        return named
     argv0 = sys.argv[0] if sys.argv else ""
     if argv0 in ("", "-c", "-m", "-"):
         return "python"
@@ -288,6 +298,8 @@ class LiveArgs(Generic[T]):
 
     @property
     def revision(self) -> int:
+        """The revision this follower serves: during a canary, the candidate
+        if the broker selected this follower (by ``name``), else the stable one."""
         return self._snapshot.revision
 
     @property
@@ -616,8 +628,10 @@ def follow(
     ($ARGSBROKER_SOCKET, else /tmp/argsbroker.sock), takes its current args and
     keeps them fresh in a background thread.
 
-    ``name`` is how this follower appears in ``broker status`` (default: this
-    program's file name, see ``default_name``).
+    ``name`` is how this follower appears in ``broker status``, and what a
+    canary selects it by (default: $ARGSBROKER_NAME, else this program's file
+    name, see ``default_name``). During a canary, a follower the broker
+    selects gets the candidate: ``live.revision`` says which it serves.
 
     With ``model`` (a pydantic model, or any type pydantic can validate), every
     revision is validated before it is served: ``live.typed`` is the model

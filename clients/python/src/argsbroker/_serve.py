@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import functools
 import logging
 import os
 import re
@@ -21,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import IO, Any, Deque, Dict, List, Optional, Tuple, Union
 
-from ._client import Backoff, Client, Snapshot, _encode_exact, connect, loads
+from ._client import Backoff, Client, Selector, Snapshot, _encode_exact, connect, loads
 from ._errors import BrokerError, BrokerFailed, RevisionConflict
 from ._model import check
 
@@ -127,9 +128,11 @@ class ServedArgs:
     """A running broker owned by this process; returned by serve().
 
     ``socket`` is where it serves (also exported as $ARGSBROKER_SOCKET);
-    ``patch()``, ``set()`` and ``get()`` change and read the args live (and
-    ``patch_async()``, ``set_async()``, ``get_async()``, ``snapshot_async()``
-    from async code), and every worker follows within milliseconds.
+    ``patch()``, ``set()``, ``rollback()`` and ``get()`` change and read the
+    args live (and ``patch_async()``, ``set_async()``, ``get_async()``,
+    ``snapshot_async()``... from async code), and every worker follows within
+    milliseconds; ``patch(..., canary="25%")`` gives a change to some workers
+    first, then ``promote()`` or ``abort()``.
 
     The broker is looked after: if it exits while the block runs, that is
     logged at once (its exit status and last log line) and it is restarted
@@ -435,35 +438,99 @@ class ServedArgs:
         with self._client() as client:
             return client.snapshot()
 
-    def set(self, document: Any, expected_revision: Optional[int] = None) -> Snapshot[Any]:
-        """Replaces the whole document (a dict, or JSON text); every worker follows.
-        With a model, a document that fails it raises ArgsRejected and changes nothing."""
+    def set(
+        self,
+        document: Any,
+        expected_revision: Optional[int] = None,
+        *,
+        canary: Selector = None,
+        bake: Optional[float] = None,
+        force: bool = False,
+    ) -> Snapshot[Any]:
+        """Replaces the whole document (a dict, or JSON text); every worker follows
+        (with ``canary``, only the selected ones: see ``patch``). With a model,
+        a document that fails it raises ArgsRejected and changes nothing."""
         self._check(document if not isinstance(document, (str, bytes)) else loads(document))
         with self._client() as client:
-            return client.set(document, expected_revision=expected_revision)
+            return client.set(document, expected_revision=expected_revision, canary=canary, bake=bake, force=force)
 
-    def patch(self, merge_patch: Any, expected_revision: Optional[int] = None) -> Snapshot[Any]:
+    def patch(
+        self,
+        merge_patch: Any,
+        expected_revision: Optional[int] = None,
+        *,
+        canary: Selector = None,
+        bake: Optional[float] = None,
+        force: bool = False,
+    ) -> Snapshot[Any]:
         """Applies an RFC 7386 merge patch (a dict, or JSON text; None removes a
         key); every worker follows. With a model, the result is checked first
-        and written only if the document did not change meanwhile."""
+        and written only if the document did not change meanwhile.
+
+        ``canary="25%"`` (or ``2``, ``"name=api-*"``): the result goes only to
+        the workers the selector picks (by the name each follower gives, see
+        ``follow(name=)``); the others, and every plain read, keep the stable
+        revision until ``promote()`` or ``abort()``. ``bake=30``: the broker
+        promotes it by itself once every selected worker has applied it for
+        30 s, and aborts it at the first rejection. While a canary runs, a
+        write without ``force=True`` raises RevisionConflict."""
         with self._client() as client:
             if self.model is None:
-                return client.patch(merge_patch, expected_revision=expected_revision)
+                return client.patch(
+                    merge_patch, expected_revision=expected_revision, canary=canary, bake=bake, force=force
+                )
             patch = loads(merge_patch) if isinstance(merge_patch, (str, bytes)) else merge_patch
             for _ in range(10):
                 current = client.snapshot()
                 if expected_revision is not None and current.revision != expected_revision:
                     raise RevisionConflict(
                         f"revision conflict: expected revision {expected_revision}, "
-                        f"but the current revision is {current.revision}"
+                        f"but the current revision is {current.revision}",
+                        current.revision,
                     )
                 self._check(merge(current.value, patch))
                 try:
-                    return client.patch(patch, expected_revision=current.revision)
-                except RevisionConflict:
-                    if expected_revision is not None:
+                    return client.patch(
+                        patch, expected_revision=current.revision, canary=canary, bake=bake, force=force
+                    )
+                except RevisionConflict as conflict:
+                    # Only a change since the snapshot is worth another try;
+                    # a canary running (or none) is the answer.
+                    if expected_revision is not None or conflict.current_revision is None:
                         raise
             raise RevisionConflict("the args kept changing while this patch was checked; try again")
+
+    def rollback(
+        self,
+        to_revision: int,
+        expected_revision: Optional[int] = None,
+        *,
+        canary: Selector = None,
+        bake: Optional[float] = None,
+        force: bool = False,
+    ) -> Snapshot[Any]:
+        """A new revision with the content of retained revision ``to_revision``
+        (ArgsNotFound if it is not retained); ``canary``, ``bake`` and
+        ``force`` as for ``patch``."""
+        with self._client() as client:
+            return client.rollback(
+                to_revision, expected_revision=expected_revision, canary=canary, bake=bake, force=force
+            )
+
+    def promote(self, candidate_revision: Optional[int] = None) -> Snapshot[Any]:
+        """Gives the running canary's candidate to every worker and reader, as
+        the same revision (returned): none goes back to an older one.
+        RevisionConflict if no canary runs (or ``candidate_revision`` is not
+        its candidate)."""
+        with self._client() as client:
+            return client.promote(candidate_revision)
+
+    def abort(self, reason: str = "", candidate_revision: Optional[int] = None) -> Snapshot[Any]:
+        """Drops the running canary: every worker moves forward to a new
+        revision (returned) with the stable document. ``reason`` goes into the
+        history. RevisionConflict as for ``promote``."""
+        with self._client() as client:
+            return client.abort(reason, candidate_revision)
 
     async def get_async(self, pointer: str = "") -> Any:
         """``get`` without blocking the event loop."""
@@ -473,13 +540,55 @@ class ServedArgs:
         """``snapshot`` without blocking the event loop."""
         return await asyncio.to_thread(self.snapshot)
 
-    async def set_async(self, document: Any, expected_revision: Optional[int] = None) -> Snapshot[Any]:
+    async def set_async(
+        self,
+        document: Any,
+        expected_revision: Optional[int] = None,
+        *,
+        canary: Selector = None,
+        bake: Optional[float] = None,
+        force: bool = False,
+    ) -> Snapshot[Any]:
         """``set`` without blocking the event loop."""
-        return await asyncio.to_thread(self.set, document, expected_revision)
+        return await asyncio.to_thread(
+            functools.partial(self.set, document, expected_revision, canary=canary, bake=bake, force=force)
+        )
 
-    async def patch_async(self, merge_patch: Any, expected_revision: Optional[int] = None) -> Snapshot[Any]:
+    async def patch_async(
+        self,
+        merge_patch: Any,
+        expected_revision: Optional[int] = None,
+        *,
+        canary: Selector = None,
+        bake: Optional[float] = None,
+        force: bool = False,
+    ) -> Snapshot[Any]:
         """``patch`` without blocking the event loop."""
-        return await asyncio.to_thread(self.patch, merge_patch, expected_revision)
+        return await asyncio.to_thread(
+            functools.partial(self.patch, merge_patch, expected_revision, canary=canary, bake=bake, force=force)
+        )
+
+    async def rollback_async(
+        self,
+        to_revision: int,
+        expected_revision: Optional[int] = None,
+        *,
+        canary: Selector = None,
+        bake: Optional[float] = None,
+        force: bool = False,
+    ) -> Snapshot[Any]:
+        """``rollback`` without blocking the event loop."""
+        return await asyncio.to_thread(
+            functools.partial(self.rollback, to_revision, expected_revision, canary=canary, bake=bake, force=force)
+        )
+
+    async def promote_async(self, candidate_revision: Optional[int] = None) -> Snapshot[Any]:
+        """``promote`` without blocking the event loop."""
+        return await asyncio.to_thread(self.promote, candidate_revision)
+
+    async def abort_async(self, reason: str = "", candidate_revision: Optional[int] = None) -> Snapshot[Any]:
+        """``abort`` without blocking the event loop."""
+        return await asyncio.to_thread(self.abort, reason, candidate_revision)
 
     def stop(self) -> None:
         """Stops the broker (SIGTERM; SIGKILL after 10 s), restores

@@ -54,8 +54,9 @@ def args_lifespan(
     Snapshot) rejects a revision the same way when it raises, returns an
     error string or returns False.
 
-    ``name`` is how each worker appears in ``broker status`` (default: the
-    program's name, e.g. ``uvicorn``; the broker adds each worker's pid).
+    ``name`` is how each worker appears in ``broker status``, and what a
+    canary selects it by (default: $ARGSBROKER_NAME, else the program's name,
+    e.g. ``uvicorn``; the broker adds each worker's pid).
 
     To combine it with your own lifespan: ``async with args_lifespan()(app): ...``.
     """
