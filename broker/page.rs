@@ -12,10 +12,10 @@
 //! (`--reader-uid`, `--reader-gid`), the diffs name changed paths only,
 //! never values: the page must not hand the document to whoever reaches
 //! the HTTP address.
-use crate::storage::Storage;
 use crate::diff::{self, Diff};
 use crate::followers::Followers;
 use crate::storage::Published;
+use crate::storage::Storage;
 use argsbroker::pb;
 use axum::extract::State;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
