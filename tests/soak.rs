@@ -89,11 +89,13 @@ struct Faults {
     in_commit_append_lost: u64,
     in_commit_append_torn: u64,
     /// TornRecord: how many, by shape (a short header, a frame cut short, a
-    /// whole frame with a wrong CRC).
+    /// whole frame with a wrong CRC, zeros: the file made longer by a
+    /// crash, the data never written).
     torn: u64,
     torn_short_header: u64,
     torn_cut_frame: u64,
     torn_bad_crc: u64,
+    torn_zeros: u64,
     /// KillBeforeRename: how many, how many killed inside the rename.
     before_rename: u64,
     before_rename_caught: u64,
@@ -389,9 +391,14 @@ fn fault_soak() {
                             faults.torn_short_header += 1;
                             frame[..1 + (cut_at % 7) as usize].to_vec()
                         }
-                        15..60 => {
+                        15..55 => {
                             faults.torn_cut_frame += 1;
                             frame[..8 + (cut_at % (frame.len() as u64 - 8)) as usize].to_vec()
+                        }
+                        55..70 => {
+                            // The file made longer, the data never written.
+                            faults.torn_zeros += 1;
+                            vec![0; 1 + (cut_at % 4096) as usize]
                         }
                         _ => {
                             faults.torn_bad_crc += 1;
@@ -501,7 +508,7 @@ fn fault_soak() {
         "soak figures (seed {seed}, {seconds} s, {worker_count} workers):\n  \
          writes: {writes} (unknown: connection broken by kill -9)\n  \
          faults: {} broker kill -9, {} SIGHUP, {} outside edits, {} full state disk (of which {} with a SIGHUP, {} with kill -9, {} with a restart on the full disk), {} worker kill -9\n  \
-         crash points: {} kill -9 in a commit's fdatasync ({} caught there by strace; then the un-synced append cut off {} times, cut inside {} times), {} torn last journal records ({} short header, {} frame cut short, {} whole frame with a wrong CRC), {} kill -9 in the args file's rename ({} caught there); the args file rewritten from the journal at {} restarts\n  \
+         crash points: {} kill -9 in a commit's fdatasync ({} caught there by strace; then the un-synced append cut off {} times, cut inside {} times), {} torn last journal records ({} short header, {} frame cut short, {} whole frame with a wrong CRC, {} zeros), {} kill -9 in the args file's rename ({} caught there); the args file rewritten from the journal at {} restarts\n  \
          revisions seen: {}, final revision {} (lineage {}); {recovered} write(s) in flight at a kill -9 taken at the restart\n  \
          lost = {lost}, findings = {}",
         faults.broker_kills,
@@ -520,6 +527,7 @@ fn fault_soak() {
         faults.torn_short_header,
         faults.torn_cut_frame,
         faults.torn_bad_crc,
+        faults.torn_zeros,
         faults.before_rename,
         faults.before_rename_caught,
         faults.args_rewritten,

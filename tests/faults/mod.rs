@@ -461,7 +461,8 @@ pub fn last_pwrite(lines: &[String]) -> Option<(u64, u64)> {
 
 /// The file engine's journal (`STATE/journal`, see
 /// broker/storage/file/journal.rs) read as the broker reads it: frames of
-/// a u32 LE length, a u32 LE CRC-32 and a JSON record.
+/// a u32 LE length, a u32 LE CRC-32 and a JSON record; a bad last frame,
+/// or a tail of zeros, is torn.
 pub struct JournalState {
     /// (revision, sha256, unix_millis) of each whole record, oldest first.
     pub records: Vec<(u64, String, u64)>,
@@ -481,8 +482,16 @@ impl JournalState {
         let mut damaged = None;
         while bytes.len() - at >= 8 {
             let rest = &bytes[at..];
+            if rest.iter().all(|b| *b == 0) {
+                // Zeros where an append was meant to go: torn.
+                break;
+            }
             let len = u32::from_le_bytes(rest[0..4].try_into().unwrap()) as usize;
             let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap());
+            if len == 0 {
+                damaged = Some(at as u64);
+                break;
+            }
             if rest.len() - 8 < len {
                 break;
             }
