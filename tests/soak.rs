@@ -347,7 +347,14 @@ fn fault_soak() {
                     } else if caught {
                         faults.before_rename_caught += 1;
                     }
-                    expect = Some(Expect::of(&journal, &site.args()));
+                    let expected = Expect::of(&journal, &site.args());
+                    if caught && !in_commit && !expected.rewrite {
+                        findings.push(format!(
+                            "(6) kill -9 in the args file's rename, yet the args file left behind is not older than the journal's last commit (revision {})",
+                            expected.revision
+                        ));
+                    }
+                    expect = Some(expected);
                 });
                 let what = if in_commit {
                     "kill -9 in a commit's fdatasync"
