@@ -504,7 +504,7 @@ fn fault_soak() {
         &ops,
         &outside_edits,
         &restarts.borrow(),
-        (&start_sha256, &final_rev, &final_args),
+        ((1, &start_sha256), &final_rev, &final_args),
         &mut findings,
     );
 
@@ -829,7 +829,7 @@ mod checker {
             ops,
             outside,
             &[],
-            (&start_sha, &last, &final_args),
+            ((1, &start_sha), &last, &final_args),
             &mut found,
         );
         found

@@ -102,6 +102,10 @@ fn etcd_fault_soak() {
     let mut cluster = Cluster::start(3);
     let endpoints = cluster.endpoints_csv();
     let start_json = r#"{"start": true}"#;
+    let start_sha256 = argsbroker::document::Document::parse(start_json.as_bytes())
+        .unwrap()
+        .sha256()
+        .to_owned();
     let sites: Vec<Site> = (0..3)
         .map(|_| Site::new_in(Path::new("/dev/shm"), start_json))
         .collect();
@@ -290,7 +294,8 @@ fn etcd_fault_soak() {
     }
 
     // (4) Every host converges to what etcd holds.
-    let truth = etcd_holds(&cluster);
+    // The key was made from the start file (--args) at its create_revision.
+    let (truth, created) = etcd_holds(&cluster);
     ledger.lock().unwrap().observe(
         (truth.lineage.clone(), truth.revision),
         &truth.sha256,
@@ -368,7 +373,7 @@ fn etcd_fault_soak() {
         &ops,
         &[],
         &[],
-        ("", &final_rev, &truth),
+        ((created, &start_sha256), &final_rev, &truth),
         &mut findings,
     );
 
@@ -446,8 +451,8 @@ fn etcd_fault_soak() {
 /// it: revision (mod_revision), lineage (the random id in the meta record
 /// `KEY\0argsbroker` a broker wrote when it made the key, or the cluster
 /// id and create_revision for a key made by another client), the compact
-/// JSON and its sha256.
-fn etcd_holds(cluster: &Cluster) -> argsbroker::pb::Args {
+/// JSON and its sha256; and the key's create_revision.
+fn etcd_holds(cluster: &Cluster) -> (argsbroker::pb::Args, u64) {
     let limit = Duration::from_secs(10);
     let all = cluster.endpoints();
     let deadline = Instant::now() + PATIENCE;
@@ -502,13 +507,14 @@ fn etcd_holds(cluster: &Cluster) -> argsbroker::pb::Args {
         Some(id) => format!("etcd-{id:032x}"),
         None => format!("etcd-{cluster_id:016x}-{create}"),
     };
-    argsbroker::pb::Args {
+    let args = argsbroker::pb::Args {
         revision,
         sha256: sha256_hex(&value),
         json: value.into(),
         not_modified: false,
         lineage,
-    }
+    };
+    (args, create)
 }
 
 /// Standard base64 (etcdctl's JSON output encodes keys and values so).
