@@ -12,7 +12,14 @@
 //!    and ListRevisions, across restarts);
 //! 4. every worker converges to the broker's revision and document;
 //! 5. every `source=file` revision is an outside edit or the start file (or
-//!    a write in flight when the broker was killed, recovered at its restart).
+//!    a write in flight when the broker was killed, recovered at its restart);
+//! 6. after a kill -9 at the file engine's crash points (a commit held
+//!    between its journal append and its fdatasync, the args file's rename
+//!    held after the commit, a torn last journal record put there before the
+//!    restart), the broker starts and serves the journal's last whole record
+//!    (or the next revision, for an outside edit it had not taken yet), says
+//!    in its log that it cut the torn record off or rewrote the args file,
+//!    and no torn record's document is ever a revision.
 //!
 //! The writers, observers and checker are in tests/soak_check, shared with
 //! the etcd soak (tests/soak_etcd.rs). `SOAK_SECONDS` (default 20) sets the
@@ -43,6 +50,12 @@ enum Fault {
     OutsideEdit,
     DiskFull,
     KillWorker,
+    /// kill -9 while a commit is held between its journal append and its fdatasync.
+    KillInCommit,
+    /// kill -9, then a torn last record appended to the journal before the restart.
+    TornRecord,
+    /// kill -9 while the args file's rename is held after the commit.
+    KillBeforeRename,
 }
 
 /// A fault drawn from `enabled` by weight.
@@ -68,6 +81,26 @@ struct Faults {
     disk_full_kill: u64,
     disk_full_kill_restart_full: u64,
     worker_kills: u64,
+    /// KillInCommit: how many, how many were killed inside the fdatasync
+    /// (strace says so), and of those how many had the un-synced append cut
+    /// off the journal (as a power loss would) or cut inside it (torn).
+    in_commit: u64,
+    in_commit_caught: u64,
+    in_commit_append_lost: u64,
+    in_commit_append_torn: u64,
+    /// TornRecord: how many, by shape (a short header, a frame cut short, a
+    /// whole frame with a wrong CRC, zeros: the file made longer by a
+    /// crash, the data never written).
+    torn: u64,
+    torn_short_header: u64,
+    torn_cut_frame: u64,
+    torn_bad_crc: u64,
+    torn_zeros: u64,
+    /// KillBeforeRename: how many, how many killed inside the rename.
+    before_rename: u64,
+    before_rename_caught: u64,
+    /// Restarts whose broker rewrote the args file from the journal.
+    args_rewritten: u64,
 }
 
 #[test]
@@ -82,13 +115,17 @@ fn fault_soak() {
         .unwrap_or_else(fresh_seed);
     eprintln!("soak: {seconds} s, seed {seed} (SOAK_SEED={seed} replays the fault schedule)");
     let mut rng = Rng::new(seed);
-    // SOAK_FAULTS=kill,sighup,edit,disk,worker (the default: all) narrows the schedule.
+    // SOAK_FAULTS=kill,sighup,edit,disk,worker,fsync,torn,rename (the
+    // default: all) narrows the schedule.
     let enabled = enabled_faults([
         (Fault::KillBroker, "kill", 25),
         (Fault::Sighup, "sighup", 20),
         (Fault::OutsideEdit, "edit", 20),
         (Fault::DiskFull, "disk", 15),
         (Fault::KillWorker, "worker", 20),
+        (Fault::KillInCommit, "fsync", 15),
+        (Fault::TornRecord, "torn", 10),
+        (Fault::KillBeforeRename, "rename", 10),
     ]);
     eprintln!("soak: faults {enabled:?}");
 
@@ -99,6 +136,7 @@ fn fault_soak() {
         .sha256()
         .to_owned();
     let state = site.path("state");
+    let journal = state.join("journal");
     let disk = Tmpfs::mount(&state, "8m");
     let filler = state.join("filler");
     let broker_cmd = || {
@@ -167,7 +205,8 @@ fn fault_soak() {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(rng.range(150, 600)));
-        match pick(&mut rng, &enabled) {
+        let fault = pick(&mut rng, &enabled);
+        match fault {
             Fault::KillBroker => {
                 faults.broker_kills += 1;
                 let restarted = kill_and_restart(&mut broker, &restarter, &mut || {});
@@ -244,6 +283,161 @@ fn fault_soak() {
                     }
                 }
             }
+            Fault::KillInCommit | Fault::KillBeforeRename => {
+                let in_commit = matches!(fault, Fault::KillInCommit);
+                // Every call of the syscall is held this long at its entry: the
+                // commit thread is nearly always inside one.
+                let delay_us = rng.range(300_000, 900_000);
+                let (traced, delayed, held, with) = if in_commit {
+                    faults.in_commit += 1;
+                    ("pwrite64,fdatasync", "fdatasync", "fdatasync", "")
+                } else {
+                    faults.before_rename += 1;
+                    // Only the staged args file's rename (not a compaction's).
+                    (
+                        "rename,renameat,renameat2",
+                        "rename,renameat,renameat2",
+                        "rename",
+                        ".tmp\"",
+                    )
+                };
+                let Some(tid) = thread_named(broker.pid(), "commit") else {
+                    findings.push("(6) the broker has no thread named commit".into());
+                    break;
+                };
+                let trace = site
+                    .fresh_log(if in_commit {
+                        "strace-fsync"
+                    } else {
+                        "strace-rename"
+                    })
+                    .with_extension("trace");
+                let strace =
+                    DelayedSyscalls::attach(broker.pid(), tid, traced, delayed, delay_us, &trace);
+                // Writes run into it; a moment more lets others queue behind.
+                if strace
+                    .wait_held_in(held, with, Duration::from_secs(3))
+                    .is_some()
+                {
+                    std::thread::sleep(Duration::from_micros(rng.range(0, delay_us / 3)));
+                }
+                let lose = rng.range(0, 3);
+                let cut_at = rng.next_u64();
+                let mut expect = None;
+                let mut strace = Some(strace);
+                let restarted = kill_and_restart(&mut broker, &restarter, &mut || {
+                    let lines = strace.take().expect("once").finish();
+                    let caught = killed_in(&lines, held).is_some();
+                    if in_commit && caught {
+                        faults.in_commit_caught += 1;
+                        // The append was never fsynced: a power loss could
+                        // take it (lose = 1) or part of it (lose = 2).
+                        let now = JournalState::read(&journal);
+                        match (lose, last_pwrite(&lines)) {
+                            (1, Some((offset, len))) if offset + len == now.len => {
+                                faults.in_commit_append_lost += 1;
+                                cut_journal(&journal, offset);
+                            }
+                            (2, Some((offset, len))) if offset + len == now.len && len > 1 => {
+                                faults.in_commit_append_torn += 1;
+                                cut_journal(&journal, offset + 1 + cut_at % (len - 1));
+                            }
+                            _ => {}
+                        }
+                    } else if caught {
+                        faults.before_rename_caught += 1;
+                    }
+                    let expected = Expect::of(&journal, &site.args());
+                    if caught && !in_commit && !expected.rewrite {
+                        findings.push(format!(
+                            "(6) kill -9 in the args file's rename, yet the args file left behind is not older than the journal's last commit (revision {})",
+                            expected.revision
+                        ));
+                    }
+                    expect = Some(expected);
+                });
+                let what = if in_commit {
+                    "kill -9 in a commit's fdatasync"
+                } else {
+                    "kill -9 in the args file's rename"
+                };
+                match restarted {
+                    Ok(()) => check_restart(
+                        what,
+                        expect.as_ref(),
+                        &restarts.borrow(),
+                        &broker,
+                        &mut faults,
+                        &mut findings,
+                    ),
+                    Err(log) => {
+                        findings.push(format!(
+                            "(6) the broker could not restart after {what}: {log}"
+                        ));
+                        break;
+                    }
+                }
+            }
+            Fault::TornRecord => {
+                faults.torn += 1;
+                let i = faults.torn;
+                let shape = rng.range(0, 100);
+                let cut_at = rng.next_u64();
+                let mut expect = None;
+                let restarted = kill_and_restart(&mut broker, &restarter, &mut || {
+                    let before = JournalState::read(&journal);
+                    if before.whole != before.len || before.damaged.is_some() {
+                        // The kill itself tore it: recovered as it is.
+                        expect = Some(Expect::of(&journal, &site.args()));
+                        return;
+                    }
+                    let revision = before.records.last().map_or(1, |r| r.0) + 1;
+                    let frame = journal_frame(torn_record(i, revision).as_bytes());
+                    let torn = match shape {
+                        0..15 => {
+                            faults.torn_short_header += 1;
+                            frame[..1 + (cut_at % 7) as usize].to_vec()
+                        }
+                        15..55 => {
+                            faults.torn_cut_frame += 1;
+                            frame[..8 + (cut_at % (frame.len() as u64 - 8)) as usize].to_vec()
+                        }
+                        55..70 => {
+                            // The file made longer, the data never written.
+                            faults.torn_zeros += 1;
+                            vec![0; 1 + (cut_at % 4096) as usize]
+                        }
+                        _ => {
+                            faults.torn_bad_crc += 1;
+                            let mut frame = frame;
+                            frame[4 + (cut_at % 4) as usize] ^= 1 << (cut_at % 8 / 2);
+                            frame
+                        }
+                    };
+                    let mut file = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&journal)
+                        .expect("open the journal to tear it");
+                    file.write_all(&torn).expect("append a torn record");
+                    expect = Some(Expect::of(&journal, &site.args()));
+                });
+                match restarted {
+                    Ok(()) => check_restart(
+                        "kill -9 and a torn last journal record",
+                        expect.as_ref(),
+                        &restarts.borrow(),
+                        &broker,
+                        &mut faults,
+                        &mut findings,
+                    ),
+                    Err(log) => {
+                        findings.push(format!(
+                            "(6) the broker could not restart after kill -9 and a torn last journal record: {log}"
+                        ));
+                        break;
+                    }
+                }
+            }
             Fault::KillWorker => {
                 faults.worker_kills += 1;
                 let i = rng.range(0, worker_count as u64) as usize;
@@ -286,13 +480,31 @@ fn fault_soak() {
     );
     let ledger = ledger.lock().unwrap();
     findings.extend(ledger.two_documents.iter().cloned());
+    // (6) No torn record's document is a revision.
+    for (r, seen) in &ledger.seen {
+        let torn: Vec<&str> = seen
+            .keys
+            .iter()
+            .flat_map(|keys| keys.iter())
+            .map(|h| ledger.names[h].as_str())
+            .filter(|k| k.starts_with("torn_"))
+            .collect();
+        if !torn.is_empty() {
+            findings.push(format!(
+                "(6) torn record applied: revision {} (seen via {}) holds {}",
+                r.1,
+                seen.via,
+                torn.join(", ")
+            ));
+        }
+    }
     check_workers(&ledger, &served, &final_rev.0, &mut findings);
     let recovered = check(
         &ledger,
         &ops,
         &outside_edits,
         &restarts.borrow(),
-        (&start_sha256, &final_rev, &final_args),
+        ((1, &start_sha256), &final_rev, &final_args),
         &mut findings,
     );
 
@@ -303,6 +515,7 @@ fn fault_soak() {
         "soak figures (seed {seed}, {seconds} s, {worker_count} workers):\n  \
          writes: {writes} (unknown: connection broken by kill -9)\n  \
          faults: {} broker kill -9, {} SIGHUP, {} outside edits, {} full state disk (of which {} with a SIGHUP, {} with kill -9, {} with a restart on the full disk), {} worker kill -9\n  \
+         crash points: {} kill -9 in a commit's fdatasync ({} caught there by strace; then the un-synced append cut off {} times, cut inside {} times), {} torn last journal records ({} short header, {} frame cut short, {} whole frame with a wrong CRC, {} zeros), {} kill -9 in the args file's rename ({} caught there); the args file rewritten from the journal at {} restarts\n  \
          revisions seen: {}, final revision {} (lineage {}); {recovered} write(s) in flight at a kill -9 taken at the restart\n  \
          lost = {lost}, findings = {}",
         faults.broker_kills,
@@ -313,6 +526,18 @@ fn fault_soak() {
         faults.disk_full_kill,
         faults.disk_full_kill_restart_full,
         faults.worker_kills,
+        faults.in_commit,
+        faults.in_commit_caught,
+        faults.in_commit_append_lost,
+        faults.in_commit_append_torn,
+        faults.torn,
+        faults.torn_short_header,
+        faults.torn_cut_frame,
+        faults.torn_bad_crc,
+        faults.torn_zeros,
+        faults.before_rename,
+        faults.before_rename_caught,
+        faults.args_rewritten,
         ledger.seen.len(),
         final_args.revision,
         short(&final_args.lineage),
@@ -392,6 +617,129 @@ fn kill_and_restart_or(
     drop(_alone);
     record_revisions(&socket, r.ledger);
     Ok(failed_first)
+}
+
+/// What a broker restarted on a killed broker's state must serve, read from
+/// the journal and the args file left behind (as the file engine opens them).
+struct Expect {
+    revision: u64,
+    sha256: String,
+    /// Bytes of a torn last frame the broker must say it cut off.
+    torn: u64,
+    /// The args file is older than the journal's last commit: the broker
+    /// must say it rewrites it.
+    rewrite: bool,
+    /// A bad frame with whole frames after it: the broker must refuse it.
+    damaged: Option<u64>,
+}
+
+impl Expect {
+    fn of(journal: &Path, args: &Path) -> Self {
+        let state = JournalState::read(journal);
+        let (revision, sha256, unix_millis) = state.records.last().cloned().unwrap_or_default();
+        let file = file_document(args).expect("the args file left behind parses");
+        let modified_millis = std::fs::metadata(args)
+            .and_then(|m| m.modified())
+            .map(|t| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64)
+            .expect("the args file's mtime");
+        let (revision, sha256, rewrite) = if file.sha256() == sha256 {
+            (revision, sha256, false)
+        } else if modified_millis <= unix_millis {
+            // Left behind by a crash between the commit and the rename.
+            (revision, sha256, true)
+        } else {
+            // Changed after the last commit: an outside edit not taken yet.
+            (revision + 1, file.sha256().to_owned(), false)
+        };
+        Self {
+            revision,
+            sha256,
+            torn: state.len - state.whole,
+            rewrite,
+            damaged: state.damaged,
+        }
+    }
+}
+
+/// (6) The broker restarted after `what` serves what `expect` says, and its
+/// log says what it repaired.
+fn check_restart(
+    what: &str,
+    expect: Option<&Expect>,
+    restarts: &[Restart],
+    broker: &Proc,
+    faults: &mut Faults,
+    findings: &mut Vec<String>,
+) {
+    let (Some(expect), Some(restart)) = (expect, restarts.last()) else {
+        findings.push(format!(
+            "(6) after {what}: nothing to check the restart against"
+        ));
+        return;
+    };
+    if let Some(offset) = expect.damaged {
+        findings.push(format!(
+            "(6) after {what}: the journal was damaged at byte {offset} (a bad frame with whole frames after it), yet the broker started"
+        ));
+    }
+    if (restart.rev.1, restart.sha256.as_str()) != (expect.revision, expect.sha256.as_str()) {
+        findings.push(format!(
+            "(6) after {what}: the broker serves revision {} (sha256 {}), not the journal's last whole record: revision {} (sha256 {})",
+            restart.rev.1,
+            short(&restart.sha256),
+            expect.revision,
+            short(&expect.sha256)
+        ));
+    }
+    let log = broker.log();
+    if expect.torn > 0 {
+        let said = log.lines().any(|l| {
+            l.contains("cut short by a crash") && l.contains(&format!("cut={}", expect.torn))
+        });
+        if !said {
+            findings.push(format!(
+                "(6) after {what}: the journal ended in a torn record of {} bytes, but the broker's log does not say it cut it off:\n{}",
+                expect.torn,
+                log.trim()
+            ));
+        }
+    }
+    if expect.rewrite {
+        faults.args_rewritten += 1;
+        if !log.contains("the args file is older than the journal's last revision") {
+            findings.push(format!(
+                "(6) after {what}: the args file was older than the journal's last commit, but the broker's log does not say it rewrote it:\n{}",
+                log.trim()
+            ));
+        }
+    }
+}
+
+/// Cuts the journal to `len` bytes (what a power loss can leave of an
+/// append that was never fsynced).
+fn cut_journal(journal: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(journal)
+        .and_then(|f| f.set_len(len))
+        .expect("cut the journal");
+}
+
+/// A journal record (as broker/storage/file/history.rs writes them) of
+/// revision `revision` whose document holds the key `torn_<i>`: torn, it
+/// must never be served.
+fn torn_record(i: u64, revision: u64) -> String {
+    let json = format!(r#"{{"torn": {i}, "torn_{i}": 1}}"#);
+    let document = argsbroker::document::Document::parse(json.as_bytes()).unwrap();
+    let unix_millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    format!(
+        r#"{{"revision":{revision},"unix_millis":{unix_millis},"sha256":"{}","writer_uid":null,"source":"set","document":{}}}"#,
+        document.sha256(),
+        String::from_utf8_lossy(document.json())
+    )
 }
 
 /// Fills the state disk with a filler file until it is full.
@@ -481,7 +829,7 @@ mod checker {
             ops,
             outside,
             &[],
-            (&start_sha, &last, &final_args),
+            ((1, &start_sha), &last, &final_args),
             &mut found,
         );
         found

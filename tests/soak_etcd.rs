@@ -102,6 +102,10 @@ fn etcd_fault_soak() {
     let mut cluster = Cluster::start(3);
     let endpoints = cluster.endpoints_csv();
     let start_json = r#"{"start": true}"#;
+    let start_sha256 = argsbroker::document::Document::parse(start_json.as_bytes())
+        .unwrap()
+        .sha256()
+        .to_owned();
     let sites: Vec<Site> = (0..3)
         .map(|_| Site::new_in(Path::new("/dev/shm"), start_json))
         .collect();
@@ -290,7 +294,8 @@ fn etcd_fault_soak() {
     }
 
     // (4) Every host converges to what etcd holds.
-    let truth = etcd_holds(&cluster);
+    // The key was made from the start file (--args) at its create_revision.
+    let (truth, created) = etcd_holds(&cluster);
     ledger.lock().unwrap().observe(
         (truth.lineage.clone(), truth.revision),
         &truth.sha256,
@@ -368,7 +373,7 @@ fn etcd_fault_soak() {
         &ops,
         &[],
         &[],
-        ("", &final_rev, &truth),
+        ((created, &start_sha256), &final_rev, &truth),
         &mut findings,
     );
 
@@ -443,9 +448,11 @@ fn etcd_fault_soak() {
 }
 
 /// What etcd holds at the key, read with etcdctl, as the broker would name
-/// it: revision (mod_revision), lineage (the random id beside the key, or
-/// the cluster id and create_revision), the compact JSON and its sha256.
-fn etcd_holds(cluster: &Cluster) -> argsbroker::pb::Args {
+/// it: revision (mod_revision), lineage (the random id in the meta record
+/// `KEY\0argsbroker` a broker wrote when it made the key, or the cluster
+/// id and create_revision for a key made by another client), the compact
+/// JSON and its sha256; and the key's create_revision.
+fn etcd_holds(cluster: &Cluster) -> (argsbroker::pb::Args, u64) {
     let limit = Duration::from_secs(10);
     let all = cluster.endpoints();
     let deadline = Instant::now() + PATIENCE;
@@ -461,46 +468,83 @@ fn etcd_holds(cluster: &Cluster) -> argsbroker::pb::Args {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    // The key and the record a broker writes beside it (`KEY\0argsbroker`,
-    // inside the range [KEY, KEY\x01)), in key order.
-    let end = format!("{KEY}\x01");
-    let meta: serde_json::Value =
-        serde_json::from_slice(&etcdctl(&["get", KEY, &end, "-w", "json"]))
+    // The key and its meta record: the range [KEY, KEY\x01).
+    let range_end = format!("{KEY}\x01");
+    let got: serde_json::Value =
+        serde_json::from_slice(&etcdctl(&["get", KEY, &range_end, "-w", "json"]))
             .expect("etcdctl's JSON");
-    let kv = &meta["kvs"][0];
-    let (Some(cluster_id), Some(create), Some(revision)) = (
-        meta["header"]["cluster_id"].as_u64(),
+    let kvs = got["kvs"].as_array().cloned().unwrap_or_default();
+    let named = |name: &[u8]| {
+        kvs.iter()
+            .find(|kv| kv["key"].as_str().map(base64) == Some(name.to_vec()))
+            .cloned()
+    };
+    let Some(kv) = named(KEY.as_bytes()) else {
+        panic!("etcdctl get {KEY}: no key: {got}");
+    };
+    let (Some(cluster_id), Some(create), Some(revision), Some(value)) = (
+        got["header"]["cluster_id"].as_u64(),
         kv["create_revision"].as_u64(),
         kv["mod_revision"].as_u64(),
+        kv["value"].as_str().map(base64),
     ) else {
-        panic!("etcdctl get {KEY}: no key: {meta}");
+        panic!("etcdctl get {KEY}: {got}");
     };
-    let values = etcdctl(&["get", KEY, &end, "--print-value-only"]);
-    let mut lines = values.split(|b| *b == b'\n');
-    let value = lines.next().unwrap_or_default().to_vec();
-    // The random lineage id, if the record was written for this key (made
-    // in the same transaction as the key, or naming its create revision).
-    let record: Option<serde_json::Value> = lines
-        .next()
-        .and_then(|line| serde_json::from_slice(line).ok());
-    let id = record.and_then(|record| {
-        let ours = match record["key_created"].as_u64() {
-            Some(0) => meta["kvs"][1]["mod_revision"].as_u64() == Some(create),
-            created => created == Some(create),
+    // As the broker reads the meta record: its id names this key if it was
+    // written when the key was made (key_created 0, in the same revision)
+    // or for it (key_created = the key's create_revision).
+    let id = named(format!("{KEY}\0argsbroker").as_bytes()).and_then(|meta| {
+        let record: serde_json::Value =
+            serde_json::from_slice(&base64(meta["value"].as_str()?)).ok()?;
+        let ours = match record["key_created"].as_u64()? {
+            0 => meta["mod_revision"].as_u64()? == create,
+            created => created == create,
         };
-        let id = record["lineage"].as_str()?.to_owned();
-        (ours && id.len() == 32).then_some(id)
+        ours.then(|| u128::from_str_radix(record["lineage"].as_str()?, 16).ok())
+            .flatten()
     });
-    argsbroker::pb::Args {
+    let lineage = match id {
+        Some(id) => format!("etcd-{id:032x}"),
+        None => format!("etcd-{cluster_id:016x}-{create}"),
+    };
+    let args = argsbroker::pb::Args {
         revision,
         sha256: sha256_hex(&value),
         json: value.into(),
         not_modified: false,
-        lineage: match id {
-            Some(id) => format!("etcd-{id}"),
-            None => format!("etcd-{cluster_id:016x}-{create}"),
-        },
+        lineage,
+    };
+    (args, create)
+}
+
+/// Standard base64 (etcdctl's JSON output encodes keys and values so).
+fn base64(text: &str) -> Vec<u8> {
+    let digit = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {text:?}"),
+    };
+    let digits: Vec<u8> = text.bytes().filter(|c| *c != b'=').map(digit).collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, d)| n | u32::from(*d) << (18 - 6 * i));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
     }
+    out
+}
+
+#[test]
+fn base64_decodes() {
+    assert_eq!(base64("L2FyZ3Nicm9rZXIvc29haw=="), b"/argsbroker/soak");
+    assert_eq!(base64("e30="), b"{}");
+    assert_eq!(base64("YWJj"), b"abc");
+    assert_eq!(base64(""), b"");
 }
 
 /// How the soak reads the etcd backend's refusals: "nothing was changed" is

@@ -666,21 +666,6 @@ impl Strace {
     }
 }
 
-/// The TracerPid of every thread of `pid`.
-fn tracer_pids(pid: i32) -> Vec<i32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
-        .filter_map(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("TracerPid:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .collect()
-}
-
 /// A write refused because the args file's directory cannot be written
 /// (mode 0500; the broker runs as uid 65534, so the mode binds it: the new
 /// args file cannot be staged beside the old) changes nothing: not what is

@@ -307,3 +307,224 @@ pub fn save_refused(revision: u64, path: &Path, cause: &str) -> String {
         path.display()
     )
 }
+
+/// The TracerPid of every thread of `pid`.
+pub fn tracer_pids(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .filter_map(|s| tracer_pid(&s))
+        .collect()
+}
+
+fn tracer_pid(status: &str) -> Option<i32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The id of the thread of `pid` named `name` (e.g. the file engine's
+/// `commit`), if there is one.
+pub fn thread_named(pid: i32, name: &str) -> Option<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+        .and_then(|t| t.file_name().to_str()?.parse().ok())
+}
+
+/// strace attached to one thread of a running process, holding each call of
+/// the delayed syscalls at its entry for a while: the thread sits just before
+/// that call (e.g. a commit between its append and its fdatasync), and a
+/// kill -9 then lands there.
+pub struct DelayedSyscalls {
+    strace: Proc,
+    pub out: PathBuf,
+}
+
+impl DelayedSyscalls {
+    /// Attaches to thread `tid` of `pid`, tracing `traced` (strace's
+    /// `-e trace=`) and delaying each of `delayed` by `delay_us`
+    /// microseconds at entry; returns once strace is attached.
+    pub fn attach(
+        pid: i32,
+        tid: i32,
+        traced: &str,
+        delayed: &str,
+        delay_us: u64,
+        out: &Path,
+    ) -> Self {
+        assert!(
+            Command::new("strace")
+                .arg("-V")
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "this test needs strace (tests/prerequisites installs it: apt-get install strace)"
+        );
+        let mut cmd = Command::new("strace");
+        cmd.args(["-qq", "-e"])
+            .arg(format!("trace={traced}"))
+            .arg("-e")
+            .arg(format!("inject={delayed}:delay_enter={delay_us}"))
+            .arg("-o")
+            .arg(out)
+            .arg("-p")
+            .arg(tid.to_string());
+        let mut strace = Proc::spawn(cmd, out.with_extension("log"));
+        let tracer = strace.pid();
+        eventually("strace to attach to the thread", || {
+            assert!(strace.is_running(), "strace exited: {}", strace.log());
+            let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"));
+            // A thread that is gone (the broker died) ends the wait too.
+            Some(()).filter(|_| status.map_or(true, |s| tracer_pid(&s) == Some(tracer)))
+        });
+        Self {
+            strace,
+            out: out.to_path_buf(),
+        }
+    }
+
+    /// What strace wrote so far, one syscall a line (the last may be a call
+    /// entered and not finished: `fdatasync(5`).
+    pub fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The call of `syscall` the thread is held in now (entered, not
+    /// finished), whose line contains `with`.
+    pub fn held_in(&self, syscall: &str, with: &str) -> Option<String> {
+        let last = self.lines().pop()?;
+        (last.starts_with(&format!("{syscall}(")) && last.contains(with) && !last.contains(") = "))
+            .then_some(last)
+    }
+
+    /// Waits up to `limit` for the thread to be held in `syscall` (see `held_in`).
+    pub fn wait_held_in(&self, syscall: &str, with: &str, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(line) = self.held_in(syscall, with) {
+                return Some(line);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Stops strace (by its pid: it exits by itself when its thread is
+    /// killed, else SIGTERM detaches it) and returns its lines.
+    pub fn finish(mut self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.strace.is_running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if self.strace.is_running() {
+            self.strace.stop();
+        }
+        self.lines()
+    }
+}
+
+/// Whether strace's `lines` end with the thread killed while held in a call
+/// of `syscall`: the call never returned (`fdatasync(5) = ?`, or
+/// `fdatasync(5 <unfinished ...>`), and nothing came after it.
+pub fn killed_in(lines: &[String], syscall: &str) -> Option<String> {
+    let last = lines
+        .iter()
+        .rev()
+        .find(|l| !l.starts_with("+++") && !l.starts_with("---"))?;
+    (last.starts_with(&format!("{syscall}("))
+        && (last.trim_end().ends_with("= ?") || last.ends_with("<unfinished ...>")))
+    .then(|| last.clone())
+}
+
+/// The (offset, length) of the last `pwrite64` in strace's `lines`
+/// (`pwrite64(5, "..."..., 284, 12345) = 284`).
+pub fn last_pwrite(lines: &[String]) -> Option<(u64, u64)> {
+    let line = lines.iter().rev().find(|l| l.starts_with("pwrite64("))?;
+    let (call, _) = line.rsplit_once(") = ")?;
+    let mut args = call.rsplit(", ");
+    let offset = args.next()?.trim().parse().ok()?;
+    let len = args.next()?.trim().parse().ok()?;
+    Some((offset, len))
+}
+
+/// The file engine's journal (`STATE/journal`, see
+/// broker/storage/file/journal.rs) read as the broker reads it: frames of
+/// a u32 LE length, a u32 LE CRC-32 and a JSON record; a bad last frame,
+/// or a tail of zeros, is torn.
+pub struct JournalState {
+    /// (revision, sha256, unix_millis) of each whole record, oldest first.
+    pub records: Vec<(u64, String, u64)>,
+    /// Where the whole frames end.
+    pub whole: u64,
+    /// The file's length: beyond `whole`, a torn last frame.
+    pub len: u64,
+    /// A bad frame with whole frames after it (the broker refuses it).
+    pub damaged: Option<u64>,
+}
+
+impl JournalState {
+    pub fn read(path: &Path) -> Self {
+        let bytes = std::fs::read(path).unwrap_or_default();
+        let mut records = Vec::new();
+        let mut at = 0usize;
+        let mut damaged = None;
+        while bytes.len() - at >= 8 {
+            let rest = &bytes[at..];
+            if rest.iter().all(|b| *b == 0) {
+                // Zeros where an append was meant to go: torn.
+                break;
+            }
+            let len = u32::from_le_bytes(rest[0..4].try_into().unwrap()) as usize;
+            let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap());
+            if len == 0 {
+                damaged = Some(at as u64);
+                break;
+            }
+            if rest.len() - 8 < len {
+                break;
+            }
+            let payload = &rest[8..8 + len];
+            if crc32fast::hash(payload) != crc {
+                if 8 + len != rest.len() {
+                    damaged = Some(at as u64);
+                }
+                break;
+            }
+            let record: serde_json::Value =
+                serde_json::from_slice(payload).expect("a journal record is JSON");
+            records.push((
+                record["revision"].as_u64().expect("revision"),
+                record["sha256"].as_str().expect("sha256").to_owned(),
+                record["unix_millis"].as_u64().expect("unix_millis"),
+            ));
+            at += 8 + len;
+        }
+        Self {
+            records,
+            whole: at as u64,
+            len: bytes.len() as u64,
+            damaged,
+        }
+    }
+}
+
+/// One journal frame holding `payload`.
+pub fn journal_frame(payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(payload.len() + 8);
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}

@@ -564,13 +564,16 @@ pub fn converge(socket: &Path, ports: &[u16], findings: &mut Vec<String>) -> pb:
     }
 }
 
-/// Invariants 1, 2 and 5 (3 is checked as observations come in, 4 by `converge`).
+/// Invariants 1, 2 and 5 (3 is checked as observations come in, 4 by
+/// `converge`). The start file is the document `start` names at its
+/// revision: 1 for the file engine, the key's create_revision in etcd
+/// (where the broker that made the key from `--args` records source=file).
 pub fn check(
     ledger: &Ledger,
     ops: &[Op],
     outside_edits: &[(u64, String)],
     restarts: &[Restart],
-    (start_sha256, final_rev, final_args): (&str, &Rev, &pb::Args),
+    ((start_revision, start_sha256), final_rev, final_args): ((u64, &str), &Rev, &pb::Args),
     findings: &mut Vec<String>,
 ) -> usize {
     let keys_of = |json: &Bytes| -> HashSet<String> { object(json).keys().cloned().collect() };
@@ -713,10 +716,7 @@ pub fn check(
         if seen.source.as_deref() != Some("file") {
             continue;
         }
-        // The start file is its lineage's first revision: 1 on a file, the
-        // key's create revision in etcd (a broker seeds it from its --args).
-        let first = ledger.seen.keys().filter(|k| k.0 == r.0).map(|k| k.1).min();
-        if (Some(r.1) == first && seen.sha256 == start_sha256)
+        if (r.1 == start_revision && seen.sha256 == start_sha256)
             || outside.contains(seen.sha256.as_str())
         {
             continue;

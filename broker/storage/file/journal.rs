@@ -4,8 +4,9 @@
 //!
 //! A frame is the payload's length and CRC-32 (both little-endian `u32`),
 //! then the payload. A broker killed during an append leaves at most a torn
-//! last frame (cut short, or its CRC wrong), which was never acknowledged
-//! and is cut off when the journal is opened. A bad frame with whole frames
+//! last frame (cut short, or its CRC wrong; or zeros, where a filesystem
+//! made the file longer but never wrote the data), which was never
+//! acknowledged and is cut off when the journal is opened. A bad frame with whole frames
 //! after it is damage, not a crash: the journal is refused, never silently
 //! shortened.
 //!
@@ -185,17 +186,25 @@ fn frame(buf: &mut Vec<u8>, payload: &[u8]) {
 type Damage = (u64, &'static str);
 
 /// The payloads of the whole frames in `bytes`, and where they end. A bad
-/// frame is a torn tail (the end) if nothing whole follows it, else damage.
+/// frame is a torn tail (the end) if nothing whole follows it, else damage;
+/// so is a tail of zeros (eight of them would pass for an empty record).
 fn frames(bytes: &[u8]) -> Result<(Vec<Vec<u8>>, u64), Damage> {
     let mut records = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {
         let rest = &bytes[at..];
-        if rest.len() < HEADER {
+        if rest.len() < HEADER || rest.iter().all(|b| *b == 0) {
+            // A crash can leave zeros where an append was meant to go (the
+            // file longer, the data never written): a torn tail too.
             break;
         }
         let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
         let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+        if len == 0 {
+            // Never written (every record is a JSON object): zeros with
+            // something else after them.
+            return Err((at as u64, "a record is empty"));
+        }
         if len >= MAX_RECORD || rest.len() - HEADER < len {
             // Cut short: only the last frame can be.
             break;
@@ -271,6 +280,43 @@ mod tests {
             frames(&bytes).unwrap_err(),
             (0, "a record's checksum does not match")
         );
+    }
+
+    /// A crash can leave the journal longer than what was written into it:
+    /// a filesystem that extended the file but never wrote the data reads
+    /// back zeros. Eight zero bytes look like a whole frame (length 0, and 0
+    /// is the CRC-32 of nothing), but no record is empty: a zero tail is torn.
+    #[test]
+    fn a_tail_of_zeros_is_a_torn_tail() {
+        let mut bytes = Vec::new();
+        frame(&mut bytes, b"one");
+        let whole = bytes.len() as u64;
+        for zeros in [1, 8, 9, 4096] {
+            let mut torn = bytes.clone();
+            torn.resize(bytes.len() + zeros, 0);
+            assert_eq!(
+                frames(&torn).unwrap(),
+                (vec![b"one".to_vec()], whole),
+                "{zeros} zeros"
+            );
+        }
+        // An empty record with more after it is damage, not a torn tail.
+        let mut damaged = bytes.clone();
+        damaged.extend_from_slice(&[0; HEADER]);
+        frame(&mut damaged, b"two");
+        assert_eq!(frames(&damaged).unwrap_err(), (whole, "a record is empty"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let (mut journal, _) = Journal::open(&path).unwrap();
+        journal.append(&payloads(1)).unwrap();
+        drop(journal);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&[0; 512]).unwrap();
+        drop(file);
+        let (_, found) = Journal::open(&path).unwrap();
+        assert_eq!(found, [b"record 0".to_vec()]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), (HEADER + 8) as u64);
     }
 
     #[test]
