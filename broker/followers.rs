@@ -120,6 +120,11 @@ impl Drop for Registration {
 impl Registration {
     /// Records a report: the revision applied, and a rejection if any.
     pub fn report(&self, report: &pb::FollowRequest) {
+        tracing::trace!(
+            target: crate::service::STAGES,
+            revision = report.applied_revision,
+            "report received"
+        );
         let mut state = lock(&self.followers.state);
         let State {
             followers,
