@@ -93,7 +93,10 @@ async fn channel(path: &Path) -> Result<Channel, ClientError> {
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = connector_path.clone();
             async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+                // Woken for reading only: see `quiet`.
+                Ok::<_, std::io::Error>(TokioIo::new(
+                    crate::quiet::QuietStream::connect(path).await?,
+                ))
             }
         }))
         .await
