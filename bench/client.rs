@@ -25,6 +25,16 @@
 //! bench etcd-watch --endpoints A,B,C [--key K] [--payload F] [--changes 200] [--gap-ms 10]
 //!                                                          etcd put sent -> last of one watch
 //!                                                          stream per member, and put latency
+//! bench stages   --socket S --logs DIR --broker-log F --workers N [--changes 50] [--gap-ms 20]
+//!                                                          the stages of one change, from the
+//!                                                          trace lines of the broker
+//!                                                          (argsbroker::stages=trace) and the
+//!                                                          workers (argsbroker::client=trace)
+//! bench writers   --socket S [--writers 16] [--secs 5]     PatchArgs from N concurrent writers
+//!                                                          (one connection each): commits/s
+//! bench etcd-txn  --endpoints A,B,C [--key K] [--payload F] [--changes 200] [--gap-ms 10]
+//!                                                          a bare etcd txn (mod_revision == X,
+//!                                                          then put): its latency
 //! bench coldstart --probe http:HOST:PORT|broker:SOCK|floor:SOCK [--reps 15] -- CMD ARGS..
 //!                                                          spawn CMD until the probe answers
 //! ```
@@ -102,6 +112,12 @@ enum Cmd {
     EtcdWatch(EtcdWatch),
     /// Cold start of a server process until a probe answers.
     Coldstart(Coldstart),
+    /// The stages of one change, from trace lines of the broker and the workers.
+    Stages(Stages),
+    /// PatchArgs from N concurrent writers: commits per second.
+    Writers(Writers),
+    /// A bare etcd transaction with the compare a broker's commit makes.
+    EtcdTxn(EtcdTxn),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -232,6 +248,54 @@ struct EtcdWatch {
 }
 
 #[derive(Debug, Args)]
+struct Stages {
+    #[arg(long)]
+    socket: PathBuf,
+    /// The workers' logs (`*.log`, with `argsbroker::client=trace`).
+    #[arg(long)]
+    logs: PathBuf,
+    /// The broker's log (with `argsbroker::stages=trace`).
+    #[arg(long)]
+    broker_log: PathBuf,
+    #[arg(long)]
+    workers: usize,
+    #[arg(long, default_value_t = 50)]
+    changes: usize,
+    #[arg(long, default_value_t = 20.0)]
+    gap_ms: f64,
+    #[arg(long, default_value_t = 60.0)]
+    timeout_secs: f64,
+    #[arg(long, default_value = "bench_seq")]
+    key: String,
+}
+
+#[derive(Debug, Args)]
+struct Writers {
+    #[arg(long)]
+    socket: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    writers: usize,
+    #[arg(long, default_value_t = 5.0)]
+    secs: f64,
+}
+
+#[derive(Debug, Args)]
+struct EtcdTxn {
+    #[arg(long)]
+    endpoints: String,
+    /// The key written (not one a broker serves).
+    #[arg(long, default_value = "/bench/txn")]
+    key: String,
+    /// A file whose bytes make the value (so that it is as large as the document).
+    #[arg(long)]
+    payload: Option<PathBuf>,
+    #[arg(long, default_value_t = 200)]
+    changes: usize,
+    #[arg(long, default_value_t = 10.0)]
+    gap_ms: f64,
+}
+
+#[derive(Debug, Args)]
 struct Coldstart {
     /// `http:HOST:PORT` (GET /readyz answers 200), `broker:SOCKET` or `floor:SOCKET` (a GetArgs call succeeds).
     #[arg(long)]
@@ -258,6 +322,9 @@ fn main() {
         Cmd::Follower(f) => current_thread().and_then(|rt| rt.block_on(follower(f))),
         Cmd::EtcdWatch(e) => multi_thread().and_then(|rt| rt.block_on(etcd_watch(e))),
         Cmd::Coldstart(c) => coldstart(c),
+        Cmd::Stages(st) => current_thread().and_then(|rt| rt.block_on(stages(st))),
+        Cmd::Writers(w) => multi_thread().and_then(|rt| rt.block_on(writers(w))),
+        Cmd::EtcdTxn(e) => current_thread().and_then(|rt| rt.block_on(etcd_txn(e))),
     };
     if let Err(err) = result {
         eprintln!("bench: error: {err:#}");
@@ -975,6 +1042,281 @@ async fn follower(f: Follower) -> Result<()> {
         }
         stream.ack(&args).await;
     }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ the stages of one change
+
+/// `(µs since the epoch, revision)` of every line of `path` that contains
+/// `what` (a revision of 0 when the line names none).
+fn stamped(path: &Path, what: &str) -> Result<Vec<(i64, u64)>> {
+    let text = String::from_utf8_lossy(&std::fs::read(path)?).into_owned();
+    Ok(text
+        .lines()
+        .map(strip_ansi)
+        .filter(|line| line.contains(what))
+        .filter_map(|line| {
+            let ts = line.split_whitespace().next().and_then(parse_rfc3339_us)?;
+            Some((ts, field(&line, "revision=").unwrap_or(0)))
+        })
+        .collect())
+}
+
+/// Every `*.log` of `dir`.
+fn logs_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
+/// Sends `changes` PatchArgs, then reads when each stage of each change
+/// happened, all on the system clock every process's log lines carry:
+/// the send; the broker decoding the request (`write received`); its publish
+/// (`published`: the first of the broker's tasks woken by it); the first
+/// and last stream it was handed to (`handed to a stream`); the first and
+/// last worker it reached (`args received`); the last worker that applied it
+/// (`args updated`); the last report of it the broker read (`report
+/// received`); and the reply. Prints p50 and p99 of each, in µs from the
+/// send (`*_us`), and the p50 of each gap.
+async fn stages(st: Stages) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs_f64(st.timeout_secs);
+    loop {
+        let logs = read_logs(&st.logs)?;
+        let up = logs.iter().filter(|(serving, _)| *serving).count();
+        if up >= st.workers {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {up} of {} workers came up", st.workers);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let changes = patch_series(
+        &st.socket,
+        &st.key,
+        st.changes,
+        Duration::from_secs_f64(st.gap_ms / 1e3),
+        deadline,
+        0,
+        false,
+    )
+    .await?;
+    let last_rev = changes.last().map_or(0, |c| c.revision);
+    // Until every worker's report of the last change is in the broker's log (bounded).
+    loop {
+        let reports = stamped(&st.broker_log, "report received")?;
+        let done = reports.iter().filter(|(_, r)| *r == last_rev).count();
+        if done >= st.workers || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let received = stamped(&st.broker_log, "write received")?;
+    let by_rev = |lines: &[(i64, u64)]| {
+        let mut m: HashMap<u64, Vec<i64>> = HashMap::new();
+        for (ts, rev) in lines {
+            m.entry(*rev).or_default().push(*ts);
+        }
+        m
+    };
+    let handed = by_rev(&stamped(&st.broker_log, "handed to a stream")?);
+    // When the broker's own task that notes publications woke, or the
+    // first stream did if that was earlier (both wake on the one publish).
+    let mut published = by_rev(&stamped(&st.broker_log, "published")?);
+    for (revision, times) in &handed {
+        published
+            .entry(*revision)
+            .or_default()
+            .extend(times.iter().min());
+    }
+    let reported = by_rev(&stamped(&st.broker_log, "report received")?);
+    let (mut arrived, mut applied) = (Vec::new(), Vec::new());
+    for path in logs_in(&st.logs)? {
+        arrived.extend(stamped(&path, "args received")?);
+        applied.extend(stamped(&path, "args updated")?);
+    }
+    let (arrived, applied) = (by_rev(&arrived), by_rev(&applied));
+    const NAMES: [&str; 9] = [
+        "received",
+        "published",
+        "handed_first",
+        "handed_last",
+        "arrived_first",
+        "arrived_last",
+        "applied_last",
+        "acked_last",
+        "reply",
+    ];
+    let mut at: Vec<Vec<i64>> = vec![Vec::new(); NAMES.len()];
+    let mut gaps: Vec<Vec<i64>> = vec![Vec::new(); NAMES.len()];
+    let mut complete = 0usize;
+    for c in &changes {
+        let first =
+            |m: &HashMap<u64, Vec<i64>>| m.get(&c.revision).and_then(|v| v.iter().min().copied());
+        let last = |m: &HashMap<u64, Vec<i64>>, n: usize| {
+            m.get(&c.revision)
+                .filter(|v| v.len() >= n)
+                .and_then(|v| v.iter().max().copied())
+        };
+        let recv = received
+            .iter()
+            .map(|(ts, _)| *ts)
+            .find(|ts| *ts >= c.sent_unix_us && *ts <= c.reply_unix_us);
+        let row = [
+            recv,
+            first(&published),
+            first(&handed),
+            last(&handed, st.workers),
+            first(&arrived),
+            last(&arrived, st.workers),
+            last(&applied, st.workers),
+            last(&reported, st.workers),
+            Some(c.reply_unix_us),
+        ];
+        if row.iter().any(Option::is_none) {
+            continue;
+        }
+        complete += 1;
+        let row: Vec<i64> = row
+            .iter()
+            .map(|t| t.unwrap_or(0) - c.sent_unix_us)
+            .collect();
+        let mut before = 0;
+        for (i, t) in row.iter().enumerate() {
+            at[i].push(*t);
+            // Each stage from the one before it (the reply from the publish).
+            let from = match NAMES[i] {
+                "reply" | "handed_first" | "arrived_first" => row[1],
+                "arrived_last" => row[3],
+                _ => before,
+            };
+            gaps[i].push(t - from);
+            if NAMES[i] != "reply" {
+                before = *t;
+            }
+        }
+    }
+    let mut out = format!(
+        "mode=stages workers={} changes={} complete={complete}",
+        st.workers,
+        changes.len()
+    );
+    for (i, name) in NAMES.iter().enumerate() {
+        at[i].sort_unstable();
+        gaps[i].sort_unstable();
+        out.push_str(&format!(
+            " {name}_p50_us={:.1} {name}_p99_us={:.1} {name}_gap_p50_us={:.1}",
+            pct_i(&at[i], 50.0),
+            pct_i(&at[i], 99.0),
+            pct_i(&gaps[i], 50.0)
+        ));
+    }
+    println!("{out}");
+    Ok(())
+}
+
+// ------------------------------------------------------------------ write throughput
+
+/// N writers, one connection each, sending PatchArgs back to back (each its
+/// own key) for `secs`: commits per second and the latency of each.
+async fn writers(w: Writers) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let nonce = unix_us(SystemTime::now());
+    let mut clients = Vec::with_capacity(w.writers);
+    for _ in 0..w.writers {
+        clients.push(argsbroker::client::connect(&w.socket).await?);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, mut client) in clients.into_iter().enumerate() {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let request = pb::PatchArgsRequest {
+                    merge_patch: format!("{{\"bench_writer_{i}\":\"{nonce}-{n}\"}}"),
+                    ..Default::default()
+                };
+                let sent = Instant::now();
+                client.patch_args(request).await?;
+                lat.push(sent.elapsed().as_nanos() as u64);
+                n += 1;
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(w.secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    println!(
+        "mode=writers writers={} n={} commits_per_s={:.1} p50_us={:.1} p99_us={:.1}",
+        w.writers,
+        lat.len(),
+        lat.len() as f64 / secs,
+        pct(&lat, 50.0),
+        pct(&lat, 99.0)
+    );
+    Ok(())
+}
+
+/// Sequential etcd transactions, each `mod_revision(key) == X` then a put of
+/// the value, X the revision of the one before: the one round trip a
+/// broker's commit in etcd mode needs at least.
+async fn etcd_txn(e: EtcdTxn) -> Result<()> {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    let endpoints: Vec<String> = e.endpoints.split(',').map(str::to_owned).collect();
+    let payload = match &e.payload {
+        Some(p) => std::fs::read(p)?,
+        None => Vec::new(),
+    };
+    let mut client = etcd_client::Client::connect(&endpoints, None).await?;
+    let put = client.put(e.key.as_bytes(), payload.clone(), None).await?;
+    let mut base = put
+        .header()
+        .map(|h| h.revision())
+        .context("put: no header")?;
+    let nonce = unix_us(SystemTime::now());
+    let (mut lat, mut failed) = (Vec::with_capacity(e.changes), 0usize);
+    for i in 0..e.changes {
+        let mut value = format!("{nonce}-{i} ").into_bytes();
+        value.extend_from_slice(&payload);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                e.key.as_bytes(),
+                CompareOp::Equal,
+                base,
+            )])
+            .and_then([TxnOp::put(e.key.as_bytes(), value, None)]);
+        let sent = Instant::now();
+        let reply = client.txn(txn).await?;
+        lat.push(sent.elapsed().as_nanos() as u64);
+        if !reply.succeeded() {
+            failed += 1;
+        }
+        base = reply
+            .header()
+            .map(|h| h.revision())
+            .context("txn: no header")?;
+        tokio::time::sleep(Duration::from_secs_f64(e.gap_ms / 1e3)).await;
+    }
+    lat.sort_unstable();
+    println!(
+        "mode=etcd-txn n={} failed={failed} write_p50_us={:.1} write_p99_us={:.1}",
+        lat.len(),
+        pct(&lat, 50.0),
+        pct(&lat, 99.0)
+    );
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! Anything else is closed: silence, random bytes, or an HTTP/1.1 request
 //! (which is told in one line what this socket is).
 use crate::peer::Peer;
+use argsbroker::quiet::QuietStream;
 use argsbroker::throttle::Throttle;
 use std::io;
 use std::pin::Pin;
@@ -133,6 +134,14 @@ async fn accept_loop(
         tokio::spawn(async move {
             match tokio::time::timeout(limits.handshake_timeout, handshake(stream)).await {
                 Ok(Ok((stream, replay))) => {
+                    // Woken for reading only (see `QuietStream`).
+                    let stream = match QuietStream::from_tokio(stream) {
+                        Ok(stream) => stream,
+                        Err(err) => {
+                            tracing::debug!(pid = ?peer.pid, %err, "cannot take over a connection; closing it");
+                            return;
+                        }
+                    };
                     let connection = Connection {
                         stream,
                         replay,
@@ -227,7 +236,7 @@ fn http1_reply() -> String {
 /// An accepted connection that spoke HTTP/2: its stream with the bytes
 /// already read put back in front, the peer, and its place in the limit.
 pub struct Connection {
-    stream: UnixStream,
+    stream: QuietStream,
     replay: Vec<u8>,
     replayed: usize,
     peer: Peer,

@@ -136,6 +136,11 @@ impl Drop for Registration {
 impl Registration {
     /// Records a report: the revision applied, and a rejection if any.
     pub fn report(&self, report: &pb::FollowRequest) {
+        tracing::trace!(
+            target: crate::service::STAGES,
+            revision = report.applied_revision,
+            "report received"
+        );
         let mut state = lock(&self.followers.state);
         let State {
             followers,
@@ -363,9 +368,16 @@ impl Followers {
             .collect()
     }
 
+    /// Tells whoever watches (a write waiting for its followers; in etcd
+    /// mode, the task sharing them) that this broker's followers changed.
+    /// Every report calls it: with nobody watching, nothing is sent (a
+    /// receiver subscribed later starts from the state it reads itself).
     fn bump_local(&self) {
-        self.local_changed.send_modify(|n| *n += 1);
-        self.changed.send_modify(|n| *n += 1);
+        for sender in [&self.local_changed, &self.changed] {
+            if sender.receiver_count() > 0 {
+                sender.send_modify(|n| *n += 1);
+            }
+        }
     }
 
     #[cfg_attr(not(feature = "etcd"), allow(dead_code))]

@@ -87,6 +87,7 @@ pub async fn run(
     let noting = tokio::spawn(async move {
         loop {
             let revision = publications.borrow_and_update().revision;
+            tracing::trace!(target: service::STAGES, revision, "published");
             noting.published(revision);
             if publications.changed().await.is_err() {
                 return;

@@ -93,7 +93,10 @@ async fn channel(path: &Path) -> Result<Channel, ClientError> {
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = connector_path.clone();
             async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+                // Woken for reading only: see `quiet`.
+                Ok::<_, std::io::Error>(TokioIo::new(
+                    crate::quiet::QuietStream::connect(path).await?,
+                ))
             }
         }))
         .await
@@ -592,14 +595,18 @@ async fn keep_following<T, F>(
                 };
                 let Some(live) = shared.upgrade() else { return };
                 match message {
-                    Ok(Some(args)) => match Snapshot::from_reply(&path, args) {
-                        Ok(snapshot) => {
-                            if apply(&live, snapshot, &prepare, &options.validate) {
-                                report(&reports, &live, &name).await;
+                    Ok(Some(args)) => {
+                        // `bench stages` times the arrival (trace: off by default).
+                        tracing::trace!(revision = args.revision, "args received");
+                        match Snapshot::from_reply(&path, args) {
+                            Ok(snapshot) => {
+                                if apply(&live, snapshot, &prepare, &options.validate) {
+                                    report(&reports, &live, &name).await;
+                                }
                             }
+                            Err(err) => tracing::warn!(%err, "ignoring a snapshot"),
                         }
-                        Err(err) => tracing::warn!(%err, "ignoring a snapshot"),
-                    },
+                    }
                     Ok(None) => {
                         tracing::warn!(path = %path.display(), "the broker ended the watch; serving the last args while reconnecting");
                         break;

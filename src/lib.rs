@@ -49,6 +49,7 @@ pub mod frame;
 pub mod http_serve;
 pub mod logging;
 pub mod pointer;
+pub mod quiet;
 pub mod schema;
 pub mod sd_notify;
 pub mod shutdown;
