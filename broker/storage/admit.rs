@@ -1,11 +1,11 @@
 //! The one check every candidate document passes (size, parse, schema), and
 //! the plan of a write: what it makes of the current document.
+pub use super::error::Unsatisfied;
 use super::error::WriteError;
-use super::file::history::Source;
 use crate::canary::Selector;
 use argsbroker::document::{Document, DocumentError};
-use argsbroker::schema::{Schema, Violations};
-use std::path::PathBuf;
+use argsbroker::schema::Schema;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// What every document must be, whichever engine keeps it.
@@ -18,14 +18,6 @@ pub struct Limits {
     pub read_only: bool,
     /// `--schema`: what every document must satisfy.
     pub schema: Option<Arc<Schema>>,
-}
-
-/// A document that fails `--schema`: which schema, and every violation.
-#[derive(Debug, thiserror::Error)]
-#[error("does not satisfy the schema {}: {violations}", schema.display())]
-pub struct Unsatisfied {
-    pub schema: PathBuf,
-    pub violations: Violations,
 }
 
 /// The one check of `--schema`, on every document that is to become the
@@ -52,6 +44,34 @@ pub fn merge(current: &Document, patch: &serde_json::Value) -> Result<Document, 
         DocumentError::NotAnObject(kind) => WriteError::PatchNotAnObject(kind),
         other => WriteError::Invalid(other),
     })
+}
+
+/// How a revision was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    File,
+    Set,
+    Patch,
+    Rollback,
+    /// The stable document again, ending a canary.
+    Abort,
+    /// A canary's candidate made the revision everyone gets (a record of the
+    /// journal, merged into the candidate's entry: not a revision).
+    Promote,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::File => "file",
+            Source::Set => "set",
+            Source::Patch => "patch",
+            Source::Rollback => "rollback",
+            Source::Abort => "abort",
+            Source::Promote => "promote",
+        }
+    }
 }
 
 /// Who asked for a change, for the history.

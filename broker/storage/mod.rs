@@ -16,11 +16,11 @@ pub mod etcd;
 pub mod file;
 mod published;
 
+use admit::Source;
 use admit::{CanaryStart, Change, EndCanary, Limits, Origin, Write};
 use argsbroker::document::Document;
 use argsbroker::pb;
 pub use error::WriteError;
-use file::history::Source;
 use file::FileEngine;
 pub use published::{Canary, Feed, Head, Published};
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 use super::harness::Store;
 use super::harness::{limits, open, site, DOC, DOC_COMPACT};
 use crate::storage::admit::Limits;
-use crate::storage::file::history::Source;
+use crate::storage::admit::Source;
 use crate::storage::file::OpenError;
 use crate::storage::WriteError;
 

@@ -23,8 +23,8 @@ use super::{
     MAX_ATTEMPTS,
 };
 use crate::canary::CanaryRecord;
+use crate::storage::admit::Source;
 use crate::storage::admit::{EndCanary, Limits};
-use crate::storage::file::history::Source;
 use crate::storage::{Canary, Published, WriteError};
 use argsbroker::document::Document;
 use argsbroker::lock;

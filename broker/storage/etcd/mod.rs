@@ -12,8 +12,9 @@
 //! etcd is out of reach.
 mod canary;
 
+use super::admit::Source;
 use super::admit::{satisfies, Change, EndCanary, Limits, Plan, Write};
-use super::file::history::Source;
+pub use super::error::EtcdError;
 use super::file::ArgsFile;
 use super::{Canary, Contact, Head, Published, WriteError};
 use crate::canary::CanaryRecord;
@@ -53,48 +54,6 @@ const UNSENT_TRIES_PER_ENDPOINT: usize = 3;
 
 /// The last-known-good copy's file, in the state directory.
 const LAST_KNOWN_GOOD: &str = "etcd-last-known-good";
-
-/// Why etcd did not take a write (or a read of the history).
-#[derive(Debug, thiserror::Error)]
-pub enum EtcdError {
-    #[error("{what} {size} bytes, over the limit of {max} bytes that etcd accepts in one request (--etcd-max-request-bytes {request_bytes})")]
-    TooLarge {
-        what: &'static str,
-        size: usize,
-        max: usize,
-        request_bytes: usize,
-    },
-    #[error("etcd at {endpoints} is out of reach ({reason}); nothing was changed")]
-    Unreachable { endpoints: String, reason: String },
-    #[error("etcd at {endpoints} did not confirm the write ({reason}); it may still be committed: read the args to see")]
-    Unconfirmed { endpoints: String, reason: String },
-    #[error("etcd refused the write to {key}: {reason}")]
-    Denied { key: String, reason: String },
-    #[error("etcd at {endpoints} is out of reach ({reason})")]
-    ReadUnreachable { endpoints: String, reason: String },
-    #[error("etcd refused to read {key}: {reason}")]
-    ReadDenied { key: String, reason: String },
-    #[error("the key {key} is not in etcd (deleted?); `broker set` makes it again")]
-    Missing { key: String },
-    #[error("etcd at {endpoints} refused the write as too large ({reason}): its --max-request-bytes is below this broker's --etcd-max-request-bytes {request_bytes}; nothing was changed")]
-    RefusedAsTooLarge {
-        endpoints: String,
-        reason: String,
-        request_bytes: usize,
-    },
-    #[error("etcd compacted the revision read")]
-    Compacted,
-    #[error("a canary with etcd keeps its record beside the key {key}, which the broker's etcd user may not read or write; grant it the key's range: etcdctl role grant-permission ROLE readwrite {key} --prefix=true")]
-    CanaryNeedsRange { key: String },
-    #[error("etcd committed the write but sent no revision")]
-    NoRevision,
-    #[error(
-        "the key {key} kept changing under this write ({attempts} attempts); nothing was changed"
-    )]
-    KeptChanging { key: String, attempts: usize },
-    #[error("etcd at {endpoints}: {reason}")]
-    Other { endpoints: String, reason: String },
-}
 
 /// How the broker reaches etcd, from its flags.
 pub struct Config {

@@ -6,6 +6,7 @@
 //! the newest is always kept, and a compaction drops the pruned ones from
 //! the journal.
 use crate::canary::CanaryRecord;
+use crate::storage::admit::Source;
 use argsbroker::pb;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -13,34 +14,6 @@ use serde_json::value::RawValue;
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
-
-/// How a revision was made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    File,
-    Set,
-    Patch,
-    Rollback,
-    /// The stable document again, ending a canary.
-    Abort,
-    /// A canary's candidate made the revision everyone gets (a record of the
-    /// journal, merged into the candidate's entry: not a revision).
-    Promote,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::File => "file",
-            Source::Set => "set",
-            Source::Patch => "patch",
-            Source::Rollback => "rollback",
-            Source::Abort => "abort",
-            Source::Promote => "promote",
-        }
-    }
-}
 
 /// A canary's candidate: whom it was for, and the stable document it was
 /// tried beside (kept with it, so the journal alone restores the canary).
@@ -117,14 +90,6 @@ struct Record<'a> {
     canary_stable: Option<&'a RawValue>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     promoted: bool,
-}
-
-/// A file that could not be written, and why.
-#[derive(Debug, thiserror::Error)]
-#[error("{}: {}", path.display(), argsbroker::durable::reason(error))]
-pub struct SaveError {
-    pub path: PathBuf,
-    pub error: io::Error,
 }
 
 /// The retained revisions, in memory; the journal holds them on disk.

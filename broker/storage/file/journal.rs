@@ -12,6 +12,7 @@
 //!
 //! The journal only grows between compactions: [`Journal::rewrite`] replaces
 //! it with the records still retained (a new file, fsynced, renamed over).
+use crate::storage::error::JournalError;
 use argsbroker::durable;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -23,18 +24,6 @@ const HEADER: usize = 8;
 /// A record larger than this is damage (a document is bounded by
 /// `--max-args-bytes`, far below).
 const MAX_RECORD: usize = 1 << 31;
-
-#[derive(Debug, thiserror::Error)]
-pub enum JournalError {
-    #[error("cannot open the journal {path}: {source}")]
-    Open { path: PathBuf, source: io::Error },
-    #[error("the journal {path} is damaged at byte {offset} ({why}) with whole records after it; move it away (and the args file becomes revision 1 of a new lineage) or restore it from a backup")]
-    Damaged {
-        path: PathBuf,
-        offset: u64,
-        why: &'static str,
-    },
-}
 
 pub struct Journal {
     path: PathBuf,

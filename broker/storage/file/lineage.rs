@@ -3,19 +3,10 @@
 //! was deleted (starting over at revision 1) or replaced by another is told
 //! apart from the one a worker followed before, and the worker adopts it
 //! instead of ignoring its "older" revisions.
+pub use crate::storage::error::LineageError;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-
-#[derive(Debug, thiserror::Error)]
-pub enum LineageError {
-    #[error("cannot read the lineage file {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("cannot create the lineage file {path}: {source}")]
-    Create { path: PathBuf, source: io::Error },
-    #[error("the lineage file {path} is damaged (expected 32 hex digits); move it away to start a new lineage")]
-    Damaged { path: PathBuf },
-}
+use std::path::Path;
 
 /// The lineage recorded in `state_dir/lineage`, made (durably) if there is none.
 pub fn load_or_create(state_dir: &Path) -> Result<String, LineageError> {

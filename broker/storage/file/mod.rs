@@ -20,19 +20,20 @@ pub mod history;
 mod journal;
 pub mod lineage;
 
-use super::admit::{satisfies, EndCanary, Limits, Origin, Plan as PlanOf, Unsatisfied, Write};
+use super::admit::Source;
+use super::admit::{satisfies, EndCanary, Limits, Origin, Plan as PlanOf, Write};
 use super::error::WriteError;
+pub use super::error::{OpenError, SaveError, SaveFailed};
 use super::published::{Canary, Head, Published};
 use crate::canary::CanaryRecord;
 use crate::follow::Stamp;
 pub use args_file::ArgsFile;
 use args_file::{read_document, remove_leftover_temp_files};
-use argsbroker::document::{Document, DocumentError};
+use argsbroker::document::Document;
 use argsbroker::durable::{self, Keep};
 use argsbroker::pb;
-pub use history::SaveError;
-use history::{Candidate, Entry, History, Source};
-use journal::{Journal, JournalError};
+use history::{Candidate, Entry, History};
+use journal::Journal;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,63 +42,6 @@ use tokio::sync::{mpsc, oneshot};
 
 /// At most this many changes share one fsync.
 const MAX_GROUP: usize = 256;
-
-/// Why the engine cannot open (or reload) the args file.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error("cannot read the args file {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("the args file {path} is a directory, not a file")]
-    IsDirectory { path: PathBuf },
-    #[error("the args file {path} is not a regular file (it is {kind})")]
-    NotRegular { path: PathBuf, kind: &'static str },
-    #[error("the args file {path} is {size} bytes, over the limit of {max} (--max-args-bytes)")]
-    TooLarge {
-        path: PathBuf,
-        size: u64,
-        max: usize,
-    },
-    #[error("the args file {path} is {size} bytes as compact JSON, over the limit of {max} (--max-args-bytes)")]
-    TooLargeCompact {
-        path: PathBuf,
-        size: usize,
-        max: usize,
-    },
-    #[error("the args file {path}: {source}")]
-    Invalid {
-        path: PathBuf,
-        source: DocumentError,
-    },
-    #[error("the args file {path} {unsatisfied}")]
-    Schema {
-        path: PathBuf,
-        unsatisfied: Unsatisfied,
-    },
-    #[error(transparent)]
-    Journal(#[from] JournalError),
-    #[error("the journal {path} holds a record that cannot be read ({message}); move the journal away to start a new lineage")]
-    Record { path: PathBuf, message: String },
-    #[error("the history entry {path} (from an older broker) cannot be read ({message}); move it away to continue without it")]
-    Legacy { path: PathBuf, message: String },
-    #[error(
-        "cannot create the state directory {path}: {source} (choose another with --state-dir)"
-    )]
-    StateDir { path: PathBuf, source: io::Error },
-    #[error(transparent)]
-    Lineage(#[from] lineage::LineageError),
-    #[error(transparent)]
-    Save(#[from] SaveFailed),
-    #[error("the broker is stopping")]
-    Stopping,
-}
-
-/// A change that could not be made durable: nothing was changed.
-#[derive(Debug, thiserror::Error)]
-#[error("could not save revision {revision}: {error}; nothing was changed")]
-pub struct SaveFailed {
-    pub revision: u64,
-    pub error: SaveError,
-}
 
 pub struct FileEngine {
     shared: Arc<Shared>,
