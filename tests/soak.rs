@@ -642,9 +642,12 @@ impl Expect {
             .and_then(|m| m.modified())
             .map(|t| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64)
             .expect("the args file's mtime");
+        let committed = state.records.iter().any(|r| r.1 == file.sha256());
         let (revision, sha256, rewrite) = if file.sha256() == sha256 {
             (revision, sha256, false)
-        } else if modified_millis <= unix_millis {
+        } else if state.replaced.as_deref() == Some(file.sha256())
+            || (committed && modified_millis <= unix_millis)
+        {
             // Left behind by a crash between the commit and the rename.
             (revision, sha256, true)
         } else {

@@ -466,6 +466,9 @@ pub fn last_pwrite(lines: &[String]) -> Option<(u64, u64)> {
 pub struct JournalState {
     /// (revision, sha256, unix_millis) of each whole record, oldest first.
     pub records: Vec<(u64, String, u64)>,
+    /// What the args file held before the last commit that rewrote it
+    /// (the newest record's `replaced`).
+    pub replaced: Option<String>,
     /// Where the whole frames end.
     pub whole: u64,
     /// The file's length: beyond `whole`, a torn last frame.
@@ -478,6 +481,7 @@ impl JournalState {
     pub fn read(path: &Path) -> Self {
         let bytes = std::fs::read(path).unwrap_or_default();
         let mut records = Vec::new();
+        let mut replaced = None;
         let mut at = 0usize;
         let mut damaged = None;
         while bytes.len() - at >= 8 {
@@ -504,6 +508,9 @@ impl JournalState {
             }
             let record: serde_json::Value =
                 serde_json::from_slice(payload).expect("a journal record is JSON");
+            if let Some(before) = record["replaced"].as_str() {
+                replaced = Some(before.to_owned());
+            }
             records.push((
                 record["revision"].as_u64().expect("revision"),
                 record["sha256"].as_str().expect("sha256").to_owned(),
@@ -513,6 +520,7 @@ impl JournalState {
         }
         Self {
             records,
+            replaced,
             whole: at as u64,
             len: bytes.len() as u64,
             damaged,

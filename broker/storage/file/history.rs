@@ -39,6 +39,11 @@ pub struct Entry {
     pub note: String,
     /// Set on a canary's candidate.
     pub candidate: Option<Candidate>,
+    /// On the revision whose commit rewrote the args file: the sha256 of
+    /// what the file held before. A restart that finds the file still
+    /// holding that knows the rename never happened (a crash between the
+    /// commit and the rename), whatever the file's mtime says.
+    pub replaced: Option<String>,
 }
 
 impl Entry {
@@ -90,6 +95,8 @@ struct Record<'a> {
     canary_stable: Option<&'a RawValue>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     promoted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    replaced: Option<String>,
 }
 
 /// The retained revisions, in memory; the journal holds them on disk.
@@ -193,6 +200,7 @@ impl Entry {
                 None => None,
             },
             promoted: self.candidate.as_ref().is_some_and(|c| c.promoted),
+            replaced: self.replaced.clone(),
         };
         serde_json::to_vec(&record).map_err(io::Error::other)
     }
@@ -220,6 +228,7 @@ impl Entry {
             json: Bytes::copy_from_slice(record.document.get().as_bytes()),
             note: record.note,
             candidate,
+            replaced: record.replaced,
         })
     }
 }
@@ -274,6 +283,7 @@ mod tests {
             json: Bytes::from(json.to_owned()),
             note: String::new(),
             candidate: None,
+            replaced: None,
         }
     }
 

@@ -110,6 +110,12 @@ impl FileEngine {
         if entries.is_empty() {
             entries = take_legacy_history(&legacy_dir, &mut journal)?;
         }
+        // What the args file held before the last commit that rewrote it,
+        // and every document the journal holds.
+        let replaced = entries.iter().rev().find_map(|e| e.replaced.clone());
+        let committed: std::collections::HashSet<String> =
+            entries.iter().map(|e| e.sha256.clone()).collect();
+        let newest_millis = entries.last().map_or(0, |e| e.unix_millis);
         let mut history = History::new(limits.history, limits.history_bytes);
         for entry in entries {
             history.retain(entry);
@@ -144,10 +150,14 @@ impl FileEngine {
                 revision = stable_revision;
                 drop(json);
             }
+            // Left behind by a crash between a commit and the rename of its
+            // args file: what that commit replaced, or (for a commit older
+            // than these records) a document of the journal not modified
+            // since the newest record. An edit is anything else.
             Some((stable_revision, json, sha256))
-                if newest
-                    .as_ref()
-                    .is_some_and(|n| stamp.modified_millis() <= n.unix_millis) =>
+                if replaced.as_deref() == Some(document.sha256())
+                    || (committed.contains(document.sha256())
+                        && stamp.modified_millis() <= newest_millis) =>
             {
                 // Older than the newest commit: a crash came between that
                 // commit and the rename of its args file.
@@ -722,7 +732,15 @@ impl Committer {
             ),
             _ => None,
         };
-        let entries: Vec<Entry> = chain.iter().map(|l| l.entry.clone()).collect();
+        let mut entries: Vec<Entry> = chain.iter().map(|l| l.entry.clone()).collect();
+        if staged.is_some() {
+            // The commit that rewrites the file says what it held before.
+            let at = chain
+                .iter()
+                .rposition(|l| l.effect != Effect::Candidate)
+                .unwrap_or(0);
+            entries[at].replaced = Some(self.seen.sha256.clone());
+        }
         if let Err(error) = append(&mut self.journal, &entries) {
             if let Some(staged) = staged {
                 staged.discard();
@@ -873,6 +891,7 @@ fn entry(revision: u64, document: &Document, origin: Origin) -> Entry {
         json: document.json().clone(),
         note: String::new(),
         candidate: None,
+        replaced: None,
     }
 }
 
