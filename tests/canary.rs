@@ -6,8 +6,6 @@ mod common;
 use common::*;
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 fn cli(site: &Site, args: &[&str]) -> (i32, String, String) {
     let mut cmd = Command::new(BROKER);
@@ -46,6 +44,15 @@ impl Fleet {
             let listed = status["followers"].as_array()?.len();
             (listed == self.workers.len()).then_some(())
         });
+    }
+
+    /// Each worker's name and HTTP port.
+    fn ports(&self) -> Vec<(String, u16)> {
+        self.names
+            .iter()
+            .cloned()
+            .zip(self.workers.iter().map(Proc::http_port))
+            .collect()
     }
 
     /// Each worker's name and the revision its /args serves.
@@ -96,62 +103,6 @@ fn selected(site: &Site) -> Vec<String> {
     names
 }
 
-/// Polls every worker's revision until stopped; each worker's revisions
-/// must never go down.
-struct NoGoingBack {
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<String>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl NoGoingBack {
-    fn watch(fleet: &Fleet) -> Self {
-        let ports: Vec<(String, u16)> = fleet
-            .names
-            .iter()
-            .cloned()
-            .zip(fleet.workers.iter().map(Proc::http_port))
-            .collect();
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (stop2, seen2) = (stop.clone(), seen.clone());
-        let thread = std::thread::spawn(move || {
-            let mut last: BTreeMap<String, u64> = BTreeMap::new();
-            while !stop2.load(Ordering::Relaxed) {
-                for (name, port) in &ports {
-                    let Some(r) = try_get(*port, "/args", &[]) else {
-                        continue;
-                    };
-                    let revision: u64 = r
-                        .header("x-args-revision")
-                        .and_then(|r| r.parse().ok())
-                        .unwrap_or(0);
-                    let before = last.insert(name.clone(), revision).unwrap_or(0);
-                    if revision < before {
-                        seen2
-                            .lock()
-                            .unwrap()
-                            .push(format!("{name} went back from {before} to {revision}"));
-                    }
-                }
-            }
-        });
-        Self {
-            stop,
-            seen,
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self) -> Vec<String> {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-        self.seen.lock().unwrap().clone()
-    }
-}
-
 #[test]
 fn a_canary_of_2_then_promote_reaches_all_8_and_no_worker_goes_back() {
     let site = Site::new(r#"{"v": 1}"#);
@@ -198,7 +149,7 @@ fn a_canary_of_2_then_promote_reaches_all_8_and_no_worker_goes_back() {
     assert_eq!(code, 1);
     assert!(err.contains("a canary runs (candidate revision 2"), "{err}");
 
-    let watch = NoGoingBack::watch(&fleet);
+    let watch = NoGoingBack::watch(fleet.ports());
     let (code, out, err) = cli(&site, &["promote"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
@@ -363,7 +314,7 @@ fn abort_takes_every_worker_forward_to_the_stable_document() {
             1
         }
     });
-    let watch = NoGoingBack::watch(&fleet);
+    let watch = NoGoingBack::watch(fleet.ports());
     let (code, out, err) = cli(&site, &["abort", "--reason", "looks slow"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(

@@ -10,13 +10,23 @@ use common::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 const SEED: &str = r#"{"model":"a","n":1}"#;
 const WORKERS_PER_HOST: usize = 4;
 
 /// Where the hosts' directories go: /dev/shm where there is one.
+/// Each host's workers, as `HOST/NAME`, and their HTTP ports.
+fn ports(hosts: &[Host]) -> Vec<(String, u16)> {
+    hosts
+        .iter()
+        .flat_map(|h| {
+            h.workers
+                .iter()
+                .map(|(n, w)| (format!("{}/{n}", h.name), w.http_port()))
+        })
+        .collect()
+}
+
 fn scratch() -> PathBuf {
     let shm = Path::new("/dev/shm");
     match shm.is_dir() {
@@ -171,63 +181,6 @@ fn wait_serving(hosts: &[Host], what: &str, pick: impl Fn(&str) -> u64) {
     });
 }
 
-/// Polls every worker's revision until finished; none may go down.
-struct NoGoingBack {
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<String>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl NoGoingBack {
-    fn watch(hosts: &[Host]) -> Self {
-        let ports: Vec<(String, u16)> = hosts
-            .iter()
-            .flat_map(|h| {
-                h.workers
-                    .iter()
-                    .map(|(n, w)| (format!("{}/{n}", h.name), w.http_port()))
-            })
-            .collect();
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (stop2, seen2) = (stop.clone(), seen.clone());
-        let thread = std::thread::spawn(move || {
-            let mut last: BTreeMap<String, u64> = BTreeMap::new();
-            while !stop2.load(Ordering::Relaxed) {
-                for (who, port) in &ports {
-                    let Some(answer) = try_get(*port, "/args", &[]) else {
-                        continue;
-                    };
-                    let revision: u64 = answer
-                        .header("x-args-revision")
-                        .and_then(|r| r.parse().ok())
-                        .unwrap_or(0);
-                    let before = last.insert(who.clone(), revision).unwrap_or(0);
-                    if revision < before {
-                        seen2
-                            .lock()
-                            .unwrap()
-                            .push(format!("{who} went back from {before} to {revision}"));
-                    }
-                }
-            }
-        });
-        Self {
-            stop,
-            seen,
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self) -> Vec<String> {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            thread.join().expect("the watcher");
-        }
-        self.seen.lock().unwrap().clone()
-    }
-}
-
 /// The revision a canary start printed ("revision C\ncanary: ...").
 fn started(out: &str) -> u64 {
     out.lines()
@@ -302,7 +255,7 @@ fn a_host_canary_reaches_that_hosts_workers_only_and_promote_from_another_host_e
 
     // Promoted through web-3: every worker of every host gets the
     // candidate's revision, and none goes back meanwhile.
-    let watch = NoGoingBack::watch(&hosts);
+    let watch = NoGoingBack::watch(ports(&hosts));
     let (code, out, err) = hosts[2].cli(&["promote"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
@@ -363,7 +316,7 @@ fn a_share_picks_the_same_workers_on_every_host_and_abort_from_another_host_take
 
     // Aborted through web-3: a new revision with the stable document, for
     // every worker, and none goes back meanwhile.
-    let watch = NoGoingBack::watch(&hosts);
+    let watch = NoGoingBack::watch(ports(&hosts));
     let (code, out, err) = hosts[2].cli(&["abort", "--reason", "looks slow"]);
     assert_eq!(code, 0, "{err}");
     let aborted: u64 = out
@@ -432,7 +385,7 @@ fn a_broker_killed_mid_canary_restarts_with_it_and_a_forced_write_from_another_h
     assert_eq!((code, err), (1, refusal(candidate, "name=w1")));
 
     // --force through web-1 ends it everywhere: one new revision for all.
-    let watch = NoGoingBack::watch(&hosts);
+    let watch = NoGoingBack::watch(ports(&hosts));
     let (code, out, err) = hosts[0].cli(&["patch", "--force", r#"{"n":3}"#]);
     assert_eq!(code, 0, "{err}\n{}", hosts[0].log());
     let forced: u64 = out

@@ -664,3 +664,56 @@ pub fn read_response(stream: &mut TcpStream) -> String {
         }
     }
 }
+
+/// Polls each worker's `/args` (X-Args-Revision) until finished: no
+/// worker's revision may ever go down (promotions, aborts, rollouts).
+pub struct NoGoingBack {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NoGoingBack {
+    /// Watches the workers at `ports`, by the name each is reported under.
+    pub fn watch(ports: Vec<(String, u16)>) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop2, seen2) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            let mut last: std::collections::BTreeMap<String, u64> = Default::default();
+            while !stop2.load(Ordering::Relaxed) {
+                for (who, port) in &ports {
+                    let Some(answer) = try_get(*port, "/args", &[]) else {
+                        continue;
+                    };
+                    let revision: u64 = answer
+                        .header("x-args-revision")
+                        .and_then(|r| r.parse().ok())
+                        .unwrap_or(0);
+                    let before = last.insert(who.clone(), revision).unwrap_or(0);
+                    if revision < before {
+                        seen2
+                            .lock()
+                            .unwrap()
+                            .push(format!("{who} went back from {before} to {revision}"));
+                    }
+                }
+            }
+        });
+        Self {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops watching; every time a worker went back, in words.
+    pub fn finish(mut self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("the watcher");
+        }
+        self.seen.lock().unwrap().clone()
+    }
+}
